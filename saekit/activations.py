@@ -1,0 +1,73 @@
+"""Sparse activation functions, including the straight-through estimators JumpReLU needs.
+
+JumpReLU's threshold θ gets no gradient from the true derivative (the step is flat almost everywhere),
+so its backward replaces the Dirac delta with a rectangle kernel of width ε (METHODS.md §3):
+    ∂JumpReLU/∂θ := −(θ/ε)·K((z−θ)/ε),   ∂H(z−θ)/∂θ := −(1/ε)·K((z−θ)/ε),   K(u) = 1[−½ < u < ½].
+The pre-activation z gets its true gradient H(z − θ) through JumpReLU and none through the step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _rectangle(u: Tensor) -> Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return z * (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = grad_out * (z > threshold).to(z.dtype)
+        grad_threshold = -(threshold / eps) * _rectangle((z - threshold) / eps) * grad_out
+        grad_threshold = grad_threshold.reshape(-1, z.shape[-1]).sum(0)
+        return grad_z, grad_threshold, None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth = bandwidth
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        z, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_threshold = -(1.0 / eps) * _rectangle((z - threshold) / eps) * grad_out
+        grad_threshold = grad_threshold.reshape(-1, z.shape[-1]).sum(0)
+        return torch.zeros_like(z), grad_threshold, None
+
+
+def jumprelu(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """z·H(z − θ) with the rectangle-kernel straight-through gradient for θ."""
+    return _JumpReLU.apply(z, threshold, bandwidth)
+
+
+def heaviside_step(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """H(z − θ), whose θ-gradient is the rectangle-kernel estimate; used for the L0 penalty."""
+    return _Step.apply(z, threshold, bandwidth)
+
+
+def topk_per_row(z: Tensor, k: int) -> Tensor:
+    """Keep the k largest entries of each row (after ReLU), zero the rest."""
+    values, indices = torch.topk(z, k, dim=-1, sorted=False)
+    return torch.zeros_like(z).scatter_(-1, indices, values.relu())
+
+
+def topk_over_batch(z: Tensor, k: int) -> Tensor:
+    """BatchTopK: keep the k·B largest entries of the whole [B, M] batch (after ReLU)."""
+    flat = z.relu().reshape(-1)
+    keep = min(k * z.shape[0], flat.numel())
+    values, indices = torch.topk(flat, keep, sorted=False)
+    return torch.zeros_like(flat).scatter_(0, indices, values).reshape(z.shape)

@@ -1,0 +1,65 @@
+"""`saekit <command>`: a thin layer that parses arguments, calls the library, and prints clear errors.
+
+Each command lives in a module with `register(subparsers)`, which adds its parser and sets
+`func=run` via `set_defaults`. Errors a user can fix (`SaekitError`, bad files, bad values) are printed as
+one line on stderr with exit code 2; no traceback reaches the user unless SAEKIT_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from saekit.errors import SaekitError
+
+COMMAND_MODULES = [
+    "saekit.commands.toy",
+    "saekit.commands.train",
+    "saekit.commands.info",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saekit",
+        description="Sparse dictionary learning on neural network internals.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args)
+    except SaekitError as error:
+        print(f"saekit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        print(f"saekit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"saekit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - last line of defence for the CLI
+        if os.environ.get("SAEKIT_DEBUG"):
+            raise
+        print(
+            f"saekit {args.command}: internal error: {type(error).__name__}: {error} "
+            "(set SAEKIT_DEBUG=1 for a traceback and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The one dictionary module: weights, encode, decode, initialisation and decoder-norm handling.
+
+Methods differ only in how pre-activations become latents (see `saekit.activations`) and in their loss
+(see `saekit.losses`). Layout follows SAELens so its users feel at home:
+`W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]` (row = latent), `b_dec [d_in]`,
+`threshold [d_sae]` for JumpReLU-style inference; Gated replaces `b_enc` by `b_gate`, `b_mag`, `r_mag`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saekit.activations import jumprelu, topk_over_batch, topk_per_row
+from saekit.config import DictionaryConfig
+
+THRESHOLD_UNSET = -1.0
+
+
+@dataclass
+class Encoding:
+    """What one training forward produces; the loss reads the extra pre-activations it needs."""
+
+    latents: Tensor  # f [B, d_sae]
+    pre: Tensor  # encoder pre-activations [B, d_sae] (π_mag for Gated)
+    gate_pre: Tensor | None = None  # π_gate for Gated
+
+
+class Dictionary(nn.Module):
+    """A sparse dictionary x ≈ decode(encode(x)), for any method in `saekit.config.METHODS`."""
+
+    def __init__(self, cfg: DictionaryConfig, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.cfg = cfg
+        # Facts recorded alongside the weights (activation scale folded in, tokens seen, ...).
+        self.meta: dict[str, Any] = {}
+        # log10 firing density per latent, written to sparsity.safetensors when known.
+        self.log_feature_density: Tensor | None = None
+        kw = dict(dtype=dtype, device=device)
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
+        if cfg.method == "gated":
+            self.b_gate = nn.Parameter(torch.zeros(d_sae, **kw))
+            self.b_mag = nn.Parameter(torch.zeros(d_sae, **kw))
+            self.r_mag = nn.Parameter(torch.zeros(d_sae, **kw))
+        else:
+            self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
+        if cfg.method == "jumprelu":
+            # θ is trained directly (as dictionary_learning does) and clamped at 0 after each step.
+            # In log space (BTK, SAELens) Adam moves log θ by ~lr per step, far too slowly for θ to
+            # travel from θ0 = 1e-3 to typical thresholds in runs of thousands of steps.
+            self.threshold = nn.Parameter(torch.full((d_sae,), cfg.jumprelu_init_threshold, **kw))
+        elif cfg.method in ("batchtopk", "matryoshka"):
+            self.register_buffer("threshold", torch.full((d_sae,), THRESHOLD_UNSET, **kw))
+
+    # ----------------------------------------------------------------------------------------- weights
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def weights(self) -> dict[str, Tensor]:
+        """Tensors under their SAELens names, detached: what goes into `sae_weights.safetensors`."""
+        names = ["W_enc", "W_dec", "b_dec"]
+        names += ["b_gate", "b_mag", "r_mag"] if self.cfg.method == "gated" else ["b_enc"]
+        if self.cfg.method in ("jumprelu", "batchtopk", "matryoshka"):
+            names.append("threshold")
+        return {name: getattr(self, name).detach() for name in names}
+
+    @torch.no_grad()
+    def load_weights(self, tensors: dict[str, Tensor]) -> None:
+        """Inverse of `weights()`; shapes must match exactly."""
+        expected = self.weights()
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise KeyError(f"missing {missing}, unexpected {extra}")
+        for name, value in tensors.items():
+            if value.shape != expected[name].shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected "
+                                 f"{tuple(expected[name].shape)}")
+            getattr(self, name).copy_(value)
+
+    # ------------------------------------------------------------------------------------ forward pass
+    def _centered(self, x: Tensor) -> Tensor:
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def encode_with_details(self, x: Tensor, batch_level: bool = False) -> Encoding:
+        """Latents plus pre-activations. `batch_level` selects BatchTopK's training-time selection."""
+        method = self.cfg.method
+        x_c = self._centered(x)
+        if method == "gated":
+            shared = x_c @ self.W_enc
+            gate_pre = shared + self.b_gate
+            mag_pre = shared * self.r_mag.exp() + self.b_mag
+            latents = (gate_pre > 0).to(x.dtype) * mag_pre.relu()
+            return Encoding(latents, mag_pre, gate_pre)
+        pre = x_c @ self.W_enc + self.b_enc
+        if method == "relu":
+            latents = pre.relu()
+        elif method == "jumprelu":
+            latents = jumprelu(pre, self.threshold, self.cfg.jumprelu_bandwidth)
+        elif method == "topk":
+            latents = topk_per_row(pre, self.cfg.k)
+        elif batch_level or bool((self.threshold < 0).any()):
+            # BatchTopK in training; at inference too until a threshold has been estimated.
+            latents = topk_over_batch(pre, self.cfg.k)
+        else:
+            latents = pre * (pre > self.threshold).to(pre.dtype)
+        return Encoding(latents, pre)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent activations f [..., d_sae] for inputs x [..., d_in] (inference behaviour)."""
+        shape = x.shape
+        latents = self.encode_with_details(x.reshape(-1, shape[-1])).latents
+        return latents.reshape(*shape[:-1], self.d_sae)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return latents @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The reconstruction x̂ = decode(encode(x))."""
+        return self.decode(self.encode(x))
+
+    # ---------------------------------------------------------------------------------- initialisation
+    @torch.no_grad()
+    def initialize(self, first_batch: Tensor, generator: torch.Generator | None = None) -> None:
+        """METHODS.md init: random decoder directions at `decoder_init_norm`, tied encoder W_enc = W_decᵀ,
+        zero encoder biases, and b_dec from the first batch (zeros, mean or geometric median)."""
+        cfg = self.cfg
+        directions = torch.randn(cfg.d_sae, cfg.d_in, generator=generator, dtype=torch.float32)
+        directions = directions / directions.norm(dim=-1, keepdim=True)
+        self.W_dec.copy_(directions * cfg.decoder_init_norm)
+        self.W_enc.copy_(self.W_dec.T)
+        x = first_batch.to(torch.float32)
+        if cfg.b_dec_init == "mean":
+            self.b_dec.copy_(x.mean(0))
+        elif cfg.b_dec_init == "geometric_median":
+            self.b_dec.copy_(geometric_median(x))
+        else:
+            self.b_dec.zero_()
+
+    # ----------------------------------------------------------------------------- decoder-norm upkeep
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the gradient component along each (unit) decoder row before the optimiser step."""
+        if self.W_dec.grad is None:
+            return
+        rows = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        parallel = (self.W_dec.grad * rows).sum(-1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * rows)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    # --------------------------------------------------------------------------------------- folding
+    @torch.no_grad()
+    def fold_activation_scale(self, scale: float) -> None:
+        """Make a dictionary trained on c·x take raw x and return raw x̂, with latents unchanged.
+
+        With x_n = c·x: encode's (x_n − b_dec)·W_enc = (x − b_dec/c)·(c·W_enc), and decode's
+        (f·W_dec + b_dec)/c = f·(W_dec/c) + b_dec/c. Thresholds and k-selection see identical
+        pre-activations, so every method folds the same way.
+        """
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+        self.meta["activation_scale_folded"] = self.meta.get("activation_scale_folded", 1.0) * scale
+
+    @torch.no_grad()
+    def fold_decoder_norms(self) -> None:
+        """Give decoder rows unit norm and scale each latent by its old norm (f_i ← f_i·||d_i||).
+
+        Outputs are unchanged for relu, jumprelu and gated (their selection is per-latent); TopK-family
+        selection compares latents with each other, so folding would change it and is refused.
+        """
+        if self.cfg.method in ("topk", "batchtopk", "matryoshka"):
+            raise ValueError("fold_decoder_norms would change which latents a TopK method selects")
+        norms = self.W_dec.norm(dim=-1).clamp_min(1e-12)
+        self.W_dec.div_(norms[:, None])
+        self.W_enc.mul_(norms)
+        if self.cfg.method == "gated":
+            self.b_gate.mul_(norms)
+            self.b_mag.mul_(norms)
+        else:
+            self.b_enc.mul_(norms)
+        if self.cfg.method == "jumprelu":
+            self.threshold.mul_(norms)
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, iterations: int = 100, tol: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to `points`."""
+    median = points.mean(0)
+    for _ in range(iterations):
+        distances = (points - median).norm(dim=-1).clamp_min(1e-8)
+        weights = 1.0 / distances
+        updated = (weights[:, None] * points).sum(0) / weights.sum()
+        if (updated - median).norm() <= tol * (median.norm() + 1e-12):
+            return updated
+        median = updated
+    return median
+
+
+@torch.no_grad()
+def gated_to_jumprelu(gated: Dictionary) -> Dictionary:
+    """The JumpReLU dictionary that computes exactly what a Gated one does (METHODS.md §2).
+
+    π_mag = e^r·(π_gate − b_gate) + b_mag, so π_gate > 0 ⇔ π_mag > θ with θ = b_mag − e^r·b_gate, and
+    f = 1[π_mag > θ]·ReLU(π_mag) = JumpReLU_max(θ,0)(π_mag).
+    """
+    if gated.cfg.method != "gated":
+        raise ValueError(f"expected a gated dictionary, got {gated.cfg.method!r}")
+    from dataclasses import replace
+
+    cfg = replace(gated.cfg, method="jumprelu", sparsity_coefficient=None, lr=None, adam_betas=None,
+                  lr_warmup=None, lr_decay=None, sparsity_warmup=None, normalize_activations=None,
+                  b_dec_init=None, unit_norm_decoder=None, decoder_init_norm=None)
+    scale = gated.r_mag.exp()
+    threshold = (gated.b_mag - scale * gated.b_gate).clamp_min(0.0)
+    out = Dictionary(cfg, dtype=gated.W_dec.dtype, device=gated.W_dec.device)
+    out.load_weights({"W_enc": gated.W_enc * scale, "b_enc": gated.b_mag, "W_dec": gated.W_dec,
+                      "b_dec": gated.b_dec, "threshold": threshold})
+    out.meta = dict(gated.meta, converted_from="gated")
+    return out.eval()

@@ -1,0 +1,119 @@
+"""Training losses: reconstruction, each method's sparsity term, and the dead-latent auxiliaries.
+
+Reconstruction error is ||x − x̂||² summed over dimensions and averaged over tokens, for every method,
+so coefficients are comparable across a sweep. Inputs are already normalised by the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from saekit.activations import heaviside_step
+from saekit.dictionary import Dictionary, Encoding
+
+
+@dataclass
+class LossResult:
+    total: Tensor
+    encoding: Encoding
+    reconstruction: Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Per-token ||x − x̂||²."""
+    return (x - x_hat).pow(2).sum(-1)
+
+
+def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float,
+                  dead_mask: Tensor | None) -> LossResult:
+    """The full training objective of `d.cfg.method` on a normalised batch x [B, d_in]."""
+    cfg = d.cfg
+    enc = d.encode_with_details(x, batch_level=True)
+    x_hat = d.decode(enc.latents)
+    per_token_error = squared_error(x, x_hat)
+    if cfg.method == "matryoshka":
+        reconstruction = matryoshka_reconstruction_loss(d, x, enc.latents)
+    else:
+        reconstruction = per_token_error.mean()
+    total = reconstruction
+    parts = {"mse": float(per_token_error.detach().mean())}
+
+    sparsity = sparsity_loss(d, enc)
+    if sparsity is not None:
+        total = total + sparsity_coefficient * sparsity
+        parts["sparsity"] = float(sparsity.detach())
+    if cfg.method == "gated":
+        gated_aux = gated_auxiliary_loss(d, x, enc)
+        total = total + gated_aux
+        parts["gated_aux"] = float(gated_aux.detach())
+    has_dead = dead_mask is not None and bool(dead_mask.any())
+    if has_dead and cfg.aux_k > 0:
+        aux = auxk_loss(d, x - x_hat, enc.pre, dead_mask, cfg.aux_k)
+        total = total + cfg.aux_coefficient * aux
+        parts["auxk"] = float(aux.detach())
+    if has_dead and cfg.ghost_grads:
+        ghost = ghost_grads_loss(d, x - x_hat, enc.pre, dead_mask, per_token_error)
+        total = total + ghost
+        parts["ghost"] = float(ghost.detach())
+    return LossResult(total, enc, x_hat, parts)
+
+
+def sparsity_loss(d: Dictionary, enc: Encoding) -> Tensor | None:
+    """relu: Σ f_i·||d_i|| (April-2024); gated: L1 of ReLU(π_gate); jumprelu: L0 via the step STE."""
+    method = d.cfg.method
+    if method == "relu":
+        return (enc.latents * d.W_dec.norm(dim=-1)).sum(-1).mean()
+    if method == "gated":
+        return enc.gate_pre.relu().sum(-1).mean()
+    if method == "jumprelu":
+        step = heaviside_step(enc.pre, d.threshold, d.cfg.jumprelu_bandwidth)
+        return step.sum(-1).mean()
+    return None
+
+
+def gated_auxiliary_loss(d: Dictionary, x: Tensor, enc: Encoding) -> Tensor:
+    """||x − x̂_frozen(ReLU(π_gate))||² with the decoder frozen, so the gate path learns to reconstruct."""
+    x_hat_frozen = enc.gate_pre.relu() @ d.W_dec.detach() + d.b_dec.detach()
+    return squared_error(x, x_hat_frozen).mean()
+
+
+def matryoshka_reconstruction_loss(d: Dictionary, x: Tensor, latents: Tensor) -> Tensor:
+    """Mean over nested prefixes m_g of ||x − (b_dec + Σ_{i<m_g} f_i d_i)||² (uniform group weights)."""
+    partial = d.b_dec.expand_as(x)
+    losses = []
+    start = 0
+    for end in d.cfg.matryoshka_prefixes:
+        partial = partial + latents[:, start:end] @ d.W_dec[start:end]
+        losses.append(squared_error(x, partial).mean())
+        start = end
+    return torch.stack(losses).mean()
+
+
+def auxk_loss(d: Dictionary, residual: Tensor, pre: Tensor, dead_mask: Tensor, aux_k: int) -> Tensor:
+    """||e − W_dec[dead]·TopK_aux(pre[:, dead])||² with e = x − x̂ detached (BTK's form; METHODS §4)."""
+    dead_pre = pre[:, dead_mask].relu()
+    k_aux = min(aux_k, dead_pre.shape[1])
+    values, indices = torch.topk(dead_pre, k_aux, dim=-1, sorted=False)
+    codes = torch.zeros_like(dead_pre).scatter_(-1, indices, values)
+    aux_reconstruction = codes @ d.W_dec[dead_mask]
+    return squared_error(residual.detach(), aux_reconstruction).mean()
+
+
+def ghost_grads_loss(d: Dictionary, residual: Tensor, pre: Tensor, dead_mask: Tensor,
+                     per_token_error: Tensor) -> Tensor:
+    """Ghost grads (JAN24, as SAELens pre-v6 implemented it; METHODS §1).
+
+    Dead latents' exp(pre-activation) reconstruct the residual, rescaled to half its norm, and the
+    loss is put on the scale of the main MSE by a detached per-token factor.
+    """
+    residual = residual.detach()
+    ghost = pre[:, dead_mask].clamp(max=30.0).exp() @ d.W_dec[dead_mask]
+    scale = residual.norm(dim=-1, keepdim=True) / (2 * ghost.norm(dim=-1, keepdim=True) + 1e-8)
+    ghost = ghost * scale.detach()
+    ghost_error = squared_error(residual, ghost)
+    rescale = (per_token_error / (ghost_error + 1e-6)).detach()
+    return (rescale * ghost_error).mean()

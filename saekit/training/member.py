@@ -1,0 +1,214 @@
+"""One member of a sweep: a dictionary with its optimiser, schedules and latent statistics.
+
+The trainer owns the stream; each member turns a batch into one optimiser step. Everything a member
+holds is in `state_dict()`, so a checkpoint restores it exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saekit.config import DictionaryConfig
+from saekit.dictionary import Dictionary
+from saekit.losses import squared_error, training_loss
+
+
+def lr_factor(step: int, total_steps: int, warmup: float, decay: float) -> float:
+    """Linear warm-up from 0 over the first `warmup` fraction, linear decay to 0 over the last `decay`."""
+    warmup_steps = warmup * total_steps
+    decay_steps = decay * total_steps
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay_steps > 0 and step >= total_steps - decay_steps:
+        return max(0.0, (total_steps - step) / decay_steps)
+    return 1.0
+
+
+def activation_scale(method: str, mean_norm: float, mean_squared_norm: float, d_in: int) -> float:
+    if method == "mean_norm_sqrt_d":
+        return math.sqrt(d_in) / mean_norm
+    if method == "mean_squared_norm_1":
+        return 1.0 / math.sqrt(mean_squared_norm)
+    return 1.0
+
+
+class SweepMember:
+    def __init__(self, cfg: DictionaryConfig, total_steps: int, device: str | torch.device = "cpu"):
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.device = torch.device(device)
+        self.dictionary = Dictionary(cfg, device=self.device)
+        self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=cfg.lr,
+                                          betas=cfg.adam_betas, eps=cfg.adam_eps)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.scale = 1.0
+        self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
+        # Firing counts over the current and the previous statistics window -> sparsity.safetensors.
+        self.window_counts = torch.zeros(2, cfg.d_sae, dtype=torch.float64, device=self.device)
+        self.window_tokens = [0, 0]
+        self.fired_since_resample = torch.zeros(cfg.d_sae, dtype=torch.bool, device=self.device)
+        self.threshold_ema = 0.0  # BatchTopK: EMA of the batch's smallest selected activation
+        self.threshold_updates = 0
+
+    # --------------------------------------------------------------------------------------- start
+    def start(self, first_batch: Tensor, mean_norm: float, mean_squared_norm: float) -> None:
+        self.scale = activation_scale(self.cfg.normalize_activations, mean_norm, mean_squared_norm,
+                                      self.cfg.d_in)
+        torch.manual_seed(self.cfg.seed)
+        self.dictionary.initialize(first_batch.to(self.device) * self.scale, self.generator)
+
+    # ---------------------------------------------------------------------------------------- step
+    def step(self, x: Tensor, step: int) -> dict[str, float]:
+        cfg, d = self.cfg, self.dictionary
+        x = x.to(self.device, torch.float32) * self.scale
+        lr = cfg.lr * lr_factor(step, self.total_steps, cfg.lr_warmup, cfg.lr_decay)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        warmup_steps = cfg.sparsity_warmup * self.total_steps
+        coefficient = cfg.sparsity_coefficient * (min(1.0, (step + 1) / warmup_steps)
+                                                  if warmup_steps > 0 else 1.0)
+        dead_mask = self.dead_mask() if (cfg.aux_k > 0 or cfg.ghost_grads) else None
+
+        result = training_loss(d, x, coefficient, dead_mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        result.total.backward()
+        if cfg.unit_norm_decoder:
+            d.remove_parallel_decoder_grad()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if cfg.unit_norm_decoder:
+            d.normalize_decoder()
+        if cfg.method == "jumprelu":
+            with torch.no_grad():
+                d.threshold.clamp_(min=0.0)
+
+        latents = result.encoding.latents.detach()
+        self._update_statistics(latents, step)
+        if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+            self.resample_dead_latents(x)
+        parts = dict(result.parts)
+        parts.update(loss=float(result.total.detach()), lr=lr, sparsity_coefficient=coefficient,
+                     l0=float((latents > 0).sum(-1).float().mean()),
+                     dead_fraction=float(self.dead_mask().float().mean()))
+        return parts
+
+    def dead_mask(self) -> Tensor:
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    @torch.no_grad()
+    def _update_statistics(self, latents: Tensor, step: int) -> None:
+        fired_counts = (latents > 0).sum(0)
+        fired = fired_counts > 0
+        self.tokens_since_fired += latents.shape[0]
+        self.tokens_since_fired[fired] = 0
+        self.fired_since_resample |= fired
+        window = max(1, self.total_steps // 10)
+        if step % window == 0 and step > 0:
+            self.window_counts[0] = self.window_counts[1]
+            self.window_tokens[0] = self.window_tokens[1]
+            self.window_counts[1].zero_()
+            self.window_tokens[1] = 0
+        self.window_counts[1] += fired_counts.to(torch.float64)
+        self.window_tokens[1] += latents.shape[0]
+        if self.cfg.method in ("batchtopk", "matryoshka") and \
+                step >= self.cfg.threshold_start * self.total_steps:
+            selected = latents[latents > 0]
+            if selected.numel():
+                beta = self.cfg.threshold_ema
+                self.threshold_ema = beta * self.threshold_ema + (1 - beta) * float(selected.min())
+                self.threshold_updates += 1
+                # Bias-corrected EMA (as Adam does), so early steps are not pulled towards 0.
+                estimate = self.threshold_ema / (1 - beta ** self.threshold_updates)
+                self.dictionary.threshold.fill_(estimate)
+
+    # ---------------------------------------------------------------------------------- resampling
+    @torch.no_grad()
+    def resample_dead_latents(self, x: Tensor) -> int:
+        """Anthropic's resampling (METHODS §1), using the current batch as the pool of inputs.
+
+        Latents silent since the last resample get a decoder row pointing at an input sampled with
+        probability ∝ its squared reconstruction loss, an encoder column of that input scaled to 0.2 of
+        the mean alive encoder norm, a zero bias, and zeroed Adam moments.
+        """
+        d = self.dictionary
+        dead = ~self.fired_since_resample
+        self.fired_since_resample.zero_()
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        losses = squared_error(x, d(x)).pow(2)
+        if float(losses.sum()) <= 0:
+            return 0
+        picks = torch.multinomial(losses.cpu(), n_dead, replacement=True, generator=self.generator)
+        inputs = x[picks.to(x.device)]
+        if self.cfg.apply_b_dec_to_input:
+            inputs = inputs - d.b_dec
+        directions = inputs / inputs.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        alive = ~dead
+        alive_norm = d.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else 1.0
+        d.W_dec[dead] = directions * (d.W_dec[alive].norm(dim=-1).mean() if bool(alive.any()) else 1.0)
+        d.W_enc[:, dead] = (directions * 0.2 * alive_norm).T
+        bias_names = ["b_gate", "b_mag", "r_mag"] if self.cfg.method == "gated" else ["b_enc"]
+        for name in bias_names:
+            getattr(d, name)[dead] = 0.0
+        for param, index in [(d.W_dec, dead), (d.W_enc, (slice(None), dead))] + \
+                [(getattr(d, name), dead) for name in bias_names]:
+            state = self.optimizer.state.get(param, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][index] = 0.0
+        self.tokens_since_fired[dead] = 0
+        return n_dead
+
+    # ------------------------------------------------------------------------------------- export
+    def firing_density(self) -> Tensor | None:
+        tokens = sum(self.window_tokens)
+        if tokens == 0:
+            return None
+        return (self.window_counts.sum(0) / tokens).float()
+
+    def export(self, tokens_seen: int) -> Dictionary:
+        """A copy in raw activation space (normalisation folded in), ready to save or use."""
+        d = copy.deepcopy(self.dictionary)
+        d.fold_activation_scale(self.scale)
+        d.meta.update(activation_scale=self.scale, training_tokens=tokens_seen,
+                      normalize_activations=self.cfg.normalize_activations)
+        density = self.firing_density()
+        if density is not None:
+            d.log_feature_density = density.clamp_min(1e-10).log10()
+        for param in d.parameters():
+            param.requires_grad_(False)
+        return d.eval()
+
+    # --------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "dictionary": self.dictionary.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "scale": self.scale,
+            "tokens_since_fired": self.tokens_since_fired,
+            "window_counts": self.window_counts,
+            "window_tokens": list(self.window_tokens),
+            "fired_since_resample": self.fired_since_resample,
+            "threshold_ema": self.threshold_ema,
+            "threshold_updates": self.threshold_updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dictionary.load_state_dict(state["dictionary"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.scale = float(state["scale"])
+        self.tokens_since_fired.copy_(state["tokens_since_fired"])
+        self.window_counts.copy_(state["window_counts"])
+        self.window_tokens = list(state["window_tokens"])
+        self.fired_since_resample.copy_(state["fired_since_resample"])
+        self.threshold_ema = float(state["threshold_ema"])
+        self.threshold_updates = int(state["threshold_updates"])

@@ -1,0 +1,46 @@
+import torch
+
+from saekit.activations import heaviside_step, jumprelu, topk_over_batch, topk_per_row
+
+
+def test_jumprelu_forward_and_ste_gradients():
+    z = torch.tensor([[0.5, 1.0004, 0.9996, 2.0, -1.0]], requires_grad=True)
+    theta = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0], requires_grad=True)
+    eps = 0.001
+    out = jumprelu(z, theta, eps)
+    assert torch.equal(out.detach(), torch.tensor([[0.0, 1.0004, 0.0, 2.0, 0.0]]))
+    out.sum().backward()
+    # dz = H(z - θ); dθ = -(θ/ε)·K((z-θ)/ε): only entries within ε/2 of θ contribute.
+    assert torch.equal(z.grad, torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0]]))
+    expected = torch.tensor([0.0, -1.0 / eps, -1.0 / eps, 0.0, 0.0])
+    assert torch.allclose(theta.grad, expected)
+
+
+def test_step_ste_sends_gradient_only_to_threshold():
+    z = torch.tensor([[0.9998, 1.5], [1.0001, 0.2]], requires_grad=True)
+    theta = torch.tensor([1.0, 1.0], requires_grad=True)
+    eps = 0.001
+    out = heaviside_step(z, theta, eps)
+    assert torch.equal(out.detach(), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    out.sum().backward()
+    assert torch.count_nonzero(z.grad) == 0
+    assert torch.allclose(theta.grad, torch.tensor([-2.0 / eps, 0.0]))
+
+
+def test_topk_per_row_keeps_k_largest(generator):
+    z = torch.randn(8, 50, generator=generator)
+    out = topk_per_row(z, 5)
+    assert ((out != 0).sum(-1) <= 5).all()
+    for row, kept in zip(z, out):
+        top = torch.topk(row, 5).values.relu()
+        assert torch.allclose(torch.sort(kept[kept != 0]).values, torch.sort(top[top > 0]).values)
+
+
+def test_batch_topk_keeps_k_times_batch_over_the_batch(generator):
+    z = torch.randn(16, 40, generator=generator)
+    out = topk_over_batch(z, 3)
+    assert (out != 0).sum() == 16 * 3
+    cutoff = out[out != 0].min()
+    assert (z[out == 0] <= cutoff).all()
+    # per-row counts vary: that is the point of BatchTopK
+    assert len(set((out != 0).sum(-1).tolist())) > 1
