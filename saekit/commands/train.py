@@ -1,0 +1,98 @@
+"""`saekit train`: train one dictionary or a sweep from a config file and/or flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from saekit.commands.common import (add_dataclass_arguments, build, dataclass_values,
+                                    load_config_file)
+from saekit.config import DictionaryConfig, TrainConfig
+from saekit.errors import SaekitError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="Train sparse dictionaries (one or a sweep) on a stream of activations.",
+        description="Train one dictionary, or a sweep from a config file, on one pass over the "
+                    "activations. A config file (TOML/YAML/JSON) has a [train] table of training "
+                    "options and a [[dictionaries]] list of dictionary options; flags override the "
+                    "[train] table and apply to every dictionary.")
+    parser.add_argument("--config", type=Path, default=None, help="Sweep config file.")
+    parser.add_argument("--activations", type=Path, default=None,
+                        help="Activations file: .npy or .safetensors holding one [tokens, d_in] array.")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="Output directory: one folder per dictionary, checkpoints, log.jsonl.")
+    add_dataclass_arguments(parser, TrainConfig, exclude=("checkpoint_dir",), group_title="training")
+    add_dataclass_arguments(parser, DictionaryConfig, group_title="dictionary")
+    parser.set_defaults(func=run)
+
+
+def _load_activation_file(path: Path) -> torch.Tensor:
+    if not path.is_file():
+        raise SaekitError(f"activations file not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            array = torch.from_numpy(np.load(path, mmap_mode="r", allow_pickle=False))
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+            if len(tensors) != 1:
+                raise SaekitError(f"{path} holds {len(tensors)} tensors; it must hold exactly one")
+            array = next(iter(tensors.values()))
+        else:
+            raise SaekitError(f"activations file {path} must be .npy or .safetensors")
+    except SaekitError:
+        raise
+    except Exception as error:
+        raise SaekitError(f"cannot read activations from {path}: {error}") from None
+    if array.ndim != 2:
+        raise SaekitError(f"activations in {path} have shape {tuple(array.shape)}; expected [tokens, d_in]")
+    return array
+
+
+def _chunks(array: torch.Tensor, size: int = 8192) -> Iterable[torch.Tensor]:
+    for start in range(0, array.shape[0], size):
+        yield array[start:start + size].float()
+
+
+def sweep_configs(file_values: dict[str, Any], args: argparse.Namespace, d_in: int
+                  ) -> tuple[TrainConfig, list[DictionaryConfig]]:
+    train_values = dict(file_values.get("train", {}))
+    train_values.update(dataclass_values(args, TrainConfig))
+    train_values["checkpoint_dir"] = str(args.out / "checkpoints")
+    train_config = build(TrainConfig, train_values, "training")
+    entries = file_values.get("dictionaries") or [{}]
+    if not isinstance(entries, list):
+        raise SaekitError("'dictionaries' in the config file must be a list of tables")
+    unknown_sections = sorted(set(file_values) - {"train", "dictionaries", "data"})
+    if unknown_sections:
+        raise SaekitError(f"unknown config section(s): {', '.join(unknown_sections)}; "
+                          "use [train], [data] and [[dictionaries]]")
+    flags = dataclass_values(args, DictionaryConfig)
+    configs = []
+    for entry in entries:
+        values = {"d_in": d_in, **entry, **flags}
+        configs.append(build(DictionaryConfig, values, "dictionary"))
+    return train_config, configs
+
+
+def run(args: argparse.Namespace) -> int:
+    import saekit
+
+    file_values = load_config_file(args.config) if args.config else {}
+    if args.activations is None:
+        raise SaekitError("no activations given: pass --activations FILE")
+    activations = _load_activation_file(args.activations)
+    train_config, configs = sweep_configs(file_values, args, activations.shape[1])
+    dictionaries = saekit.train(_chunks(activations), configs, train_config=train_config)
+    for cfg, d in zip(configs, dictionaries):
+        target = args.out / cfg.display_name.replace("/", "_")
+        saekit.save(d, target)
+        print(f"saved {cfg.display_name} -> {target}")
+    return 0
