@@ -101,6 +101,8 @@ class DictionaryConfig:
     matryoshka_prefixes: list[int] | None = _help(
         "Matryoshka nested prefix sizes (increasing, last = d_sae). Default: d_sae/16, /8, /4, /2, 1.",
         default=None)
+    sparse_kernels: bool = _help("TopK family: train with sparse decoder and encoder-gradient kernels "
+                                 "(same result as dense, much faster).", default=True)
     ghost_grads: bool = _help("Ghost grads on dead latents (relu, gated, jumprelu).", default=False)
     resample_every: int = _help("Resample dead latents every this many steps (0 disables).", default=0)
     seed: int = _help("Random seed for initialisation.", default=0)

@@ -15,18 +15,41 @@ import torch
 from torch import Tensor, nn
 
 from saekit.activations import jumprelu, topk_over_batch, topk_per_row
-from saekit.config import DictionaryConfig
+from saekit.config import TOPK_FAMILY, DictionaryConfig
+from saekit.sparse import SparseCodes, sparse_decode, sparse_topk_encode
 
 THRESHOLD_UNSET = -1.0
 
 
 @dataclass
 class Encoding:
-    """What one training forward produces; the loss reads the extra pre-activations it needs."""
+    """What one training forward produces; the loss reads the extra pre-activations it needs.
 
-    latents: Tensor  # f [B, d_sae]
-    pre: Tensor  # encoder pre-activations [B, d_sae] (π_mag for Gated)
+    Exactly one of `latents` (dense) and `codes` (sparse TopK-family path) is set.
+    """
+
+    latents: Tensor | None  # f [B, d_sae]
+    pre: Tensor  # encoder pre-activations [B, d_sae] (π_mag for Gated); detached on the sparse path
     gate_pre: Tensor | None = None  # π_gate for Gated
+    codes: SparseCodes | None = None
+
+    @torch.no_grad()
+    def firing_counts(self, d_sae: int) -> Tensor:
+        if self.codes is not None:
+            active = self.codes.cols[self.codes.values > 0]
+            return torch.bincount(active, minlength=d_sae)
+        return (self.latents > 0).sum(0)
+
+    @torch.no_grad()
+    def mean_l0(self) -> float:
+        if self.codes is not None:
+            return float((self.codes.values > 0).sum()) / self.codes.batch_size
+        return float((self.latents > 0).sum(-1).double().mean())
+
+    @torch.no_grad()
+    def active_values(self) -> Tensor:
+        values = self.codes.values if self.codes is not None else self.latents
+        return values[values > 0]
 
 
 class Dictionary(nn.Module):
@@ -94,9 +117,16 @@ class Dictionary(nn.Module):
     def _centered(self, x: Tensor) -> Tensor:
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
 
-    def encode_with_details(self, x: Tensor, batch_level: bool = False) -> Encoding:
-        """Latents plus pre-activations. `batch_level` selects BatchTopK's training-time selection."""
+    def encode_with_details(self, x: Tensor, batch_level: bool = False, sparse: bool = False
+                            ) -> Encoding:
+        """Latents plus pre-activations. `batch_level` selects BatchTopK's training-time selection;
+        `sparse` takes the sparse-kernel path for the TopK family (training only)."""
         method = self.cfg.method
+        if sparse and method in TOPK_FAMILY:
+            codes, pre = sparse_topk_encode(
+                x, self.W_enc, self.b_enc, self.b_dec if self.cfg.apply_b_dec_to_input else None,
+                self.cfg.k, batch_level=batch_level and method != "topk")
+            return Encoding(None, pre, codes=codes)
         x_c = self._centered(x)
         if method == "gated":
             shared = x_c @ self.W_enc
@@ -126,6 +156,15 @@ class Dictionary(nn.Module):
 
     def decode(self, latents: Tensor) -> Tensor:
         return latents @ self.W_dec + self.b_dec
+
+    def decode_encoding(self, enc: Encoding) -> Tensor:
+        if enc.codes is not None:
+            return sparse_decode(enc.codes, self.W_dec) + self.b_dec
+        return self.decode(enc.latents)
+
+    def dead_preactivations(self, x: Tensor, dead_mask: Tensor) -> Tensor:
+        """Encoder pre-activations of the dead latents only (for AuxK), with gradients."""
+        return self._centered(x) @ self.W_enc[:, dead_mask] + self.b_enc[dead_mask]
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction x̂ = decode(encode(x))."""

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from saekit.activations import heaviside_step
 from saekit.dictionary import Dictionary, Encoding
+from saekit.sparse import sparse_decode
 
 
 @dataclass
@@ -32,11 +33,11 @@ def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float,
                   dead_mask: Tensor | None) -> LossResult:
     """The full training objective of `d.cfg.method` on a normalised batch x [B, d_in]."""
     cfg = d.cfg
-    enc = d.encode_with_details(x, batch_level=True)
-    x_hat = d.decode(enc.latents)
+    enc = d.encode_with_details(x, batch_level=True, sparse=cfg.sparse_kernels)
+    x_hat = d.decode_encoding(enc)
     per_token_error = squared_error(x, x_hat)
     if cfg.method == "matryoshka":
-        reconstruction = matryoshka_reconstruction_loss(d, x, enc.latents)
+        reconstruction = matryoshka_reconstruction_loss(d, x, enc)
     else:
         reconstruction = per_token_error.mean()
     total = reconstruction
@@ -52,7 +53,7 @@ def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float,
         parts["gated_aux"] = float(gated_aux.detach())
     has_dead = dead_mask is not None and bool(dead_mask.any())
     if has_dead and cfg.aux_k > 0:
-        aux = auxk_loss(d, x - x_hat, enc.pre, dead_mask, cfg.aux_k)
+        aux = auxk_loss(d, x, x - x_hat, dead_mask, cfg.aux_k)
         total = total + cfg.aux_coefficient * aux
         parts["auxk"] = float(aux.detach())
     if has_dead and cfg.ghost_grads:
@@ -81,21 +82,25 @@ def gated_auxiliary_loss(d: Dictionary, x: Tensor, enc: Encoding) -> Tensor:
     return squared_error(x, x_hat_frozen).mean()
 
 
-def matryoshka_reconstruction_loss(d: Dictionary, x: Tensor, latents: Tensor) -> Tensor:
+def matryoshka_reconstruction_loss(d: Dictionary, x: Tensor, enc: Encoding) -> Tensor:
     """Mean over nested prefixes m_g of ||x − (b_dec + Σ_{i<m_g} f_i d_i)||² (uniform group weights)."""
     partial = d.b_dec.expand_as(x)
     losses = []
     start = 0
     for end in d.cfg.matryoshka_prefixes:
-        partial = partial + latents[:, start:end] @ d.W_dec[start:end]
+        if enc.codes is not None:
+            group = enc.codes.subset((enc.codes.cols >= start) & (enc.codes.cols < end))
+            partial = partial + sparse_decode(group, d.W_dec)
+        else:
+            partial = partial + enc.latents[:, start:end] @ d.W_dec[start:end]
         losses.append(squared_error(x, partial).mean())
         start = end
     return torch.stack(losses).mean()
 
 
-def auxk_loss(d: Dictionary, residual: Tensor, pre: Tensor, dead_mask: Tensor, aux_k: int) -> Tensor:
+def auxk_loss(d: Dictionary, x: Tensor, residual: Tensor, dead_mask: Tensor, aux_k: int) -> Tensor:
     """||e − W_dec[dead]·TopK_aux(pre[:, dead])||² with e = x − x̂ detached (BTK's form; METHODS §4)."""
-    dead_pre = pre[:, dead_mask].relu()
+    dead_pre = d.dead_preactivations(x, dead_mask).relu()
     k_aux = min(aux_k, dead_pre.shape[1])
     values, indices = torch.topk(dead_pre, k_aux, dim=-1, sorted=False)
     codes = torch.zeros_like(dead_pre).scatter_(-1, indices, values)

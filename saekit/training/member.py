@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from saekit.config import DictionaryConfig
-from saekit.dictionary import Dictionary
+from saekit.dictionary import Dictionary, Encoding
 from saekit.losses import squared_error, training_loss
 
 
@@ -44,7 +44,8 @@ class SweepMember:
         self.device = torch.device(device)
         self.dictionary = Dictionary(cfg, device=self.device)
         self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=cfg.lr,
-                                          betas=cfg.adam_betas, eps=cfg.adam_eps)
+                                          betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                          fused=True)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.scale = 1.0
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
@@ -88,13 +89,12 @@ class SweepMember:
             with torch.no_grad():
                 d.threshold.clamp_(min=0.0)
 
-        latents = result.encoding.latents.detach()
-        self._update_statistics(latents, step)
+        self._update_statistics(result.encoding, x.shape[0], step)
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
             self.resample_dead_latents(x)
         parts = dict(result.parts)
         parts.update(loss=float(result.total.detach()), lr=lr, sparsity_coefficient=coefficient,
-                     l0=float((latents > 0).sum(-1).float().mean()),
+                     l0=result.encoding.mean_l0(),
                      dead_fraction=float(self.dead_mask().float().mean()))
         return parts
 
@@ -102,10 +102,10 @@ class SweepMember:
         return self.tokens_since_fired >= self.cfg.dead_tokens
 
     @torch.no_grad()
-    def _update_statistics(self, latents: Tensor, step: int) -> None:
-        fired_counts = (latents > 0).sum(0)
+    def _update_statistics(self, enc: Encoding, batch: int, step: int) -> None:
+        fired_counts = enc.firing_counts(self.cfg.d_sae)
         fired = fired_counts > 0
-        self.tokens_since_fired += latents.shape[0]
+        self.tokens_since_fired += batch
         self.tokens_since_fired[fired] = 0
         self.fired_since_resample |= fired
         window = max(1, self.total_steps // 10)
@@ -115,10 +115,10 @@ class SweepMember:
             self.window_counts[1].zero_()
             self.window_tokens[1] = 0
         self.window_counts[1] += fired_counts.to(torch.float64)
-        self.window_tokens[1] += latents.shape[0]
+        self.window_tokens[1] += batch
         if self.cfg.method in ("batchtopk", "matryoshka") and \
                 step >= self.cfg.threshold_start * self.total_steps:
-            selected = latents[latents > 0]
+            selected = enc.active_values()
             if selected.numel():
                 beta = self.cfg.threshold_ema
                 self.threshold_ema = beta * self.threshold_ema + (1 - beta) * float(selected.min())
