@@ -59,15 +59,18 @@ def heaviside_step(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     return _Step.apply(z, threshold, bandwidth)
 
 
-def topk_per_row(z: Tensor, k: int) -> Tensor:
-    """Keep the k largest entries of each row (after ReLU), zero the rest."""
-    values, indices = torch.topk(z, k, dim=-1, sorted=False)
-    return torch.zeros_like(z).scatter_(-1, indices, values.relu())
+def topk_per_row(z: Tensor, k: int, score_scale: Tensor | None = None) -> Tensor:
+    """Keep the k largest entries of each row (after ReLU), zero the rest. With `score_scale`, rank by
+    z·scale (decoder-norm-scaled scores) but keep the values of z."""
+    scores = z if score_scale is None else z.relu() * score_scale
+    indices = torch.topk(scores, k, dim=-1, sorted=False).indices
+    return torch.zeros_like(z).scatter_(-1, indices, z.gather(-1, indices).relu())
 
 
-def topk_over_batch(z: Tensor, k: int) -> Tensor:
+def topk_over_batch(z: Tensor, k: int, score_scale: Tensor | None = None) -> Tensor:
     """BatchTopK: keep the k·B largest entries of the whole [B, M] batch (after ReLU)."""
+    scores = z.relu() if score_scale is None else z.relu() * score_scale
+    keep = min(k * z.shape[0], scores.numel())
+    indices = torch.topk(scores.reshape(-1), keep, sorted=False).indices
     flat = z.relu().reshape(-1)
-    keep = min(k * z.shape[0], flat.numel())
-    values, indices = torch.topk(flat, keep, sorted=False)
-    return torch.zeros_like(flat).scatter_(0, indices, values).reshape(z.shape)
+    return torch.zeros_like(flat).scatter_(0, indices, flat[indices]).reshape(z.shape)

@@ -105,6 +105,18 @@ class DictionaryConfig:
                                  "(same result as dense, much faster).", default=True)
     ghost_grads: bool = _help("Ghost grads on dead latents (relu, gated, jumprelu).", default=False)
     resample_every: int = _help("Resample dead latents every this many steps (0 disables).", default=0)
+    d_out: int | None = _help("Transcoders: width of the target (default: d_in).", default=None)
+    target_hookpoint: str | None = _help(
+        "Transcoders: hookpoint whose activations are the target (e.g. the MLP output), while "
+        "`hookpoint` is the input (e.g. the MLP input).", default=None)
+    skip_connection: bool = _help("Transcoders: add a learned affine skip W_skip·x (zero-initialised).",
+                                  default=False)
+    source_hookpoints: list[str] | None = _help(
+        "Crosscoders: hookpoints (e.g. of two models or several layers) whose activations are "
+        "concatenated into the input; each is normalised separately and has its own decoder block.",
+        default=None)
+    n_sources: int = _help("Crosscoders: number of equal-width blocks in the input (set from "
+                           "source_hookpoints when given).", default=1)
     seed: int = _help("Random seed for initialisation.", default=0)
     name: str | None = _help("A name for this dictionary (used in reports and file names).",
                              default=None)
@@ -119,6 +131,19 @@ class DictionaryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise SaekitError(f"{name} must be a positive integer, got {value!r}")
+        if self.source_hookpoints is not None:
+            self.source_hookpoints = list(self.source_hookpoints)
+            self.n_sources = len(self.source_hookpoints)
+        if self.n_sources < 1 or self.d_in % self.n_sources:
+            raise SaekitError(f"d_in={self.d_in} must split into n_sources={self.n_sources} equal blocks")
+        if self.d_out is None:
+            self.d_out = self.d_in
+        if self.d_out <= 0:
+            raise SaekitError(f"d_out must be positive, got {self.d_out}")
+        if (self.d_out != self.d_in or self.skip_connection) and self.target_hookpoint is None:
+            raise SaekitError("d_out and skip_connection are for transcoders: also set target_hookpoint")
+        if self.target_hookpoint is not None and self.n_sources > 1:
+            raise SaekitError("a dictionary is either a transcoder or a crosscoder, not both")
         defaults = METHOD_DEFAULTS[self.method]
         for key, value in defaults.items():
             if getattr(self, key) is None:
@@ -177,9 +202,14 @@ class DictionaryConfig:
             raise SaekitError("ghost_grads applies to relu, gated and jumprelu; TopK methods use AuxK")
 
     @property
+    def is_transcoder(self) -> bool:
+        return self.target_hookpoint is not None
+
+    @property
     def apply_b_dec_to_input(self) -> bool:
-        """The April-2024 ReLU SAE has no pre-encoder bias; every other method subtracts b_dec first."""
-        return self.method != "relu"
+        """The April-2024 ReLU SAE has no pre-encoder bias, nor do transcoders (b_dec lives in the
+        output space); every other method subtracts b_dec first."""
+        return self.method != "relu" and not self.is_transcoder
 
     @property
     def display_name(self) -> str:

@@ -64,10 +64,12 @@ class Dictionary(nn.Module):
         # log10 firing density per latent, written to sparsity.safetensors when known.
         self.log_feature_density: Tensor | None = None
         kw = dict(dtype=dtype, device=device)
-        d_in, d_sae = cfg.d_in, cfg.d_sae
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.d_out
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw))
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw))
-        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_out, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, **kw))
+        if cfg.skip_connection:
+            self.W_skip = nn.Parameter(torch.zeros(d_out, d_in, **kw))
         if cfg.method == "gated":
             self.b_gate = nn.Parameter(torch.zeros(d_sae, **kw))
             self.b_mag = nn.Parameter(torch.zeros(d_sae, **kw))
@@ -95,6 +97,8 @@ class Dictionary(nn.Module):
         """Tensors under their SAELens names, detached: what goes into `sae_weights.safetensors`."""
         names = ["W_enc", "W_dec", "b_dec"]
         names += ["b_gate", "b_mag", "r_mag"] if self.cfg.method == "gated" else ["b_enc"]
+        if self.cfg.skip_connection:
+            names.append("W_skip")
         if self.cfg.method in ("jumprelu", "batchtopk", "matryoshka"):
             names.append("threshold")
         return {name: getattr(self, name).detach() for name in names}
@@ -122,10 +126,11 @@ class Dictionary(nn.Module):
         """Latents plus pre-activations. `batch_level` selects BatchTopK's training-time selection;
         `sparse` takes the sparse-kernel path for the TopK family (training only)."""
         method = self.cfg.method
+        score_scale = self.selection_scale()
         if sparse and method in TOPK_FAMILY:
             codes, pre = sparse_topk_encode(
                 x, self.W_enc, self.b_enc, self.b_dec if self.cfg.apply_b_dec_to_input else None,
-                self.cfg.k, batch_level=batch_level and method != "topk")
+                self.cfg.k, batch_level=batch_level and method != "topk", score_scale=score_scale)
             return Encoding(None, pre, codes=codes)
         x_c = self._centered(x)
         if method == "gated":
@@ -140,13 +145,28 @@ class Dictionary(nn.Module):
         elif method == "jumprelu":
             latents = jumprelu(pre, self.threshold, self.cfg.jumprelu_bandwidth)
         elif method == "topk":
-            latents = topk_per_row(pre, self.cfg.k)
+            latents = topk_per_row(pre, self.cfg.k, score_scale)
         elif batch_level or bool((self.threshold < 0).any()):
             # BatchTopK in training; at inference too until a threshold has been estimated.
-            latents = topk_over_batch(pre, self.cfg.k)
+            latents = topk_over_batch(pre, self.cfg.k, score_scale)
         else:
             latents = pre * (pre > self.threshold).to(pre.dtype)
         return Encoding(latents, pre)
+
+    def selection_scale(self) -> Tensor | None:
+        """Crosscoders with TopK-family activations rank latents by f_i·Σ_m||d_i^m|| (the
+        decoder-norm-scaled scores of the BatchTopK crosscoder), so a latent's cost does not depend on
+        how its decoder norm is split between sources. Plain SAEs rank by f_i."""
+        if self.cfg.n_sources == 1 or self.cfg.method not in TOPK_FAMILY:
+            return None
+        return self.decoder_norms().detach()
+
+    def decoder_norms(self) -> Tensor:
+        """||d_i|| per latent; for crosscoders the sum of per-source norms Σ_m ||d_i^m||."""
+        n = self.cfg.n_sources
+        if n == 1:
+            return self.W_dec.norm(dim=-1)
+        return self.W_dec.reshape(self.d_sae, n, -1).norm(dim=-1).sum(-1)
 
     def encode(self, x: Tensor) -> Tensor:
         """Latent activations f [..., d_sae] for inputs x [..., d_in] (inference behaviour)."""
@@ -154,33 +174,51 @@ class Dictionary(nn.Module):
         latents = self.encode_with_details(x.reshape(-1, shape[-1])).latents
         return latents.reshape(*shape[:-1], self.d_sae)
 
-    def decode(self, latents: Tensor) -> Tensor:
-        return latents @ self.W_dec + self.b_dec
+    def decode(self, latents: Tensor, x: Tensor | None = None) -> Tensor:
+        """x̂ = f·W_dec + b_dec, plus W_skip·x for skip transcoders when the input x is given."""
+        out = latents @ self.W_dec + self.b_dec
+        return self._add_skip(out, x)
 
-    def decode_encoding(self, enc: Encoding) -> Tensor:
+    def _add_skip(self, out: Tensor, x: Tensor | None) -> Tensor:
+        if self.cfg.skip_connection and x is not None:
+            out = out + x @ self.W_skip.T
+        return out
+
+    def decode_encoding(self, enc: Encoding, x: Tensor | None = None) -> Tensor:
         if enc.codes is not None:
-            return sparse_decode(enc.codes, self.W_dec) + self.b_dec
-        return self.decode(enc.latents)
+            return self._add_skip(sparse_decode(enc.codes, self.W_dec) + self.b_dec, x)
+        return self.decode(enc.latents, x)
 
     def dead_preactivations(self, x: Tensor, dead_mask: Tensor) -> Tensor:
         """Encoder pre-activations of the dead latents only (for AuxK), with gradients."""
         return self._centered(x) @ self.W_enc[:, dead_mask] + self.b_enc[dead_mask]
 
     def forward(self, x: Tensor) -> Tensor:
-        """The reconstruction x̂ = decode(encode(x))."""
-        return self.decode(self.encode(x))
+        """The reconstruction x̂ = decode(encode(x)) (for transcoders: the predicted target)."""
+        return self.decode(self.encode(x), x)
 
     # ---------------------------------------------------------------------------------- initialisation
     @torch.no_grad()
-    def initialize(self, first_batch: Tensor, generator: torch.Generator | None = None) -> None:
+    def initialize(self, first_batch: Tensor, generator: torch.Generator | None = None,
+                   first_target: Tensor | None = None) -> None:
         """METHODS.md init: random decoder directions at `decoder_init_norm`, tied encoder W_enc = W_decᵀ,
-        zero encoder biases, and b_dec from the first batch (zeros, mean or geometric median)."""
+        zero encoder biases, and b_dec from the first batch (zeros, mean or geometric median).
+
+        Transcoders cannot tie (input and output spaces differ; Gemma Scope does not tie them either):
+        the encoder gets its own random directions at the same norm, and b_dec is set from the target.
+        W_skip starts at zero."""
         cfg = self.cfg
-        directions = torch.randn(cfg.d_sae, cfg.d_in, generator=generator, dtype=torch.float32)
-        directions = directions / directions.norm(dim=-1, keepdim=True)
-        self.W_dec.copy_(directions * cfg.decoder_init_norm)
-        self.W_enc.copy_(self.W_dec.T)
-        x = first_batch.to(torch.float32)
+
+        def random_rows(n: int, d: int) -> Tensor:
+            rows = torch.randn(n, d, generator=generator, dtype=torch.float32)
+            return rows / rows.norm(dim=-1, keepdim=True)
+
+        self.W_dec.copy_(random_rows(cfg.d_sae, cfg.d_out) * cfg.decoder_init_norm)
+        if cfg.is_transcoder:
+            self.W_enc.copy_(random_rows(cfg.d_sae, cfg.d_in).T * cfg.decoder_init_norm)
+        else:
+            self.W_enc.copy_(self.W_dec.T)
+        x = (first_target if first_target is not None else first_batch).to(torch.float32)
         if cfg.b_dec_init == "mean":
             self.b_dec.copy_(x.mean(0))
         elif cfg.b_dec_init == "geometric_median":
@@ -204,17 +242,23 @@ class Dictionary(nn.Module):
 
     # --------------------------------------------------------------------------------------- folding
     @torch.no_grad()
-    def fold_activation_scale(self, scale: float) -> None:
-        """Make a dictionary trained on c·x take raw x and return raw x̂, with latents unchanged.
+    def fold_activation_scale(self, scale_in: Tensor | float, scale_out: Tensor | float | None = None
+                              ) -> None:
+        """Make a dictionary trained on c·x (target c'·y) take raw x and return raw ŷ, latents unchanged.
 
-        With x_n = c·x: encode's (x_n − b_dec)·W_enc = (x − b_dec/c)·(c·W_enc), and decode's
-        (f·W_dec + b_dec)/c = f·(W_dec/c) + b_dec/c. Thresholds and k-selection see identical
-        pre-activations, so every method folds the same way.
+        With x_n = c⊙x: encode's (x_n − b_dec)·W_enc = (x − b_dec/c)·(diag(c)·W_enc), and decode's
+        (f·W_dec + b_dec)/c' = f·(W_dec/c') + b_dec/c'; a skip term becomes diag(1/c')·W_skip·diag(c).
+        Scales may be per dimension (crosscoders normalise each source separately). Thresholds and
+        k-selection see identical pre-activations, so every method folds the same way.
         """
-        self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
-        self.meta["activation_scale_folded"] = self.meta.get("activation_scale_folded", 1.0) * scale
+        scale_out = scale_in if scale_out is None else scale_out
+        c_in = torch.as_tensor(scale_in, dtype=self.W_enc.dtype, device=self.W_enc.device)
+        c_out = torch.as_tensor(scale_out, dtype=self.W_enc.dtype, device=self.W_enc.device)
+        self.W_enc.mul_(c_in.reshape(-1, 1) if c_in.ndim else c_in)
+        self.W_dec.div_(c_out)
+        self.b_dec.div_(c_out)
+        if self.cfg.skip_connection:
+            self.W_skip.mul_(c_in).div_(c_out.reshape(-1, 1) if c_out.ndim else c_out)
 
     @torch.no_grad()
     def fold_decoder_norms(self) -> None:

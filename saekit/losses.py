@@ -30,14 +30,18 @@ def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
 
 
 def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float,
-                  dead_mask: Tensor | None) -> LossResult:
-    """The full training objective of `d.cfg.method` on a normalised batch x [B, d_in]."""
+                  dead_mask: Tensor | None, target: Tensor | None = None) -> LossResult:
+    """The full training objective of `d.cfg.method` on a normalised batch x [B, d_in].
+
+    `target` is what to reconstruct (transcoders: the MLP output); by default x itself.
+    """
     cfg = d.cfg
+    target = x if target is None else target
     enc = d.encode_with_details(x, batch_level=True, sparse=cfg.sparse_kernels)
-    x_hat = d.decode_encoding(enc)
-    per_token_error = squared_error(x, x_hat)
+    x_hat = d.decode_encoding(enc, x)
+    per_token_error = squared_error(target, x_hat)
     if cfg.method == "matryoshka":
-        reconstruction = matryoshka_reconstruction_loss(d, x, enc)
+        reconstruction = matryoshka_reconstruction_loss(d, x, target, enc)
     else:
         reconstruction = per_token_error.mean()
     total = reconstruction
@@ -48,26 +52,27 @@ def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float,
         total = total + sparsity_coefficient * sparsity
         parts["sparsity"] = float(sparsity.detach())
     if cfg.method == "gated":
-        gated_aux = gated_auxiliary_loss(d, x, enc)
+        gated_aux = gated_auxiliary_loss(d, x, target, enc)
         total = total + gated_aux
         parts["gated_aux"] = float(gated_aux.detach())
     has_dead = dead_mask is not None and bool(dead_mask.any())
     if has_dead and cfg.aux_k > 0:
-        aux = auxk_loss(d, x, x - x_hat, dead_mask, cfg.aux_k)
+        aux = auxk_loss(d, x, target - x_hat, dead_mask, cfg.aux_k)
         total = total + cfg.aux_coefficient * aux
         parts["auxk"] = float(aux.detach())
     if has_dead and cfg.ghost_grads:
-        ghost = ghost_grads_loss(d, x - x_hat, enc.pre, dead_mask, per_token_error)
+        ghost = ghost_grads_loss(d, target - x_hat, enc.pre, dead_mask, per_token_error)
         total = total + ghost
         parts["ghost"] = float(ghost.detach())
     return LossResult(total, enc, x_hat, parts)
 
 
 def sparsity_loss(d: Dictionary, enc: Encoding) -> Tensor | None:
-    """relu: Σ f_i·||d_i|| (April-2024); gated: L1 of ReLU(π_gate); jumprelu: L0 via the step STE."""
+    """relu: Σ f_i·||d_i|| (April-2024; crosscoders: Σ_m ||d_i^m||); gated: L1 of ReLU(π_gate);
+    jumprelu: L0 via the step STE."""
     method = d.cfg.method
     if method == "relu":
-        return (enc.latents * d.W_dec.norm(dim=-1)).sum(-1).mean()
+        return (enc.latents * d.decoder_norms()).sum(-1).mean()
     if method == "gated":
         return enc.gate_pre.relu().sum(-1).mean()
     if method == "jumprelu":
@@ -76,15 +81,17 @@ def sparsity_loss(d: Dictionary, enc: Encoding) -> Tensor | None:
     return None
 
 
-def gated_auxiliary_loss(d: Dictionary, x: Tensor, enc: Encoding) -> Tensor:
-    """||x − x̂_frozen(ReLU(π_gate))||² with the decoder frozen, so the gate path learns to reconstruct."""
+def gated_auxiliary_loss(d: Dictionary, x: Tensor, target: Tensor, enc: Encoding) -> Tensor:
+    """||y − ŷ_frozen(ReLU(π_gate))||² with the decoder frozen, so the gate path learns to reconstruct."""
     x_hat_frozen = enc.gate_pre.relu() @ d.W_dec.detach() + d.b_dec.detach()
-    return squared_error(x, x_hat_frozen).mean()
+    if d.cfg.skip_connection:
+        x_hat_frozen = x_hat_frozen + x @ d.W_skip.detach().T
+    return squared_error(target, x_hat_frozen).mean()
 
 
-def matryoshka_reconstruction_loss(d: Dictionary, x: Tensor, enc: Encoding) -> Tensor:
-    """Mean over nested prefixes m_g of ||x − (b_dec + Σ_{i<m_g} f_i d_i)||² (uniform group weights)."""
-    partial = d.b_dec.expand_as(x)
+def matryoshka_reconstruction_loss(d: Dictionary, x: Tensor, target: Tensor, enc: Encoding) -> Tensor:
+    """Mean over nested prefixes m_g of ||y − (b_dec + Σ_{i<m_g} f_i d_i)||² (uniform group weights)."""
+    partial = d._add_skip(d.b_dec.expand_as(target), x)
     losses = []
     start = 0
     for end in d.cfg.matryoshka_prefixes:
@@ -93,7 +100,7 @@ def matryoshka_reconstruction_loss(d: Dictionary, x: Tensor, enc: Encoding) -> T
             partial = partial + sparse_decode(group, d.W_dec)
         else:
             partial = partial + enc.latents[:, start:end] @ d.W_dec[start:end]
-        losses.append(squared_error(x, partial).mean())
+        losses.append(squared_error(target, partial).mean())
         start = end
     return torch.stack(losses).mean()
 

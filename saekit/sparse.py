@@ -94,13 +94,15 @@ class _SelectedPreactivations(torch.autograd.Function):
 
 
 def sparse_topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k: int,
-                       batch_level: bool) -> tuple[SparseCodes, Tensor]:
+                       batch_level: bool, score_scale: Tensor | None = None
+                       ) -> tuple[SparseCodes, Tensor]:
     """Select and differentiate only the active latents. Returns the codes and the (detached)
-    pre-activations, which AuxK and threshold estimates read."""
+    pre-activations, which AuxK and threshold estimates read. `score_scale` ranks by pre·scale."""
     with torch.no_grad():
         x_centered = x - b_dec if b_dec is not None else x
         pre = x_centered @ W_enc + b_enc
-        rows, cols, offsets = (select_batch_topk if batch_level else select_topk)(pre, k)
+        scores = pre if score_scale is None else pre.relu() * score_scale
+        rows, cols, offsets = (select_batch_topk if batch_level else select_topk)(scores, k)
         selected = pre[rows, cols]
     values = _SelectedPreactivations.apply(selected, x_centered, rows, cols, W_enc, b_enc, b_dec)
     return SparseCodes(rows, cols, values.relu(), offsets, x.shape[0]), pre

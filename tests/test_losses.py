@@ -25,7 +25,7 @@ def test_gated_auxiliary_loss_does_not_train_the_decoder(generator):
     d = make("gated")
     d.train()
     x = torch.randn(20, 12, generator=generator)
-    gated_auxiliary_loss(d, x, d.encode_with_details(x)).backward()
+    gated_auxiliary_loss(d, x, x, d.encode_with_details(x)).backward()
     assert d.W_dec.grad is None or torch.count_nonzero(d.W_dec.grad) == 0
     assert torch.count_nonzero(d.W_enc.grad) > 0 and torch.count_nonzero(d.b_gate.grad) > 0
 

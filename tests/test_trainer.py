@@ -46,7 +46,7 @@ def test_sweep_trains_every_method_and_records_normalisation():
         result = saekit.evaluate(d, [x])
         assert result["fvu"] < 0.9, d.cfg.display_name
         if d.cfg.unit_norm_decoder:
-            norms = d.W_dec.norm(dim=-1) * d.meta["activation_scale_folded"]
+            norms = d.W_dec.norm(dim=-1) * d.meta["activation_scale"]
             assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
         assert d.log_feature_density is not None
 
@@ -145,13 +145,13 @@ def test_resampling_revives_dead_latents():
     member = member_cls(cfg, total_steps=100)
     batches = iter(data)
     first = next(batches)
-    member.start(first, float(first.norm(dim=-1).mean()), float(first.norm(dim=-1).pow(2).mean()))
+    member.start(first)
     with torch.no_grad():
         member.dictionary.b_enc[:10] = -100.0  # ten latents that cannot fire
     for step in range(19):
         member.step(next(batches), step)
     assert not member.fired_since_resample[:10].any()
-    revived = member.resample_dead_latents(next(batches) * member.scale)
+    revived = member.resample_dead_latents(next(batches) * member.scale_in)
     assert revived >= 10
     assert (member.dictionary.b_enc[:10] == 0).all()
     assert member.dictionary.W_enc[:, :10].norm(dim=0).min() > 0

@@ -29,12 +29,18 @@ def lr_factor(step: int, total_steps: int, warmup: float, decay: float) -> float
     return 1.0
 
 
-def activation_scale(method: str, mean_norm: float, mean_squared_norm: float, d_in: int) -> float:
+def activation_scale(method: str, x: Tensor, n_blocks: int = 1) -> Tensor:
+    """Per-dimension scale [d]: one scalar per block (crosscoder source), estimated on the batch x."""
+    blocks = x.float().reshape(x.shape[0], n_blocks, -1)
+    width = blocks.shape[-1]
+    norms = blocks.norm(dim=-1)  # [B, n_blocks]
     if method == "mean_norm_sqrt_d":
-        return math.sqrt(d_in) / mean_norm
-    if method == "mean_squared_norm_1":
-        return 1.0 / math.sqrt(mean_squared_norm)
-    return 1.0
+        scales = math.sqrt(width) / norms.mean(0).clamp_min(1e-12)
+    elif method == "mean_squared_norm_1":
+        scales = 1.0 / norms.pow(2).mean(0).sqrt().clamp_min(1e-12)
+    else:
+        scales = torch.ones(n_blocks)
+    return scales.repeat_interleave(width)
 
 
 class SweepMember:
@@ -47,7 +53,8 @@ class SweepMember:
                                           betas=cfg.adam_betas, eps=cfg.adam_eps,
                                           fused=True)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.scale = 1.0
+        self.scale_in = torch.ones(cfg.d_in, device=self.device)
+        self.scale_out = torch.ones(cfg.d_out, device=self.device)
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
         # Firing counts over the current and the previous statistics window -> sparsity.safetensors.
         self.window_counts = torch.zeros(2, cfg.d_sae, dtype=torch.float64, device=self.device)
@@ -57,16 +64,26 @@ class SweepMember:
         self.threshold_updates = 0
 
     # --------------------------------------------------------------------------------------- start
-    def start(self, first_batch: Tensor, mean_norm: float, mean_squared_norm: float) -> None:
-        self.scale = activation_scale(self.cfg.normalize_activations, mean_norm, mean_squared_norm,
-                                      self.cfg.d_in)
-        torch.manual_seed(self.cfg.seed)
-        self.dictionary.initialize(first_batch.to(self.device) * self.scale, self.generator)
+    def start(self, first_batch: Tensor, first_target: Tensor | None = None) -> None:
+        """Estimate the normalisation on the first batch and initialise the dictionary from it."""
+        cfg = self.cfg
+        x = first_batch.to(self.device, torch.float32)
+        self.scale_in = activation_scale(cfg.normalize_activations, x, cfg.n_sources).to(self.device)
+        target = None
+        if first_target is not None:
+            target = first_target.to(self.device, torch.float32)
+            self.scale_out = activation_scale(cfg.normalize_activations, target).to(self.device)
+            target = target * self.scale_out
+        else:
+            self.scale_out = self.scale_in
+        self.dictionary.initialize(x * self.scale_in, self.generator, target)
 
     # ---------------------------------------------------------------------------------------- step
-    def step(self, x: Tensor, step: int) -> dict[str, float]:
+    def step(self, x: Tensor, step: int, target: Tensor | None = None) -> dict[str, float]:
         cfg, d = self.cfg, self.dictionary
-        x = x.to(self.device, torch.float32) * self.scale
+        x = x.to(self.device, torch.float32) * self.scale_in
+        if target is not None:
+            target = target.to(self.device, torch.float32) * self.scale_out
         lr = cfg.lr * lr_factor(step, self.total_steps, cfg.lr_warmup, cfg.lr_decay)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -75,7 +92,7 @@ class SweepMember:
                                                   if warmup_steps > 0 else 1.0)
         dead_mask = self.dead_mask() if (cfg.aux_k > 0 or cfg.ghost_grads) else None
 
-        result = training_loss(d, x, coefficient, dead_mask)
+        result = training_loss(d, x, coefficient, dead_mask, target)
         self.optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         if cfg.unit_norm_decoder:
@@ -91,7 +108,7 @@ class SweepMember:
 
         self._update_statistics(result.encoding, x.shape[0], step)
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
-            self.resample_dead_latents(x)
+            self.resample_dead_latents(x, target)
         parts = dict(result.parts)
         parts.update(loss=float(result.total.detach()), lr=lr, sparsity_coefficient=coefficient,
                      l0=result.encoding.mean_l0(),
@@ -119,17 +136,25 @@ class SweepMember:
         if self.cfg.method in ("batchtopk", "matryoshka") and \
                 step >= self.cfg.threshold_start * self.total_steps:
             selected = enc.active_values()
+            scale = self.dictionary.selection_scale()
+            if scale is not None and enc.codes is not None:
+                selected = (enc.codes.values.detach() * scale[enc.codes.cols])
+                selected = selected[selected > 0]
             if selected.numel():
                 beta = self.cfg.threshold_ema
                 self.threshold_ema = beta * self.threshold_ema + (1 - beta) * float(selected.min())
                 self.threshold_updates += 1
                 # Bias-corrected EMA (as Adam does), so early steps are not pulled towards 0.
                 estimate = self.threshold_ema / (1 - beta ** self.threshold_updates)
-                self.dictionary.threshold.fill_(estimate)
+                scale = self.dictionary.selection_scale()
+                if scale is None:
+                    self.dictionary.threshold.fill_(estimate)
+                else:  # crosscoders select on f·norm, so each latent's own threshold is θ/norm
+                    self.dictionary.threshold.copy_(estimate / scale.clamp_min(1e-12))
 
     # ---------------------------------------------------------------------------------- resampling
     @torch.no_grad()
-    def resample_dead_latents(self, x: Tensor) -> int:
+    def resample_dead_latents(self, x: Tensor, target: Tensor | None = None) -> int:
         """Anthropic's resampling (METHODS §1), using the current batch as the pool of inputs.
 
         Latents silent since the last resample get a decoder row pointing at an input sampled with
@@ -142,7 +167,7 @@ class SweepMember:
         n_dead = int(dead.sum())
         if n_dead == 0:
             return 0
-        losses = squared_error(x, d(x)).pow(2)
+        losses = squared_error(x if target is None else target, d(x)).pow(2)
         if float(losses.sum()) <= 0:
             return 0
         picks = torch.multinomial(losses.cpu(), n_dead, replacement=True, generator=self.generator)
@@ -176,8 +201,9 @@ class SweepMember:
     def export(self, tokens_seen: int) -> Dictionary:
         """A copy in raw activation space (normalisation folded in), ready to save or use."""
         d = copy.deepcopy(self.dictionary)
-        d.fold_activation_scale(self.scale)
-        d.meta.update(activation_scale=self.scale, training_tokens=tokens_seen,
+        d.fold_activation_scale(self.scale_in, self.scale_out)
+        d.meta.update(activation_scale=_compact(self.scale_in), training_tokens=tokens_seen,
+                      target_scale=_compact(self.scale_out),
                       normalize_activations=self.cfg.normalize_activations)
         density = self.firing_density()
         if density is not None:
@@ -192,7 +218,8 @@ class SweepMember:
             "dictionary": self.dictionary.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "scale": self.scale,
+            "scale_in": self.scale_in,
+            "scale_out": self.scale_out,
             "tokens_since_fired": self.tokens_since_fired,
             "window_counts": self.window_counts,
             "window_tokens": list(self.window_tokens),
@@ -205,10 +232,17 @@ class SweepMember:
         self.dictionary.load_state_dict(state["dictionary"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        self.scale = float(state["scale"])
+        self.scale_in = state["scale_in"].to(self.device)
+        self.scale_out = state["scale_out"].to(self.device)
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.window_counts.copy_(state["window_counts"])
         self.window_tokens = list(state["window_tokens"])
         self.fired_since_resample.copy_(state["fired_since_resample"])
         self.threshold_ema = float(state["threshold_ema"])
         self.threshold_updates = int(state["threshold_updates"])
+
+
+def _compact(scale: Tensor) -> float | list[float]:
+    """A scale vector as recorded in the config: one number, or one per source block."""
+    blocks = torch.unique_consecutive(scale.cpu())
+    return float(blocks[0]) if blocks.numel() == 1 else [float(v) for v in blocks]

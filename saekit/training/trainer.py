@@ -80,15 +80,33 @@ def _unique_names(configs: Sequence[DictionaryConfig]) -> list[str]:
     return names
 
 
-def _source_key(cfg: DictionaryConfig, batch: dict[str, Tensor]) -> str:
-    if SINGLE in batch:
-        return SINGLE
-    if cfg.hookpoint in batch:
-        return cfg.hookpoint
-    if cfg.hookpoint is None and len(batch) == 1:
-        return next(iter(batch))
-    raise SaekitError(f"dictionary for hookpoint {cfg.hookpoint!r} has no activations in the stream "
-                      f"(it has {', '.join(sorted(batch))}): set each config's hookpoint")
+def _lookup(batch: dict[str, Tensor], key: str | None, cfg: DictionaryConfig) -> Tensor:
+    if key in batch:
+        return batch[key]
+    if key is None and SINGLE in batch:
+        return batch[SINGLE]
+    if key is None and len(batch) == 1:
+        return next(iter(batch.values()))
+    raise SaekitError(f"dictionary {cfg.display_name} needs activations of hookpoint {key!r} but the "
+                      f"stream has {', '.join(sorted(batch)) or 'plain tensors'}: set each config's "
+                      "hookpoint (and target_hookpoint / source_hookpoints) to names in the stream")
+
+
+def member_inputs(cfg: DictionaryConfig, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """(input, target) of one dictionary from a batch: crosscoders concatenate their sources,
+    transcoders read a separate target."""
+    if cfg.source_hookpoints:
+        x = torch.cat([_lookup(batch, key, cfg).float() for key in cfg.source_hookpoints], dim=-1)
+    else:
+        x = _lookup(batch, cfg.hookpoint, cfg).float()
+    target = _lookup(batch, cfg.target_hookpoint, cfg).float() if cfg.is_transcoder else None
+    if x.shape[-1] != cfg.d_in:
+        raise SaekitError(f"activations have width {x.shape[-1]} but dictionary {cfg.display_name} "
+                          f"has d_in={cfg.d_in}")
+    if target is not None and target.shape[-1] != cfg.d_out:
+        raise SaekitError(f"target activations have width {target.shape[-1]} but dictionary "
+                          f"{cfg.display_name} has d_out={cfg.d_out}")
+    return x, target
 
 
 def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | DictionaryConfig,
@@ -165,18 +183,12 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
                 logger.warning("the activation stream ended after %d tokens, before total_tokens=%d",
                                tokens_seen, tc.total_tokens)
                 break
-            if step == 0:
-                for member in members:
-                    x = batch[_source_key(member.cfg, batch)].float()
-                    if x.shape[-1] != member.cfg.d_in:
-                        raise SaekitError(f"activations have width {x.shape[-1]} but dictionary "
-                                          f"{member.cfg.display_name} has d_in={member.cfg.d_in}")
-                    norms = x.norm(dim=-1)
-                    member.start(x, float(norms.mean()), float(norms.pow(2).mean()))
             logs = []
             for name, member in zip(names, members):
-                parts = member.step(batch[_source_key(member.cfg, batch)], step)
-                logs.append((name, parts))
+                x, target = member_inputs(member.cfg, batch)
+                if step == 0:
+                    member.start(x, target)
+                logs.append((name, member.step(x, step, target)))
             step += 1
             tokens_seen += tc.batch_size
             bar.update(tc.batch_size)
