@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "saekit.commands.toy",
     "saekit.commands.train",
     "saekit.commands.info",
+    "saekit.commands.meta",
 ]
 
 

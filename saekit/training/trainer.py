@@ -83,8 +83,6 @@ def _unique_names(configs: Sequence[DictionaryConfig]) -> list[str]:
 def _lookup(batch: dict[str, Tensor], key: str | None, cfg: DictionaryConfig) -> Tensor:
     if key in batch:
         return batch[key]
-    if key is None and SINGLE in batch:
-        return batch[SINGLE]
     if key is None and len(batch) == 1:
         return next(iter(batch.values()))
     raise SaekitError(f"dictionary {cfg.display_name} needs activations of hookpoint {key!r} but the "
@@ -95,7 +93,9 @@ def _lookup(batch: dict[str, Tensor], key: str | None, cfg: DictionaryConfig) ->
 def member_inputs(cfg: DictionaryConfig, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
     """(input, target) of one dictionary from a batch: crosscoders concatenate their sources,
     transcoders read a separate target."""
-    if cfg.source_hookpoints:
+    if SINGLE in batch and not cfg.source_hookpoints and not cfg.is_transcoder:
+        x = batch[SINGLE].float()  # a plain-tensor stream feeds every dictionary, whatever its label
+    elif cfg.source_hookpoints:
         x = torch.cat([_lookup(batch, key, cfg).float() for key in cfg.source_hookpoints], dim=-1)
     else:
         x = _lookup(batch, cfg.hookpoint, cfg).float()
