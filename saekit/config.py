@@ -253,6 +253,11 @@ class TrainConfig:
     log_file: str | None = _help("JSONL file for training logs (default: <checkpoint_dir>/log.jsonl).",
                                  default=None)
     progress: bool = _help("Show a progress bar.", default=True)
+    parallel: str = _help("Under torchrun: 'data' (every rank trains every dictionary on its shard of "
+                          "each batch) or 'shard' (dictionaries dealt to ranks, activations gathered "
+                          "to their owner).", default="data")
+    collective_timeout_s: float = _help("Under torchrun: seconds a rank waits for the others before "
+                                        "failing with an error.", default=120.0)
 
     def __post_init__(self) -> None:
         if self.total_tokens <= 0:
@@ -262,6 +267,8 @@ class TrainConfig:
         if self.total_tokens < self.batch_size:
             raise SaekitError(f"total_tokens={self.total_tokens} is less than one batch "
                               f"({self.batch_size}): raise total_tokens or lower batch_size")
+        if self.parallel not in ("data", "shard"):
+            raise SaekitError(f"parallel must be 'data' or 'shard', got {self.parallel!r}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.log_every < 1:
             raise SaekitError("checkpoint_every must be >= 0, keep_checkpoints >= 1, log_every >= 1")
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from saekit.config import DictionaryConfig
 from saekit.dictionary import Dictionary, Encoding
 from saekit.losses import squared_error, training_loss
+from saekit.training.distributed import Distributed
 
 
 def lr_factor(step: int, total_steps: int, warmup: float, decay: float) -> float:
@@ -44,8 +45,10 @@ def activation_scale(method: str, x: Tensor, n_blocks: int = 1) -> Tensor:
 
 
 class SweepMember:
-    def __init__(self, cfg: DictionaryConfig, total_steps: int, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: DictionaryConfig, total_steps: int, device: str | torch.device = "cpu",
+                 dist: Distributed | None = None):
         self.cfg = cfg
+        self.dist = dist if dist is not None and dist.mode == "data" else None
         self.total_steps = total_steps
         self.device = torch.device(device)
         self.dictionary = Dictionary(cfg, device=self.device)
@@ -95,6 +98,8 @@ class SweepMember:
         result = training_loss(d, x, coefficient, dead_mask, target)
         self.optimizer.zero_grad(set_to_none=True)
         result.total.backward()
+        if self.dist is not None:
+            self.dist.average_gradients(list(d.parameters()))
         if cfg.unit_norm_decoder:
             d.remove_parallel_decoder_grad()
         if cfg.grad_clip > 0:
@@ -108,6 +113,9 @@ class SweepMember:
 
         self._update_statistics(result.encoding, x.shape[0], step)
         if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+            if self.dist is not None:  # every rank must make the same random choices
+                x = self.dist.gather_rows(x)
+                target = None if target is None else self.dist.gather_rows(target)
             self.resample_dead_latents(x, target)
         parts = dict(result.parts)
         parts.update(loss=float(result.total.detach()), lr=lr, sparsity_coefficient=coefficient,
@@ -121,6 +129,9 @@ class SweepMember:
     @torch.no_grad()
     def _update_statistics(self, enc: Encoding, batch: int, step: int) -> None:
         fired_counts = enc.firing_counts(self.cfg.d_sae)
+        if self.dist is not None:
+            fired_counts = self.dist.sum(fired_counts)
+            batch *= self.dist.world
         fired = fired_counts > 0
         self.tokens_since_fired += batch
         self.tokens_since_fired[fired] = 0
@@ -140,9 +151,12 @@ class SweepMember:
             if scale is not None and enc.codes is not None:
                 selected = (enc.codes.values.detach() * scale[enc.codes.cols])
                 selected = selected[selected > 0]
-            if selected.numel():
+            smallest = float(selected.min()) if selected.numel() else math.inf
+            if self.dist is not None:
+                smallest = self.dist.min(smallest)
+            if math.isfinite(smallest):
                 beta = self.cfg.threshold_ema
-                self.threshold_ema = beta * self.threshold_ema + (1 - beta) * float(selected.min())
+                self.threshold_ema = beta * self.threshold_ema + (1 - beta) * smallest
                 self.threshold_updates += 1
                 # Bias-corrected EMA (as Adam does), so early steps are not pulled towards 0.
                 estimate = self.threshold_ema / (1 - beta ** self.threshold_updates)

@@ -26,6 +26,7 @@ from saekit.config import DictionaryConfig, TrainConfig
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.training.checkpoint import load_latest_checkpoint, write_checkpoint
+from saekit.training.distributed import Distributed
 from saekit.training.member import SweepMember
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
 
     Keyword options are `TrainConfig` fields (checkpoint_dir, checkpoint_every, resume, log_file, ...).
     The returned dictionaries take raw activations (normalisation folded in) and are in eval mode.
+    Under torchrun, `stream` yields this rank's shard: batch_size / world tokens per global batch.
     """
     if isinstance(configs, DictionaryConfig):
         configs = [configs]
@@ -131,9 +133,13 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
             options["batch_size"] = batch_size
         train_config = TrainConfig(**options)
     tc = train_config
+    dist = Distributed.from_environment(tc.parallel, tc.collective_timeout_s)
+    is_main = dist is None or dist.rank == 0
+    local_batch = tc.batch_size if dist is None else dist.local_batch_size(tc.batch_size)
     total_steps = tc.total_steps
     names = _unique_names(configs)
-    members = [SweepMember(cfg, total_steps, device) for cfg in configs]
+    members = {i: SweepMember(cfg, total_steps, device, dist) for i, cfg in enumerate(configs)
+               if dist is None or dist.owns(i)}
 
     step, tokens_seen, resumed = 0, 0, False
     if tc.checkpoint_dir and tc.resume:
@@ -145,67 +151,88 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
                     or meta.get("total_tokens") != tc.total_tokens:
                 raise SaekitError(f"checkpoint in {tc.checkpoint_dir} was made with different configs "
                                   "or token budget: use a new checkpoint_dir or resume=False")
-            for member, member_state in zip(members, state["members"]):
-                member.load_state_dict(member_state)
+            for i, member in members.items():
+                member.load_state_dict(state["members"][i])
             torch.set_rng_state(state["torch_rng"])
             step, tokens_seen, resumed = int(meta["step"]), int(meta["tokens_seen"]), True
             logger.info("resumed from step %d (%d tokens)", step, tokens_seen)
 
+    local_seen = tokens_seen if dist is None else tokens_seen // dist.world
     if resumed and hasattr(stream, "resume_from"):
-        batches = rebatch(stream.resume_from(tokens_seen), tc.batch_size)
+        batches = rebatch(stream.resume_from(local_seen), local_batch)
     else:
-        batches = rebatch(stream, tc.batch_size, skip_tokens=tokens_seen)
+        batches = rebatch(stream, local_batch, skip_tokens=local_seen)
 
     log_path = Path(tc.log_file) if tc.log_file else (
         Path(tc.checkpoint_dir) / "log.jsonl" if tc.checkpoint_dir else None)
     log_handle = None
-    if log_path is not None:
+    if log_path is not None and is_main:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_handle = open(log_path, "a")
+
+    def all_member_objects(local: dict[int, Any]) -> list[Any]:
+        """Every member's object (state or export), in config order, on every rank."""
+        if dist is not None and dist.mode == "shard":
+            merged: dict[int, Any] = {}
+            for part in dist.gather_objects(local):
+                merged.update(part)
+            local = merged
+        return [local[i] for i in range(len(configs))]
 
     def checkpoint() -> None:
         if not tc.checkpoint_dir:
             return
-        state = {"members": [m.state_dict() for m in members], "torch_rng": torch.get_rng_state()}
-        meta = {"tokens_seen": tokens_seen, "total_tokens": tc.total_tokens,
-                "batch_size": tc.batch_size, "names": names,
-                "configs": [cfg.to_dict() for cfg in configs]}
-        exports = {name: m.export(tokens_seen) for name, m in zip(names, members)}
-        write_checkpoint(tc.checkpoint_dir, step, state, meta, exports, tc.keep_checkpoints)
+        states = all_member_objects({i: m.state_dict() for i, m in members.items()})
+        exports = all_member_objects({i: m.export(tokens_seen) for i, m in members.items()})
+        if is_main:
+            state = {"members": states, "torch_rng": torch.get_rng_state()}
+            meta = {"tokens_seen": tokens_seen, "total_tokens": tc.total_tokens,
+                    "batch_size": tc.batch_size, "names": names,
+                    "configs": [cfg.to_dict() for cfg in configs]}
+            write_checkpoint(tc.checkpoint_dir, step, state, meta, dict(zip(names, exports)),
+                             tc.keep_checkpoints)
+        if dist is not None:
+            dist.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
 
     bar = tqdm(total=tc.total_tokens, initial=tokens_seen, unit="tok", unit_scale=True,
-               disable=not tc.progress, desc="training", dynamic_ncols=True)
+               disable=not (tc.progress and is_main), desc="training", dynamic_ncols=True)
     started = time.perf_counter()
     try:
         while step < total_steps:
             batch = next(batches, None)
-            if batch is None:
+            exhausted = batch is None if dist is None else dist.any(batch is None)
+            if exhausted:
                 logger.warning("the activation stream ended after %d tokens, before total_tokens=%d",
                                tokens_seen, tc.total_tokens)
                 break
+            if dist is not None and dist.mode == "shard":
+                batch = {key: dist.gather_rows(value) for key, value in batch.items()}
             logs = []
-            for name, member in zip(names, members):
+            for i, member in members.items():
                 x, target = member_inputs(member.cfg, batch)
                 if step == 0:
-                    member.start(x, target)
-                logs.append((name, member.step(x, step, target)))
+                    if dist is not None and dist.mode == "data":  # initialise from the global batch
+                        member.start(dist.gather_rows(x),
+                                     None if target is None else dist.gather_rows(target))
+                    else:
+                        member.start(x, target)
+                logs.append((names[i], member.step(x, step, target)))
             step += 1
             tokens_seen += tc.batch_size
             bar.update(tc.batch_size)
-            if step % tc.log_every == 0 or step == total_steps:
+            if log_handle is not None and (step % tc.log_every == 0 or step == total_steps):
                 elapsed = time.perf_counter() - started
-                if log_handle is not None:
-                    for name, parts in logs:
-                        log_handle.write(json.dumps({"step": step, "tokens": tokens_seen,
-                                                     "elapsed_s": round(elapsed, 3),
-                                                     "dictionary": name, **parts}) + "\n")
-                    log_handle.flush()
+                for name, parts in logs:
+                    log_handle.write(json.dumps({"step": step, "tokens": tokens_seen,
+                                                 "elapsed_s": round(elapsed, 3),
+                                                 "dictionary": name, **parts}) + "\n")
+                log_handle.flush()
                 bar.set_postfix({"loss": f"{logs[0][1]['loss']:.4g}", "l0": f"{logs[0][1]['l0']:.1f}"})
             if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total_steps:
                 checkpoint()
         checkpoint()
+        return all_member_objects({i: m.export(tokens_seen) for i, m in members.items()})
     finally:
         bar.close()
         if log_handle is not None:
             log_handle.close()
-    return [member.export(tokens_seen) for member in members]

@@ -1,0 +1,130 @@
+"""torchrun support: data parallel and sharded sweeps on `torch.distributed`.
+
+Launch any saekit training under `torchrun --nproc-per-node N` and it runs on N processes with no code
+change (the environment variables torchrun sets are read here). Two modes:
+
+- `data`: every rank holds every dictionary; each step a rank trains on its shard of the global batch
+  (batch_size / world tokens) and gradients are averaged, firing statistics summed and the BatchTopK
+  threshold's minimum taken across ranks, so all ranks hold identical weights. The first batch is
+  gathered so every rank initialises (normalisation, b_dec) exactly as a single process would. For
+  per-token methods the result equals a single-process run on the same global batches, within float
+  tolerance; BatchTopK/Matryoshka select the top k·B *within each rank's shard* (documented difference).
+- `shard`: sweep members are dealt round-robin to ranks; each rank's activations are all-gathered so the
+  owner of a dictionary trains it on the full global batch: each dictionary is identical to its
+  single-process version, and models whose dictionaries do not fit one device can be split up.
+
+Failure handling: collectives run under a timeout; a rank that dies makes the others raise a one-line
+SaekitError instead of hanging, and the end of data on any rank ends training on all of them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from saekit.errors import SaekitError
+
+MODES = ("data", "shard")
+
+
+def _collective(fn):
+    """Turn a dead peer or a timeout into a clear error (gloo raises RuntimeError/DistBackendError)."""
+
+    def wrapped(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except RuntimeError as error:  # includes torch.distributed.DistBackendError
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SaekitError(f"rank {self.rank}/{self.world}: lost contact with the other training "
+                              f"processes ({first_line[:160]}); another rank probably died - check its "
+                              "log, then resume from the last checkpoint") from None
+
+    return wrapped
+
+
+@dataclass
+class Distributed:
+    rank: int
+    world: int
+    mode: str = "data"
+
+    @classmethod
+    def from_environment(cls, mode: str = "data", timeout_s: float = 120.0) -> "Distributed | None":
+        """The process group torchrun describes, or None in a single process."""
+        if mode not in MODES:
+            raise SaekitError(f"unknown parallel mode {mode!r}: choose one of {', '.join(MODES)}")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        return cls(dist.get_rank(), dist.get_world_size(), mode)
+
+    # ------------------------------------------------------------------------------------ layout
+    def owner(self, member_index: int) -> int:
+        return member_index % self.world if self.mode == "shard" else self.rank
+
+    def owns(self, member_index: int) -> bool:
+        return self.mode == "data" or self.owner(member_index) == self.rank
+
+    def local_batch_size(self, batch_size: int) -> int:
+        if batch_size % self.world:
+            raise SaekitError(f"batch_size={batch_size} must be divisible by the number of processes "
+                              f"({self.world})")
+        return batch_size // self.world
+
+    # ------------------------------------------------------------------------------- collectives
+    @_collective
+    def average_gradients(self, parameters: list[Tensor]) -> None:
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    @_collective
+    def sum(self, tensor: Tensor) -> Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @_collective
+    def min(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return float(t)
+
+    @_collective
+    def any(self, flag: bool) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    @_collective
+    def gather_rows(self, tensor: Tensor) -> Tensor:
+        """Concatenate every rank's rows, in rank order (all ranks have equal row counts)."""
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @_collective
+    def gather_objects(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    @_collective
+    def barrier(self) -> None:
+        dist.barrier()
