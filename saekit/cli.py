@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "saekit.commands.train",
     "saekit.commands.info",
     "saekit.commands.meta",
+    "saekit.commands.cache",
 ]
 
 

@@ -116,3 +116,28 @@ def test_toy_command_small_problem(capsys, tmp_path):
         assert row["mmcs"] > 0.9, row
         assert row["dead_fraction"] <= 0.1, row
     assert "mmcs" in out
+
+
+def test_train_from_cache_with_two_hookpoints(capsys, tmp_path):
+    import torch
+
+    from saekit.data.cache import write_cache
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"layer.1": torch.randn(500, 12, generator=g), "layer.2": torch.randn(500, 20, generator=g)}
+               for _ in range(6)]
+    write_cache(batches, tmp_path / "cache", hookpoints=["layer.1", "layer.2"], model="tiny")
+    config = tmp_path / "sweep.toml"
+    config.write_text("[train]\ntotal_tokens = 2560\nbatch_size = 256\n\n"
+                      "[[dictionaries]]\nmethod = 'topk'\nd_sae = 32\nk = 4\nhookpoint = 'layer.1'\n\n"
+                      "[[dictionaries]]\nmethod = 'topk'\nd_sae = 40\nk = 4\nhookpoint = 'layer.2'\n")
+    code, out, err = run_cli(capsys, "train", "--config", str(config), "--from-cache",
+                             str(tmp_path / "cache"), "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 0, err
+    d1, d2 = saekit.load(tmp_path / "o" / "topk-k4-32"), saekit.load(tmp_path / "o" / "topk-k4-40")
+    assert (d1.d_in, d1.cfg.hookpoint, d1.cfg.model_name) == (12, "layer.1", "tiny")
+    assert (d2.d_in, d2.cfg.hookpoint) == (20, "layer.2")
+    code, _, err = run_cli(capsys, "train", "--from-cache", str(tmp_path / "cache"), "--out",
+                           str(tmp_path / "p"), "--method", "topk", "--k", "2", "--d-sae", "8",
+                           "--hookpoint", "layer.9")
+    assert code == 2 and "layer.9" in err

@@ -23,8 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "options and a [[dictionaries]] list of dictionary options; flags override the "
                     "[train] table and apply to every dictionary.")
     parser.add_argument("--config", type=Path, default=None, help="Sweep config file.")
-    parser.add_argument("--activations", type=Path, default=None,
+    source = parser.add_argument_group("activations (choose one source)")
+    source.add_argument("--activations", type=Path, default=None,
                         help="Activations file: .npy or .safetensors holding one [tokens, d_in] array.")
+    source.add_argument("--from-cache", type=Path, default=None,
+                        help="Activation cache directory written by `saekit cache`.")
+    source.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                        help="Cache: shuffle rows within shard-sized windows (seeded).")
     parser.add_argument("--out", type=Path, required=True,
                         help="Output directory: one folder per dictionary, checkpoints, log.jsonl.")
     add_dataclass_arguments(parser, TrainConfig, exclude=("checkpoint_dir",), group_title="training")
@@ -61,8 +66,10 @@ def _chunks(array: torch.Tensor, size: int = 8192) -> Iterable[torch.Tensor]:
         yield array[start:start + size].float()
 
 
-def sweep_configs(file_values: dict[str, Any], args: argparse.Namespace, d_in: int
+def sweep_configs(file_values: dict[str, Any], args: argparse.Namespace, widths: dict[Any, int]
                   ) -> tuple[TrainConfig, list[DictionaryConfig]]:
+    """Training options and one DictionaryConfig per [[dictionaries]] entry, with d_in (and d_out)
+    filled in from the widths of the hookpoints each dictionary reads."""
     train_values = dict(file_values.get("train", {}))
     train_values.update(dataclass_values(args, TrainConfig))
     train_values["checkpoint_dir"] = str(args.out / "checkpoints")
@@ -77,7 +84,16 @@ def sweep_configs(file_values: dict[str, Any], args: argparse.Namespace, d_in: i
     flags = dataclass_values(args, DictionaryConfig)
     configs = []
     for entry in entries:
-        values = {"d_in": d_in, **entry, **flags}
+        values = {**entry, **flags}
+        values.setdefault("hookpoint", next(iter(widths)) if len(widths) == 1 else None)
+        sources = values.get("source_hookpoints") or [values.get("hookpoint")]
+        for name in sources + ([values["target_hookpoint"]] if values.get("target_hookpoint") else []):
+            if name not in widths:
+                raise SaekitError(f"hookpoint {name!r} is not in the activations "
+                                  f"(available: {', '.join(map(str, widths))}); set hookpoint")
+        values.setdefault("d_in", sum(widths[name] for name in sources))
+        if values.get("target_hookpoint"):
+            values.setdefault("d_out", widths[values["target_hookpoint"]])
         configs.append(build(DictionaryConfig, values, "dictionary"))
     return train_config, configs
 
@@ -86,11 +102,24 @@ def run(args: argparse.Namespace) -> int:
     import saekit
 
     file_values = load_config_file(args.config) if args.config else {}
-    if args.activations is None:
-        raise SaekitError("no activations given: pass --activations FILE")
-    activations = _load_activation_file(args.activations)
-    train_config, configs = sweep_configs(file_values, args, activations.shape[1])
-    dictionaries = saekit.train(_chunks(activations), configs, train_config=train_config)
+    given = [name for name in ("activations", "from_cache") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise SaekitError("give exactly one activation source: --activations FILE or --from-cache DIR")
+    if args.activations is not None:
+        activations = _load_activation_file(args.activations)
+        widths = {None: activations.shape[1]}
+        train_config, configs = sweep_configs(file_values, args, widths)
+        stream: Iterable[Any] = _chunks(activations)
+    else:
+        from saekit.data.cache import open_cache
+
+        cache = open_cache(args.from_cache)
+        train_config, configs = sweep_configs(file_values, args, dict(cache.d))
+        for cfg in configs:
+            cfg.model_name = cfg.model_name or cache.model
+        stream = cache.stream_many(None, train_config.batch_size, shuffle=args.shuffle,
+                                   seed=configs[0].seed)
+    dictionaries = saekit.train(stream, configs, train_config=train_config)
     for cfg, d in zip(configs, dictionaries):
         target = args.out / cfg.display_name.replace("/", "_")
         saekit.save(d, target)

@@ -1,0 +1,127 @@
+"""`saekit cache`: write model activations to a disk cache once, then train from it many times.
+
+    saekit cache --model M --hookpoints H [H ...] --out DIR [--tokens N] ...   build (or resume) a cache
+    saekit cache info DIR                                                      describe a cache
+    saekit cache verify DIR                                                    check every checksum
+
+Building is resumable: re-running the same command after an interruption continues after the last
+complete shard. Training reads the cache with `saekit train --from-cache DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from saekit.errors import SaekitError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cache", help="Cache model activations on disk (build, info, verify).",
+        description="Build a disk cache of activations at one or more hookpoints of a model "
+                    "(resumable: re-run the same command to continue an interrupted build), or "
+                    "describe / verify an existing cache with the info and verify subcommands.")
+    build = parser.add_argument_group("build")
+    build.add_argument("--model", default=None, help="Hugging Face model name or local path.")
+    build.add_argument("--hookpoints", nargs="+", default=None,
+                       help="Module names whose outputs are cached, e.g. model.layers.3.")
+    build.add_argument("--out", type=Path, default=None, help="Cache directory to create or resume.")
+    build.add_argument("--dataset", default=None, help="Text dataset (name or local path).")
+    build.add_argument("--tokens", type=int, default=None,
+                       help="Tokens to cache in all (default: the whole dataset).")
+    build.add_argument("--context-size", type=int, default=None, help="Tokens per sequence.")
+    build.add_argument("--batch-size", type=int, default=None, help="Sequences per model forward.")
+    build.add_argument("--device", default=None, help="Device for the model (default: cpu).")
+    build.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                       help="Storage dtype: float32 is exact; bfloat16/float16 halve the size but round "
+                            "the activations (lossy). (default: float32)")
+    build.add_argument("--shard-tokens", type=int, default=None,
+                       help="Tokens per shard file, also the shuffle window when training "
+                            "(default: ~256 MiB per shard over all hookpoints).")
+    build.add_argument("--overwrite", action="store_true",
+                       help="Delete an existing cache at --out and start again.")
+    parser.set_defaults(func=run)
+
+    sub = parser.add_subparsers(dest="cache_command", metavar="{info,verify}")
+    info = sub.add_parser("info", help="Describe a cache (model, hookpoints, tokens, metadata).",
+                          description="Print a cache's manifest summary as JSON (cheap: no checksums).")
+    info.add_argument("path", type=Path, help="Cache directory.")
+    info.set_defaults(func=run_info)
+    verify = sub.add_parser("verify", help="Check every shard's sha256 checksum.",
+                            description="Read every shard file and compare its sha256 with the manifest; "
+                                        "exit status 2 with the damaged file named if one differs.")
+    verify.add_argument("path", type=Path, help="Cache directory.")
+    verify.set_defaults(func=run_verify)
+
+
+def cache_summary(path: Path) -> dict[str, Any]:
+    """What `saekit cache info` prints: the manifest without the per-shard lists."""
+    from saekit.data.cache import open_cache
+
+    cache = open_cache(path, verify="none", require_complete=False)
+    m = cache.manifest
+    size = sum(f["bytes"] for s in m["shards"] for f in s["files"].values())
+    return {
+        "path": str(path), "model": cache.model, "complete": cache.complete, "dtype": cache.dtype,
+        "hookpoints": {h["name"]: {"d": h["d"], "dir": h["dir"]} for h in m["hookpoints"]},
+        "total_tokens": cache.total_tokens, "shards": len(m["shards"]),
+        "shard_tokens": cache.shard_tokens, "bytes": size, "format_version": m["version"],
+        "metadata": cache.metadata,
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    print(json.dumps(cache_summary(args.path), indent=2))
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from saekit.data.cache import open_cache
+
+    started = time.perf_counter()
+    cache = open_cache(args.path, verify="none", require_complete=False)
+    cache.verify(progress=True)
+    seconds = time.perf_counter() - started
+    size = sum(f["bytes"] for s in cache.manifest["shards"] for f in s["files"].values())
+    state = "complete" if cache.complete else "INCOMPLETE (re-run `saekit cache` to finish it)"
+    print(f"ok: {args.path}: {len(cache.shard_sizes) * len(cache.hookpoints)} shard files, "
+          f"{cache.total_tokens} tokens, {size / 1e9:.2f} GB verified in {seconds:.1f} s; {state}")
+    return 0
+
+
+def model_activation_batches(args: argparse.Namespace, skip_tokens: int) -> Iterable[Any]:
+    """WIRING POINT: `{hookpoint: [n, d] float tensor}` batches from `args.model` over `args.dataset`,
+    starting `skip_tokens` tokens into the (deterministic) token stream, in the same order every run.
+
+    Activations come from the model/text modules of `saekit.data` (another part of the tree); this
+    function is where they are plugged into the cache."""
+    raise SaekitError("building a cache from a model needs saekit's model/text data modules, which this "
+                      "build does not have yet: write the cache from Python with "
+                      "saekit.data.cache.write_cache(batches, out_dir, ...)")
+
+
+def cache_metadata(args: argparse.Namespace) -> dict[str, Any]:
+    """Facts recorded in the manifest; a resumed build must give the same ones."""
+    return {"dataset": args.dataset, "context_size": args.context_size}
+
+
+def run(args: argparse.Namespace) -> int:
+    from saekit.data.cache import open_cache, write_cache
+
+    missing = [flag for flag, value in (("--model", args.model), ("--hookpoints", args.hookpoints),
+                                        ("--out", args.out)) if not value]
+    if missing:
+        raise SaekitError(f"saekit cache needs {', '.join(missing)} to build a cache (or use "
+                          "`saekit cache info DIR` / `saekit cache verify DIR`)")
+    manifest = write_cache(lambda skip: model_activation_batches(args, skip), args.out,
+                           hookpoints=args.hookpoints, model=args.model, dtype=args.dtype,
+                           shard_tokens=args.shard_tokens, max_tokens=args.tokens,
+                           metadata=cache_metadata(args), overwrite=args.overwrite, progress=True)
+    cache = open_cache(args.out, verify="none")
+    print(f"cache {args.out}: {manifest['total_tokens']} tokens at {', '.join(cache.hookpoints)} "
+          f"({len(cache.shard_sizes)} shards, {cache.dtype})")
+    return 0
