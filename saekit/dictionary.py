@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from saekit.activations import jumprelu, topk_over_batch, topk_per_row
+from saekit.activations import (column_sums, float_mask, jumprelu_with_l0, topk_over_batch,
+                                topk_per_row)
 from saekit.config import TOPK_FAMILY, DictionaryConfig
 from saekit.sparse import SparseCodes, sparse_decode, sparse_topk_encode
 
@@ -32,24 +33,35 @@ class Encoding:
     pre: Tensor  # encoder pre-activations [B, d_sae] (π_mag for Gated); detached on the sparse path
     gate_pre: Tensor | None = None  # π_gate for Gated
     codes: SparseCodes | None = None
+    l0: Tensor | None = None  # JumpReLU in training: differentiable (STE) mean L0
+    _active: Tensor | None = None
+
+    def active(self) -> Tensor:
+        """Float mask (0/1) of firing latents on the dense path, computed once."""
+        if self._active is None:
+            self._active = float_mask(torch.gt, self.latents.detach(), 0.0)
+        return self._active
 
     @torch.no_grad()
     def firing_counts(self, d_sae: int) -> Tensor:
         if self.codes is not None:
             active = self.codes.cols[self.codes.values > 0]
             return torch.bincount(active, minlength=d_sae)
-        return (self.latents > 0).sum(0)
+        return column_sums(self.active()).round().long()
 
     @torch.no_grad()
     def mean_l0(self) -> float:
         if self.codes is not None:
             return float((self.codes.values > 0).sum()) / self.codes.batch_size
-        return float((self.latents > 0).sum(-1).double().mean())
+        return float(self.firing_counts(self.latents.shape[1]).sum()) / self.latents.shape[0]
 
     @torch.no_grad()
     def active_values(self) -> Tensor:
-        values = self.codes.values if self.codes is not None else self.latents
-        return values[values > 0]
+        if self.codes is not None:
+            values = self.codes.values.detach()
+            return values[values > 0]
+        latents = self.latents.detach()
+        return latents[latents > 0]
 
 
 class Dictionary(nn.Module):
@@ -121,6 +133,15 @@ class Dictionary(nn.Module):
     def _centered(self, x: Tensor) -> Tensor:
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
 
+    def _encoder_product(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """(x − b_dec)·W_enc + bias, written as x·W_enc + (bias − b_dec·W_enc) in one addmm: the same
+        numbers, but b_dec's gradient is a vector-matrix product instead of a full [B, d_sae]×[d_sae,
+        d_in] one, and the bias costs no extra pass."""
+        offset = bias if bias is not None else torch.zeros_like(self.W_enc[0])
+        if self.cfg.apply_b_dec_to_input:
+            offset = offset - self.b_dec @ self.W_enc
+        return torch.addmm(offset, x, self.W_enc)
+
     def encode_with_details(self, x: Tensor, batch_level: bool = False, sparse: bool = False
                             ) -> Encoding:
         """Latents plus pre-activations. `batch_level` selects BatchTopK's training-time selection;
@@ -132,18 +153,22 @@ class Dictionary(nn.Module):
                 x, self.W_enc, self.b_enc, self.b_dec if self.cfg.apply_b_dec_to_input else None,
                 self.cfg.k, batch_level=batch_level and method != "topk", score_scale=score_scale)
             return Encoding(None, pre, codes=codes)
-        x_c = self._centered(x)
         if method == "gated":
-            shared = x_c @ self.W_enc
+            shared = self._encoder_product(x)
             gate_pre = shared + self.b_gate
             mag_pre = shared * self.r_mag.exp() + self.b_mag
-            latents = (gate_pre > 0).to(x.dtype) * mag_pre.relu()
+            gate = float_mask(torch.gt, gate_pre.detach(), 0.0)
+            latents = gate * mag_pre.relu()
             return Encoding(latents, mag_pre, gate_pre)
-        pre = x_c @ self.W_enc + self.b_enc
+        pre = self._encoder_product(x, self.b_enc)
         if method == "relu":
             latents = pre.relu()
         elif method == "jumprelu":
-            latents = jumprelu(pre, self.threshold, self.cfg.jumprelu_bandwidth)
+            if torch.is_grad_enabled() and self.threshold.requires_grad:
+                latents, l0, active = jumprelu_with_l0(pre, self.threshold,
+                                                       self.cfg.jumprelu_bandwidth)
+                return Encoding(latents, pre, l0=l0, _active=active)
+            latents = torch.where(pre > self.threshold, pre, 0.0)
         elif method == "topk":
             latents = topk_per_row(pre, self.cfg.k, score_scale)
         elif batch_level or bool((self.threshold < 0).any()):

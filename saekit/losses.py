@@ -76,8 +76,9 @@ def sparsity_loss(d: Dictionary, enc: Encoding) -> Tensor | None:
     if method == "gated":
         return enc.gate_pre.relu().sum(-1).mean()
     if method == "jumprelu":
-        step = heaviside_step(enc.pre, d.threshold, d.cfg.jumprelu_bandwidth)
-        return step.sum(-1).mean()
+        if enc.l0 is not None:
+            return enc.l0
+        return heaviside_step(enc.pre, d.threshold, d.cfg.jumprelu_bandwidth).sum(-1).mean()
     return None
 
 

@@ -44,3 +44,23 @@ def test_batch_topk_keeps_k_times_batch_over_the_batch(generator):
     assert (z[out == 0] <= cutoff).all()
     # per-row counts vary: that is the point of BatchTopK
     assert len(set((out != 0).sum(-1).tolist())) > 1
+
+
+def test_fused_jumprelu_with_l0_equals_the_separate_estimators(generator):
+    from saekit.activations import jumprelu_with_l0
+
+    z = torch.randn(64, 30, generator=generator) * 0.01 + 0.02
+    theta = torch.rand(30, generator=generator) * 0.03
+    eps = 0.005
+    z1, t1 = z.clone().requires_grad_(), theta.clone().requires_grad_()
+    f, l0, active = jumprelu_with_l0(z1, t1, eps)
+    assert torch.equal(active, (z > theta).float())
+    (f.pow(2).sum() + 3.0 * l0).backward()
+    z2, t2 = z.clone().requires_grad_(), theta.clone().requires_grad_()
+    f2 = jumprelu(z2, t2, eps)
+    l02 = heaviside_step(z2, t2, eps).sum(-1).mean()
+    (f2.pow(2).sum() + 3.0 * l02).backward()
+    assert torch.equal(f.detach(), f2.detach()) and torch.allclose(l0, l02)
+    assert torch.allclose(z1.grad, z2.grad)
+    assert torch.allclose(t1.grad, t2.grad, rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(t1.grad) > 5
