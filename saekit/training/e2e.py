@@ -1,0 +1,166 @@
+"""End-to-end SAEs (Braun et al. 2024; METHODS.md §9): train through the model's output distribution.
+
+The dictionary's reconstruction replaces the activation at one module's output during the forward
+pass, and the loss is KL(p_clean ‖ p_spliced) over the vocabulary (averaged over non-special tokens)
+plus φ·||f||₁ / d_in. The "e2e + downstream" variant adds the MSE between later modules' spliced and
+clean outputs, β_ds/|L'| each. The model is frozen; gradients flow through it into the dictionary.
+Per the paper the decoder is unit-norm and there is no pre-encoder bias: we use the relu method with
+`unit_norm_decoder=True` (so the norm-weighted L1 is the plain L1) and no input normalisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from saekit.config import DictionaryConfig
+from saekit.dictionary import Dictionary
+from saekit.errors import SaekitError
+from saekit.training.member import lr_factor
+
+
+@dataclass
+class E2EConfig:
+    hookpoint: str  # module name whose output the dictionary replaces
+    d_sae: int
+    sparsity_coefficient: float = 1.5  # φ (GPT-2 config)
+    kl_coefficient: float = 1.0
+    downstream_hookpoints: list[str] = field(default_factory=list)  # e2e+ds: later modules
+    downstream_coefficient: float = 2.5  # total β_ds, split over the downstream modules
+    lr: float = 5e-4
+    lr_warmup: float = 0.05
+    lr_decay: float = 0.2
+    grad_clip: float = 10.0
+    seed: int = 0
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output, value: Tensor):
+    if isinstance(output, tuple):
+        return (value,) + tuple(output[1:])
+    return value
+
+
+@contextlib.contextmanager
+def capture_outputs(model: nn.Module, names: list[str], store: dict[str, Tensor],
+                    replace: dict[str, nn.Module] | None = None) -> Iterator[None]:
+    """Record module outputs into `store`; for names in `replace`, swap the output for f(output)."""
+    handles = []
+    replace = replace or {}
+    for name in set(names) | set(replace):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise SaekitError(f"the model has no module named {name!r}") from None
+
+        def hook(_module, _inputs, output, name=name):
+            value = _first(output)
+            if name in replace:
+                value = replace[name](value)
+                output = _replace_first(output, value)
+            if name in names:
+                store[name] = value
+            return output
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def kl_clean_to_spliced(clean_logits: Tensor, spliced_logits: Tensor, mask: Tensor) -> Tensor:
+    """KL(p_clean ‖ p_spliced) summed over the vocabulary, averaged over the masked-in positions."""
+    clean = F.log_softmax(clean_logits.float(), dim=-1)
+    spliced = F.log_softmax(spliced_logits.float(), dim=-1)
+    per_token = (clean.exp() * (clean - spliced)).sum(-1)
+    return (per_token * mask).sum() / mask.sum().clamp_min(1)
+
+
+class _Splice(nn.Module):
+    """Replace activations [..., d] by the dictionary's reconstruction, keeping the latents."""
+
+    def __init__(self, d: Dictionary) -> None:
+        super().__init__()
+        self.d = d
+        self.latents: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        latents = self.d.encode_with_details(x.reshape(-1, x.shape[-1]).float()).latents
+        self.latents = latents
+        return self.d.decode(latents).reshape(x.shape).to(x.dtype)
+
+
+def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E2EConfig,
+              total_steps: int, progress: bool = True) -> Dictionary:
+    """Train an e2e (or e2e+ds) SAE. `batches` yields (input_ids [B, T], mask [B, T]) where the mask
+    selects the tokens that count in the KL (special tokens excluded)."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    iterator = iter(batches)
+    first_ids, _ = next(iterator)
+    store: dict[str, Tensor] = {}
+    with torch.no_grad(), capture_outputs(model, [cfg.hookpoint], store):
+        model(input_ids=first_ids)
+    d_in = store[cfg.hookpoint].shape[-1]
+    dict_cfg = DictionaryConfig(method="relu", d_in=d_in, d_sae=cfg.d_sae, lr=cfg.lr,
+                                sparsity_coefficient=cfg.sparsity_coefficient,
+                                unit_norm_decoder=True, decoder_init_norm=1.0,
+                                normalize_activations="none", hookpoint=cfg.hookpoint, seed=cfg.seed,
+                                name=f"e2e{'-ds' if cfg.downstream_hookpoints else ''}-{cfg.d_sae}")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    d = Dictionary(dict_cfg)
+    d.initialize(store[cfg.hookpoint].reshape(-1, d_in).float(), generator)
+    optimizer = torch.optim.Adam(d.parameters(), lr=cfg.lr)
+    splice = _Splice(d)
+
+    def all_batches():
+        yield first_ids, _
+        yield from iterator
+
+    bar = tqdm(total=total_steps, disable=not progress, desc="e2e", dynamic_ncols=True)
+    downstream = list(cfg.downstream_hookpoints)
+    for step, (input_ids, mask) in enumerate(all_batches()):
+        if step >= total_steps:
+            break
+        mask = mask.float()
+        clean: dict[str, Tensor] = {}
+        with torch.no_grad(), capture_outputs(model, downstream, clean):
+            clean_logits = model(input_ids=input_ids).logits
+        spliced: dict[str, Tensor] = {}
+        with capture_outputs(model, downstream, spliced, replace={cfg.hookpoint: splice}):
+            spliced_logits = model(input_ids=input_ids).logits
+        kl = kl_clean_to_spliced(clean_logits, spliced_logits, mask)
+        token_mask = mask.reshape(-1, 1)
+        l1 = ((splice.latents.abs().sum(-1, keepdim=True) * token_mask).sum()
+              / token_mask.sum().clamp_min(1) / d_in)
+        loss = cfg.kl_coefficient * kl + cfg.sparsity_coefficient * l1
+        for name in downstream:
+            error = (spliced[name].float() - clean[name].float()).pow(2).mean(-1) * mask
+            loss = loss + cfg.downstream_coefficient / len(downstream) * error.sum() / mask.sum()
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, total_steps, cfg.lr_warmup, cfg.lr_decay)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        d.remove_parallel_decoder_grad()
+        torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip)
+        optimizer.step()
+        d.normalize_decoder()
+        bar.update(1)
+        bar.set_postfix({"kl": f"{float(kl):.4f}", "l0": f"{float((splice.latents > 0).sum(-1).float().mean()):.1f}"})
+    bar.close()
+    for param in d.parameters():
+        param.requires_grad_(False)
+    d.meta.update(e2e=True, downstream_hookpoints=downstream)
+    return d.eval()

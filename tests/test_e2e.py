@@ -1,0 +1,63 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+import saekit
+from saekit.training.e2e import E2EConfig, capture_outputs, kl_clean_to_spliced, train_e2e
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def batches(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        ids = torch.randint(1, 64, (8, 16), generator=g)
+        mask = torch.ones_like(ids)
+        mask[:, 0] = 0  # first position excluded, as BOS would be
+        yield ids, mask
+
+
+def test_kl_is_zero_for_identical_logits_and_positive_otherwise(generator):
+    logits = torch.randn(2, 5, 11, generator=generator)
+    mask = torch.ones(2, 5)
+    assert float(kl_clean_to_spliced(logits, logits, mask)) == pytest.approx(0.0, abs=1e-6)
+    other = logits + torch.randn(2, 5, 11, generator=generator)
+    p, q = torch.softmax(logits, -1), torch.softmax(other, -1)
+    expected = (p * (p.log() - q.log())).sum(-1).mean()
+    assert float(kl_clean_to_spliced(logits, other, mask)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_e2e_training_lowers_the_spliced_kl(tiny_model):
+    cfg = E2EConfig(hookpoint="model.layers.0", d_sae=64, sparsity_coefficient=0.05, lr=3e-3)
+    ids, mask = next(batches(seed=5))
+
+    def spliced_kl(d):
+        store = {}
+        with torch.no_grad():
+            clean = tiny_model(input_ids=ids).logits
+            with capture_outputs(tiny_model, [], store, replace={cfg.hookpoint: lambda x: d(x)}):
+                spliced = tiny_model(input_ids=ids).logits
+        return float(kl_clean_to_spliced(clean, spliced, mask.float()))
+
+    short = train_e2e(tiny_model, batches(), cfg, total_steps=2, progress=False)
+    trained = train_e2e(tiny_model, batches(), cfg, total_steps=120, progress=False)
+    assert spliced_kl(trained) < 0.5 * spliced_kl(short)
+    assert torch.allclose(trained.W_dec.norm(dim=-1), torch.ones(64), atol=1e-4)
+    assert all(not p.requires_grad for p in tiny_model.parameters())
+
+
+def test_e2e_with_downstream_layers_runs_and_saves(tiny_model, tmp_path):
+    cfg = E2EConfig(hookpoint="model.layers.0", d_sae=48, downstream_hookpoints=["model.layers.1",
+                                                                                 "model.layers.2"])
+    d = train_e2e(tiny_model, batches(), cfg, total_steps=3, progress=False)
+    saekit.save(d, tmp_path / "e2e")
+    loaded = saekit.load(tmp_path / "e2e")
+    assert loaded.meta["downstream_hookpoints"] == ["model.layers.1", "model.layers.2"]
+    with pytest.raises(saekit.SaekitError, match="no module named"):
+        train_e2e(tiny_model, batches(), E2EConfig(hookpoint="model.nope", d_sae=8), 1, progress=False)
