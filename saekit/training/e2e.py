@@ -158,7 +158,7 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
         optimizer.step()
         d.normalize_decoder()
         bar.update(1)
-        bar.set_postfix({"kl": f"{float(kl):.4f}", "l0": f"{float((splice.latents > 0).sum(-1).float().mean()):.1f}"})
+        bar.set_postfix({"kl": f"{float(kl.detach()):.4f}", "l0": f"{float((splice.latents.detach() > 0).sum(-1).float().mean()):.1f}"})
     bar.close()
     for param in d.parameters():
         param.requires_grad_(False)
