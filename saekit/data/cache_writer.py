@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
@@ -33,11 +32,10 @@ from torch import Tensor
 from saekit.data.cache import (DTYPES, FORMAT_NAME, FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME,
                                manifest_checksum, read_manifest)
 from saekit.errors import SaekitError
+from saekit.io import atomic_write
 
 Batch = Union[Mapping[str, Tensor], Tensor]
 DEFAULT_SHARD_BYTES = 256 << 20  # all hookpoints of one shard together: bounds the writer's memory
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,24 +45,6 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _atomic_write(path: Path, parts: Sequence[bytes | memoryview]) -> None:
-    """Write `parts` to `path` via a temporary sibling, fsync and rename (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600 files; a cache is shared data: honour the umask
-            os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as handle:
-            for part in parts:
-                handle.write(part)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _npy_header(disk_dtype: str, shape: tuple[int, int]) -> bytes:
@@ -234,7 +214,7 @@ class CacheWriter:
     def _write_manifest(self) -> None:
         self.manifest["manifest_sha256"] = manifest_checksum(self.manifest)
         text = json.dumps(self.manifest, indent=2) + "\n"
-        _atomic_write(self.path / MANIFEST_NAME, [text.encode()])
+        atomic_write(self.path / MANIFEST_NAME, [text.encode()])
         _fsync_dir(self.path)
 
     # ---- writing ---------------------------------------------------------------------------------------
@@ -308,7 +288,7 @@ class CacheWriter:
             digest = hashlib.sha256(header)
             digest.update(data)
             rel = f"{entry['dir']}/shard-{index:05d}.npy"
-            _atomic_write(self.path / rel, [header, data])
+            atomic_write(self.path / rel, [header, data])
             files[h] = {"path": rel, "bytes": len(header) + data.nbytes, "sha256": digest.hexdigest()}
         for entry in self.manifest["hookpoints"]:
             _fsync_dir(self.path / entry["dir"])
