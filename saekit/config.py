@@ -253,6 +253,8 @@ class TrainConfig:
     log_file: str | None = _help("JSONL file for training logs (default: <checkpoint_dir>/log.jsonl).",
                                  default=None)
     progress: bool = _help("Show a progress bar.", default=True)
+    autocast: str = _help("Mixed precision for the forward pass: 'none' or 'bfloat16' (weights and "
+                          "optimiser state stay fp32).", default="none")
     parallel: str = _help("Under torchrun: 'data' (every rank trains every dictionary on its shard of "
                           "each batch) or 'shard' (dictionaries dealt to ranks, activations gathered "
                           "to their owner).", default="data")
@@ -267,6 +269,8 @@ class TrainConfig:
         if self.total_tokens < self.batch_size:
             raise SaekitError(f"total_tokens={self.total_tokens} is less than one batch "
                               f"({self.batch_size}): raise total_tokens or lower batch_size")
+        if self.autocast not in ("none", "bfloat16"):
+            raise SaekitError(f"autocast must be 'none' or 'bfloat16', got {self.autocast!r}")
         if self.parallel not in ("data", "shard"):
             raise SaekitError(f"parallel must be 'data' or 'shard', got {self.parallel!r}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.log_every < 1:

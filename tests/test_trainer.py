@@ -155,3 +155,17 @@ def test_resampling_revives_dead_latents():
     assert revived >= 10
     assert (member.dictionary.b_enc[:10] == 0).all()
     assert member.dictionary.W_enc[:, :10].norm(dim=0).min() > 0
+
+
+@pytest.mark.parametrize("method", saekit.METHODS)
+def test_bfloat16_autocast_trains_with_fp32_master_weights(method):
+    data = ToyData(ToyConfig(d_in=16, n_features=32, mean_active=3, seed=2), chunk_size=64)
+    kw = {"k": 3} if method in ("topk", "batchtopk", "matryoshka") else {}
+    cfg = saekit.DictionaryConfig(method=method, d_in=16, d_sae=48, lr=3e-3, **kw)
+    results = {}
+    for autocast in ("none", "bfloat16"):
+        (d,) = saekit.train(data, [cfg], total_tokens=40 * 128, batch_size=128, progress=False,
+                            autocast=autocast)
+        assert all(t.dtype == torch.float32 for t in d.weights().values())
+        results[autocast] = saekit.evaluate(d, [data.sample(2000)])["fvu"]
+    assert results["bfloat16"] < 1.0 and abs(results["bfloat16"] - results["none"]) < 0.15, results

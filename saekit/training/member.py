@@ -46,8 +46,9 @@ def activation_scale(method: str, x: Tensor, n_blocks: int = 1) -> Tensor:
 
 class SweepMember:
     def __init__(self, cfg: DictionaryConfig, total_steps: int, device: str | torch.device = "cpu",
-                 dist: Distributed | None = None):
+                 dist: Distributed | None = None, autocast: str = "none"):
         self.cfg = cfg
+        self.autocast = autocast == "bfloat16"
         self.dist = dist if dist is not None and dist.mode == "data" else None
         self.total_steps = total_steps
         self.device = torch.device(device)
@@ -95,7 +96,8 @@ class SweepMember:
                                                   if warmup_steps > 0 else 1.0)
         dead_mask = self.dead_mask() if (cfg.aux_k > 0 or cfg.ghost_grads) else None
 
-        result = training_loss(d, x, coefficient, dead_mask, target)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            result = training_loss(d, x, coefficient, dead_mask, target)
         self.optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         if self.dist is not None:

@@ -138,7 +138,7 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
     local_batch = tc.batch_size if dist is None else dist.local_batch_size(tc.batch_size)
     total_steps = tc.total_steps
     names = _unique_names(configs)
-    members = {i: SweepMember(cfg, total_steps, device, dist) for i, cfg in enumerate(configs)
+    members = {i: SweepMember(cfg, total_steps, device, dist, tc.autocast) for i, cfg in enumerate(configs)
                if dist is None or dist.owns(i)}
 
     step, tokens_seen, resumed = 0, 0, False
