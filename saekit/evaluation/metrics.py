@@ -124,7 +124,9 @@ class MetricsAccumulator:
             "explained_variance_legacy": self.sum_legacy_ev / n,
             "cossim": self.sum_cos / n,
             "l2_ratio": self.sum_l2_ratio / n,
-            "relative_reconstruction_bias": self.sum_xhat_sq / self.sum_x_dot_xhat,
+            # γ is undefined for an all-zero reconstruction (0/0): reported as NaN
+            "relative_reconstruction_bias": (self.sum_xhat_sq / self.sum_x_dot_xhat
+                                             if self.sum_x_dot_xhat else float("nan")),
             "dead_fraction": dead_fraction(density),
             "dense_fraction_1pct": dense_fraction(density, 0.01),
             "dense_fraction_10pct": dense_fraction(density, 0.10),

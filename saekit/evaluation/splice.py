@@ -1,0 +1,122 @@
+"""Spliced evaluation (METHODS.md §12): a dictionary's reconstruction in place of the real activation.
+
+Per batch, one clean forward (recording the hookpoint), one zero-ablated forward and one spliced forward
+per dictionary. Definitions (SAELens/SAEBench conventions):
+- CE is next-token cross-entropy, averaged over positions whose *target* token counts (special tokens
+  such as BOS/EOS/padding are never targets);
+- ce_loss_score = (CE_zero − CE_spliced) / (CE_zero − CE_clean), zero = the hookpoint zero-ablated;
+- KL(p_clean ‖ p_spliced) summed over the vocabulary, averaged over the same positions;
+  kl_score = (KL_zero − KL_spliced) / KL_zero;
+- delta_lm_loss = CE_spliced − CE_clean.
+Only counted positions are replaced (the BOS position keeps its real activation, as its huge norm is not
+what dictionaries are trained on); zero-ablation zeroes the same positions. Core metrics (L0, FVU, ...)
+are computed on the same counted activations. For transcoders the dictionary reads the input hookpoint
+and its output replaces the target hookpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saekit.data.sites import Hookpoint
+from saekit.data.stream import hooks
+from saekit.dictionary import Dictionary
+from saekit.evaluation.metrics import MetricsAccumulator
+
+
+def _next_token_terms(logits: Tensor, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(per-position CE [B, T-1], target mask [B, T-1])."""
+    ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    return ce.view(ids.shape[0], -1), mask[:, 1:].float()
+
+
+def _kl(clean_logp: Tensor, logits: Tensor) -> Tensor:
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+
+
+class _Sums:
+    def __init__(self) -> None:
+        self.ce = 0.0
+        self.kl = 0.0
+
+    def add(self, ce: Tensor, kl: Tensor | None, target_mask: Tensor) -> None:
+        self.ce += float((ce * target_mask).sum())
+        if kl is not None:
+            self.kl += float((kl * target_mask).sum())
+
+
+@torch.no_grad()
+def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], hookpoint: Hookpoint,
+                       dictionaries: dict[str, Dictionary],
+                       encoders: dict[str, Callable[[Tensor], Tensor]] | None = None,
+                       target_hookpoint: Hookpoint | None = None) -> dict[str, dict[str, float]]:
+    """Spliced metrics and core metrics for each dictionary (all reading the same hookpoint)."""
+    encoders = encoders or {}
+    device = next(model.parameters()).device
+    out_point = target_hookpoint or hookpoint
+    points = [hookpoint] if target_hookpoint is None else [hookpoint, target_hookpoint]
+    clean, zero = _Sums(), _Sums()
+    spliced = {name: _Sums() for name in dictionaries}
+    accumulators = {name: MetricsAccumulator(d.d_sae) for name, d in dictionaries.items()}
+    targets = 0.0
+
+    for ids, mask in batches:
+        ids, mask = ids.to(device), mask.to(device)
+        keep = mask.bool()
+        store: dict[str, Tensor] = {}
+        with hooks(model, points, store):
+            clean_logits = model(input_ids=ids).logits
+        ce_clean, target_mask = _next_token_terms(clean_logits, ids, mask)
+        clean_logp = F.log_softmax(clean_logits[:, :-1].float(), dim=-1)
+        clean.add(ce_clean, None, target_mask)
+        targets += float(target_mask.sum())
+
+        def zero_fn(value: Tensor) -> Tensor:
+            return torch.where(keep[..., None], torch.zeros_like(value), value)
+
+        with hooks(model, [out_point], replace={out_point.name: zero_fn}):
+            logits = model(input_ids=ids).logits
+        zero.add(_next_token_terms(logits, ids, mask)[0], _kl(clean_logp, logits), target_mask)
+
+        x = store[hookpoint.name][keep].float()
+        truth = store[out_point.name][keep].float()
+        for name, d in dictionaries.items():
+            encode = encoders.get(name, d.encode)
+            latents = encode(x)
+            reconstruction = d.decode(latents, x)
+            accumulators[name].update(truth, reconstruction, latents)
+
+            def splice_fn(value: Tensor, reconstruction=reconstruction) -> Tensor:
+                value = value.clone()
+                value[keep] = reconstruction.to(value.dtype)
+                return value
+
+            with hooks(model, [out_point], replace={out_point.name: splice_fn}):
+                logits = model(input_ids=ids).logits
+            spliced[name].add(_next_token_terms(logits, ids, mask)[0], _kl(clean_logp, logits),
+                              target_mask)
+
+    ce_clean_mean, ce_zero_mean = clean.ce / targets, zero.ce / targets
+    kl_zero_mean = zero.kl / targets
+    results = {}
+    for name in dictionaries:
+        ce_spliced = spliced[name].ce / targets
+        kl_spliced = spliced[name].kl / targets
+        results[name] = {
+            **accumulators[name].result(),
+            "ce_clean": ce_clean_mean,
+            "ce_spliced": ce_spliced,
+            "ce_zero_ablation": ce_zero_mean,
+            "ce_loss_score": (ce_zero_mean - ce_spliced) / (ce_zero_mean - ce_clean_mean),
+            "delta_lm_loss": ce_spliced - ce_clean_mean,
+            "kl_spliced": kl_spliced,
+            "kl_zero_ablation": kl_zero_mean,
+            "kl_score": (kl_zero_mean - kl_spliced) / kl_zero_mean,
+            "eval_targets": targets,
+        }
+    return results
