@@ -1,7 +1,7 @@
 """`saekit <command>`: a thin layer that parses arguments, calls the library, and prints clear errors.
 
-Each command lives in a module with `register(subparsers)`, which adds its parser and sets
-`func=run` via `set_defaults`. Errors a user can fix (`SaekitError`, bad files, bad values) are printed as
+Each command lives in a module of `saekit.commands` with `register(subparsers)`, which adds its parser
+and sets `func=run` via `set_defaults`; modules are discovered, so adding a command touches no shared list. Errors a user can fix (`SaekitError`, bad files, bad values) are printed as
 one line on stderr with exit code 2; no traceback reaches the user unless SAEKIT_DEBUG=1.
 """
 
@@ -10,17 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 
 from saekit.errors import SaekitError
 
-COMMAND_MODULES = [
-    "saekit.commands.toy",
-    "saekit.commands.train",
-    "saekit.commands.info",
-    "saekit.commands.meta",
-    "saekit.commands.cache",
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sparse dictionary learning on neural network internals.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    import saekit.commands
+
+    for info in sorted(pkgutil.iter_modules(saekit.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"saekit.commands.{info.name}")
+        if hasattr(module, "register"):
+            module.register(subparsers)
     return parser
 
 

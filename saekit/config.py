@@ -111,6 +111,11 @@ class DictionaryConfig:
         "`hookpoint` is the input (e.g. the MLP input).", default=None)
     skip_connection: bool = _help("Transcoders: add a learned affine skip W_skip·x (zero-initialised).",
                                   default=False)
+    apply_b_dec_to_input: bool | None = _help(
+        "Subtract the decoder bias from the input before encoding. Default per method: no for relu "
+        "(April-2024 update) and transcoders (b_dec lives in the output space), yes otherwise. Set it "
+        "to load foreign dictionaries that differ (SAELens 'standard', Gemma Scope JumpReLU).",
+        default=None)
     source_hookpoints: list[str] | None = _help(
         "Crosscoders: hookpoints (e.g. of two models or several layers) whose activations are "
         "concatenated into the input; each is normalised separately and has its own decoder block.",
@@ -144,6 +149,13 @@ class DictionaryConfig:
             raise SaekitError("d_out and skip_connection are for transcoders: also set target_hookpoint")
         if self.target_hookpoint is not None and self.n_sources > 1:
             raise SaekitError("a dictionary is either a transcoder or a crosscoder, not both")
+        if self.apply_b_dec_to_input is None:
+            # The April-2024 ReLU SAE has no pre-encoder bias, nor do transcoders (b_dec lives in the
+            # output space); every other method subtracts b_dec first.
+            self.apply_b_dec_to_input = self.method != "relu" and not self.is_transcoder
+        elif self.apply_b_dec_to_input and self.is_transcoder:
+            raise SaekitError("apply_b_dec_to_input is impossible for transcoders (b_dec is in the output "
+                              "space): leave it unset")
         defaults = METHOD_DEFAULTS[self.method]
         for key, value in defaults.items():
             if getattr(self, key) is None:
@@ -204,12 +216,6 @@ class DictionaryConfig:
     @property
     def is_transcoder(self) -> bool:
         return self.target_hookpoint is not None
-
-    @property
-    def apply_b_dec_to_input(self) -> bool:
-        """The April-2024 ReLU SAE has no pre-encoder bias, nor do transcoders (b_dec lives in the
-        output space); every other method subtracts b_dec first."""
-        return self.method != "relu" and not self.is_transcoder
 
     @property
     def display_name(self) -> str:

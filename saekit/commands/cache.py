@@ -14,8 +14,9 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from saekit.commands.sources import activation_stream, add_model_arguments, source_metadata
 from saekit.errors import SaekitError
 
 
@@ -25,17 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build a disk cache of activations at one or more hookpoints of a model "
                     "(resumable: re-run the same command to continue an interrupted build), or "
                     "describe / verify an existing cache with the info and verify subcommands.")
+    add_model_arguments(parser)
     build = parser.add_argument_group("build")
-    build.add_argument("--model", default=None, help="Hugging Face model name or local path.")
-    build.add_argument("--hookpoints", nargs="+", default=None,
-                       help="Module names whose outputs are cached, e.g. model.layers.3.")
     build.add_argument("--out", type=Path, default=None, help="Cache directory to create or resume.")
-    build.add_argument("--dataset", default=None, help="Text dataset (name or local path).")
     build.add_argument("--tokens", type=int, default=None,
                        help="Tokens to cache in all (default: the whole dataset).")
-    build.add_argument("--context-size", type=int, default=None, help="Tokens per sequence.")
-    build.add_argument("--batch-size", type=int, default=None, help="Sequences per model forward.")
-    build.add_argument("--device", default=None, help="Device for the model (default: cpu).")
     build.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                        help="Storage dtype: float32 is exact; bfloat16/float16 halve the size but round "
                             "the activations (lossy). (default: float32)")
@@ -93,20 +88,9 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_activation_batches(args: argparse.Namespace, skip_tokens: int) -> Iterable[Any]:
-    """WIRING POINT: `{hookpoint: [n, d] float tensor}` batches from `args.model` over `args.dataset`,
-    starting `skip_tokens` tokens into the (deterministic) token stream, in the same order every run.
-
-    Activations come from the model/text modules of `saekit.data` (another part of the tree); this
-    function is where they are plugged into the cache."""
-    raise SaekitError("building a cache from a model needs saekit's model/text data modules, which this "
-                      "build does not have yet: write the cache from Python with "
-                      "saekit.data.cache.write_cache(batches, out_dir, ...)")
-
-
 def cache_metadata(args: argparse.Namespace) -> dict[str, Any]:
     """Facts recorded in the manifest; a resumed build must give the same ones."""
-    return {"dataset": args.dataset, "context_size": args.context_size}
+    return source_metadata(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,8 +101,11 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise SaekitError(f"saekit cache needs {', '.join(missing)} to build a cache (or use "
                           "`saekit cache info DIR` / `saekit cache verify DIR`)")
-    manifest = write_cache(lambda skip: model_activation_batches(args, skip), args.out,
-                           hookpoints=args.hookpoints, model=args.model, dtype=args.dtype,
+    stream, widths, _, _ = activation_stream(args)
+    # A resumed build skips the tokens already cached: the token stream is deterministic, so it is
+    # re-tokenised up to that point without running the model on it.
+    manifest = write_cache(lambda skip: stream.resume_from(skip) if skip else stream, args.out,
+                           hookpoints=list(widths), model=args.model, dtype=args.dtype,
                            shard_tokens=args.shard_tokens, max_tokens=args.tokens,
                            metadata=cache_metadata(args), overwrite=args.overwrite, progress=True)
     cache = open_cache(args.out, verify="none")

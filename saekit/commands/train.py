@@ -11,6 +11,7 @@ import torch
 
 from saekit.commands.common import (add_dataclass_arguments, build, dataclass_values,
                                     load_config_file)
+from saekit.commands.sources import activation_stream, add_model_arguments
 from saekit.config import DictionaryConfig, TrainConfig
 from saekit.errors import SaekitError
 
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Cache: shuffle rows within shard-sized windows (seeded).")
     parser.add_argument("--out", type=Path, required=True,
                         help="Output directory: one folder per dictionary, checkpoints, log.jsonl.")
+    add_model_arguments(parser)
     add_dataclass_arguments(parser, TrainConfig, exclude=("checkpoint_dir",), group_title="training")
     add_dataclass_arguments(parser, DictionaryConfig, group_title="dictionary")
     parser.set_defaults(func=run)
@@ -66,6 +68,26 @@ def _chunks(array: torch.Tensor, size: int = 8192) -> Iterable[torch.Tensor]:
         yield array[start:start + size].float()
 
 
+def _per_hookpoint(entries: list[dict[str, Any]], flags: dict[str, Any], widths: dict[Any, int]
+                   ) -> list[dict[str, Any]]:
+    """An entry that names no hookpoint (and is no crosscoder) is trained at every hookpoint, as
+    SAELens and sparsify users expect from `--hookpoints a b`; names then carry the hookpoint."""
+    expanded = []
+    for entry in entries:
+        values = {**entry, **flags}
+        if values.get("hookpoint") is not None or values.get("source_hookpoints"):
+            expanded.append(entry)
+        elif len(widths) == 1:
+            expanded.append({**entry, "hookpoint": next(iter(widths))})
+        else:
+            for hookpoint in widths:
+                copy = {**entry, "hookpoint": hookpoint}
+                if values.get("name"):
+                    copy["name"] = f"{values['name']}-{hookpoint}"
+                expanded.append(copy)
+    return expanded
+
+
 def sweep_configs(file_values: dict[str, Any], args: argparse.Namespace, widths: dict[Any, int]
                   ) -> tuple[TrainConfig, list[DictionaryConfig]]:
     """Training options and one DictionaryConfig per [[dictionaries]] entry, with d_in (and d_out)
@@ -83,9 +105,8 @@ def sweep_configs(file_values: dict[str, Any], args: argparse.Namespace, widths:
                           "use [train], [data] and [[dictionaries]]")
     flags = dataclass_values(args, DictionaryConfig)
     configs = []
-    for entry in entries:
+    for entry in _per_hookpoint(entries, flags, widths):
         values = {**entry, **flags}
-        values.setdefault("hookpoint", next(iter(widths)) if len(widths) == 1 else None)
         sources = values.get("source_hookpoints") or [values.get("hookpoint")]
         for name in sources + ([values["target_hookpoint"]] if values.get("target_hookpoint") else []):
             if name not in widths:
@@ -102,10 +123,16 @@ def run(args: argparse.Namespace) -> int:
     import saekit
 
     file_values = load_config_file(args.config) if args.config else {}
-    given = [name for name in ("activations", "from_cache") if getattr(args, name) is not None]
+    given = [name for name in ("activations", "from_cache", "model") if getattr(args, name) is not None]
     if len(given) != 1:
-        raise SaekitError("give exactly one activation source: --activations FILE or --from-cache DIR")
-    if args.activations is not None:
+        raise SaekitError("give exactly one activation source: --model M --hookpoints H, "
+                          "--from-cache DIR or --activations FILE")
+    if args.model is not None:
+        stream, widths, _, _ = activation_stream(args)
+        train_config, configs = sweep_configs(file_values, args, widths)
+        for cfg in configs:
+            cfg.model_name = cfg.model_name or args.model
+    elif args.activations is not None:
         activations = _load_activation_file(args.activations)
         widths = {None: activations.shape[1]}
         train_config, configs = sweep_configs(file_values, args, widths)
@@ -120,8 +147,11 @@ def run(args: argparse.Namespace) -> int:
         stream = cache.stream_many(None, train_config.batch_size, shuffle=args.shuffle,
                                    seed=configs[0].seed)
     dictionaries = saekit.train(stream, configs, train_config=train_config)
-    for cfg, d in zip(configs, dictionaries):
-        target = args.out / cfg.display_name.replace("/", "_")
+    from saekit.training.trainer import unique_names
+
+    by_hookpoint = len({cfg.hookpoint for cfg in configs}) > 1
+    for cfg, d, name in zip(configs, dictionaries, unique_names(configs)):
+        target = args.out / (f"{cfg.hookpoint}/{name}" if by_hookpoint else name)
         saekit.save(d, target)
         print(f"saved {cfg.display_name} -> {target}")
     return 0

@@ -69,7 +69,7 @@ def rebatch(stream: Iterable[Any], batch_size: int, skip_tokens: int = 0) -> Ite
             chunks = [rest] if buffered else []
 
 
-def _unique_names(configs: Sequence[DictionaryConfig]) -> list[str]:
+def unique_names(configs: Sequence[DictionaryConfig]) -> list[str]:
     names: list[str] = []
     for cfg in configs:
         base = cfg.display_name.replace("/", "_")
@@ -137,7 +137,7 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
     is_main = dist is None or dist.rank == 0
     local_batch = tc.batch_size if dist is None else dist.local_batch_size(tc.batch_size)
     total_steps = tc.total_steps
-    names = _unique_names(configs)
+    names = unique_names(configs)
     members = {i: SweepMember(cfg, total_steps, device, dist, tc.autocast) for i, cfg in enumerate(configs)
                if dist is None or dist.owns(i)}
 
