@@ -134,7 +134,7 @@ def test_train_from_cache_with_two_hookpoints(capsys, tmp_path):
     code, out, err = run_cli(capsys, "train", "--config", str(config), "--from-cache",
                              str(tmp_path / "cache"), "--out", str(tmp_path / "o"), "--no-progress")
     assert code == 0, err
-    d1, d2 = saekit.load(tmp_path / "o" / "topk-k4-32"), saekit.load(tmp_path / "o" / "topk-k4-40")
+    d1, d2 = saekit.load(tmp_path / "o" / "layer.1" / "topk-k4-32"), saekit.load(tmp_path / "o" / "layer.2" / "topk-k4-40")
     assert (d1.d_in, d1.cfg.hookpoint, d1.cfg.model_name) == (12, "layer.1", "tiny")
     assert (d2.d_in, d2.cfg.hookpoint) == (20, "layer.2")
     code, _, err = run_cli(capsys, "train", "--from-cache", str(tmp_path / "cache"), "--out",
