@@ -34,8 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def evaluate_dictionaries(model: Any, tokenizer: Any, dictionaries: dict[str, Any], args: Any,
-                          encoder: str = "dictionary", l0: int | None = None) -> list[dict[str, Any]]:
-    """Rows of metrics, one per dictionary, grouping dictionaries that share a hookpoint."""
+                          tokens: int, encoder: str = "dictionary", l0: int | None = None
+                          ) -> list[dict[str, Any]]:
+    """Rows of metrics, one per dictionary, on `tokens` held-out tokens (the test split of the text
+    options in `args`), grouping dictionaries that share a hookpoint so each group shares its
+    clean and zero-ablated forwards."""
     from saekit.data.sites import resolve_hookpoints
     from saekit.encoders import make_encoder
     from saekit.evaluation.splice import spliced_evaluation
@@ -49,7 +52,11 @@ def evaluate_dictionaries(model: Any, tokenizer: Any, dictionaries: dict[str, An
     for (hookpoint, target), members in groups.items():
         point = resolve_hookpoints(model, [hookpoint])[0]
         target_point = resolve_hookpoints(model, [target])[0] if target else None
-        batches = list(token_stream(args, tokenizer, split="test", max_tokens=args.tokens))
+        from tqdm.auto import tqdm
+
+        batches = list(token_stream(args, tokenizer, split="test", max_tokens=tokens))
+        batches = tqdm(batches, desc=f"evaluating at {hookpoint}", unit="batch",
+                       disable=not getattr(args, "progress", True))
         encoders = {name: make_encoder(d, encoder, l0) for name, d in members.items()}
         results = spliced_evaluation(model, batches, point, members, encoders, target_point)
         for name, metrics in results.items():
@@ -73,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             raise SaekitError("pass --model: the dictionaries do not record one common model")
         args.model = recorded.pop()
     model, tokenizer = open_model(args)
-    rows = evaluate_dictionaries(model, tokenizer, dictionaries, args, args.encoder, args.l0)
+    rows = evaluate_dictionaries(model, tokenizer, dictionaries, args, args.tokens, args.encoder, args.l0)
     print_table(rows, TABLE)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
