@@ -8,7 +8,8 @@ from saekit.config import METHODS, DictionaryConfig, TrainConfig
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.evaluation.metrics import evaluate
-from saekit.formats.native import load, save
+from saekit.formats.detect import load_any as load  # any format, local or Hugging Face Hub
+from saekit.formats.native import save
 from saekit.training.trainer import train
 
 __version__ = "0.1.0"
