@@ -330,6 +330,8 @@ def test_hub_ids_go_through_snapshot_download(tmp_path, monkeypatch):
         return str(repo)
 
     monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(hub, "list_repo_files", lambda repo_id, revision=None: [
+        "README.md", "layers.3/cfg.json", "layers.3/sae.safetensors", "layers.4/cfg.json"])
     monkeypatch.chdir(tmp_path)
     loaded = saekit.load("EleutherAI/sae-pythia-70m-32k", subfolder="layers.3", revision="main")
     assert calls == [("EleutherAI/sae-pythia-70m-32k", "main", ["layers.3/*"])]
@@ -337,11 +339,16 @@ def test_hub_ids_go_through_snapshot_download(tmp_path, monkeypatch):
     assert torch.equal(loaded(inputs()), d(inputs()))
     with pytest.raises(saekit.SaekitError, match="no folder 'layers.9'"):
         saekit.load("EleutherAI/sae-pythia-70m-32k", subfolder="layers.9")
+    # Without a subfolder, a repository of per-layer folders is listed, not downloaded whole.
+    with pytest.raises(saekit.SaekitError, match=r"2 dictionaries in folders \(layers.3, layers.4\)"):
+        saekit.load("EleutherAI/sae-pythia-70m-32k")
+    assert len(calls) == 2
 
     def offline(**kwargs):
         raise OSError("offline mode is enabled")
 
     monkeypatch.setattr(hub, "snapshot_download", lambda *a, **k: offline())
+    monkeypatch.setattr(hub, "list_repo_files", lambda *a, **k: offline())
     with pytest.raises(saekit.SaekitError, match="cannot download 'org/name'"):
         saekit.load("org/name")
     (tmp_path / "runs").mkdir()
