@@ -11,3 +11,4 @@ fi
 PIP=".venv/bin/python -m pip"
 $PIP install -q --disable-pip-version-check "torch==2.13.0"
 $PIP install -q --disable-pip-version-check -e ".[test]" "torch==2.13.0"
+bash scripts/setup_browser.sh  # headless Chromium + Selenium for tests/test_browser.py

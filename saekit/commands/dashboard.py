@@ -1,0 +1,66 @@
+"""`saekit dashboard`: a static HTML site of feature dashboards for every latent of a dictionary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from saekit.commands.sources import add_model_arguments, open_model, token_stream
+from saekit.errors import SaekitError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "dashboard", help="Build feature dashboards (static HTML) for every latent of a dictionary.",
+        description="One pass of the model over --tokens tokens, encoded for all latents at once, then "
+                    "a static site: index.html (search and sort latents) and one page per latent "
+                    "(top and quantile examples with per-token highlighting, histogram, density, "
+                    "logit lens, nearest latents). Open index.html from disk; no server needed.")
+    parser.add_argument("dictionary", type=Path, help="Dictionary directory.")
+    parser.add_argument("--tokens", type=int, default=100_000, help="Tokens to run the model on.")
+    parser.add_argument("--out", type=Path, required=True, help="Site directory (replaced).")
+    parser.add_argument("--split", default="train", choices=("train", "test"),
+                        help="Which split of the text to read.")
+    parser.add_argument("--top-examples", type=int, default=20, help="Top-activating contexts per latent.")
+    parser.add_argument("--names", type=Path, default=None,
+                        help="JSON object {latent id: name} of latent names (default: each latent's "
+                             "most common top-activating token).")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="Show a progress bar.")
+    add_model_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _read_names(path: Path | None) -> dict[int, str]:
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {int(key): str(value) for key, value in raw.items()}
+    except (OSError, ValueError, AttributeError) as error:
+        raise SaekitError(f"cannot read latent names from {path}: {error}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import saekit
+    from saekit.inspect.dashboard import build_dashboards
+
+    if args.tokens <= 0:
+        raise SaekitError("--tokens must be positive")
+    if args.hookpoints:
+        raise SaekitError("dashboards read the dictionary's own hookpoint; drop --hookpoints")
+    d = saekit.load(args.dictionary, device=args.device)
+    args.model = args.model or d.cfg.model_name
+    if not args.model:
+        raise SaekitError("the dictionary does not record its model: pass --model")
+    names = _read_names(args.names)
+    model, tokenizer = open_model(args)
+    batches = token_stream(args, tokenizer, split=args.split, max_tokens=args.tokens)
+    summary = build_dashboards(d, model, tokenizer, batches, args.out, top_examples=args.top_examples,
+                               names=names, progress=args.progress)
+    print(f"dashboards for {summary['latents']} latents ({summary['alive']} fired on "
+          f"{summary['tokens']} tokens) -> {args.out / 'index.html'}")
+    print(f"model+encode {summary['model_and_encode_s']:.1f}s, decoder {summary['decoder_s']:.1f}s, "
+          f"pages {summary['write_s']:.1f}s")
+    return 0

@@ -1,0 +1,127 @@
+"""Feature dashboards on a tiny model: one pass, correct values, every token string escaped."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+import saekit
+from saekit.cli import main
+from saekit.data.model_loading import load_model
+from saekit.data.sites import resolve_hookpoints
+from saekit.data.stream import capture
+from saekit.data.tokens import TokenStream
+from tests.tiny import save_tiny, tiny_llama, tiny_tokenizer, write_corpus
+
+# One whitespace-free word, so the word-level tiny tokenizer keeps it as a single token.
+EVIL = '"><script>window.__pwned=1</script><img/src=x/onerror="window.__pwned=2">'
+D_SAE = 48
+
+
+def make_site_inputs(root):
+    """A tiny model whose vocabulary holds EVIL, a corpus using it, and a TopK dictionary whose
+    latent 0 fires hardest on it (so its page must show it)."""
+    tokenizer = tiny_tokenizer(extra_tokens=(EVIL,))
+    model_dir = save_tiny(root / "model", tiny_llama(len(tokenizer)), tokenizer)
+    corpus = write_corpus(root / "corpus", n_docs=80)
+    (corpus / "evil.txt").write_text(" ".join(["the cat", EVIL, "sat on the mat"] * 30))
+    model, tokenizer = load_model(str(model_dir))
+    cfg = saekit.DictionaryConfig(method="topk", d_in=32, d_sae=D_SAE, k=4, hookpoint="resid_post.0",
+                                  model_name=str(model_dir))
+    d = saekit.Dictionary(cfg)
+    point = resolve_hookpoints(model, ["resid_post.0"])[0]
+    ids = torch.tensor([tokenizer("the cat sat on a mat dog ran to park " + EVIL)["input_ids"]])
+    acts = capture(model, ids, [point])[point.name][0]
+    d.initialize(acts, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        evil = acts[-1] - d.b_dec
+        d.W_enc[:, 0] = 50 * evil / evil.norm()
+        d.W_dec[0] = evil / evil.norm()
+    dict_dir = saekit.save(d, root / "dict")
+    return model_dir, corpus, dict_dir
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dash")
+    model_dir, corpus, dict_dir = make_site_inputs(root)
+    code = main(["dashboard", str(dict_dir), "--tokens", "3000", "--out", str(root / "site"),
+                 "--dataset", str(corpus), "--context-size", "32", "--model-batch-size", "8",
+                 "--no-progress"])
+    assert code == 0
+    return {"root": root, "site": root / "site", "model": model_dir, "corpus": corpus, "dict": dict_dir}
+
+
+def test_site_has_an_index_and_a_page_per_latent(site):
+    out = site["site"]
+    assert (out / "index.html").is_file()
+    assert len(list((out / "latents").glob("*.html"))) == D_SAE
+    data = json.loads((out / "latents.json").read_text())
+    assert data["tokens"] == 3000 and len(data["rows"]) == D_SAE
+    page = (out / "latents" / "0.html").read_text()
+    for section in ("Top activations", "Activation histogram", "Logit lens: promoted",
+                    "Logit lens: suppressed", "Nearest latents", "quantile", "<svg", "<mark"):
+        assert section in page
+
+
+def test_every_token_string_is_escaped(site):
+    out = site["site"]
+    escaped = "&quot;&gt;&lt;script&gt;window.__pwned=1&lt;/script&gt;"
+    pages = [p.read_text() for p in (out / "latents").glob("*.html")]
+    assert all("<script" not in p and "<img" not in p for p in pages)  # latent pages hold no script
+    assert escaped in (out / "latents" / "0.html").read_text()  # latent 0 fires on it
+    index = (out / "index.html").read_text()
+    assert "window.__pwned" in index  # it is in the index's data (the top tokens of latent 0) ...
+    assert index.count("<script") == 2 and index.count("</script>") == 2  # ... but cannot break out
+    assert "<img" not in index
+
+
+def test_one_model_pass_for_all_latents_and_values_match_encode(site):
+    from saekit.inspect.dashboard_data import contexts, gather_activations
+
+    model, tokenizer = load_model(str(site["model"]))
+    d = saekit.load(site["dict"])
+    stream = TokenStream(tokenizer, str(site["corpus"]), context=32, batch_size=8, max_tokens=1000)
+    batches = list(stream)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    record = gather_activations(model, d, batches)
+    handle.remove()
+    assert len(calls) == len(batches)  # one forward per batch, whatever d_sae is
+    assert record.n_tokens == 1000
+    # recompute the dictionary directly and compare the record for a few latents
+    point = resolve_hookpoints(model, ["resid_post.0"])[0]
+    ids = torch.cat([b[0] for b in batches])
+    mask = torch.cat([b[1] for b in batches]).reshape(-1)
+    with torch.no_grad():
+        dense = d.encode(capture(model, ids, [point])[point.name].reshape(-1, 32)) * mask[:, None]
+    for latent in (0, 5, 17):
+        positions, values = record.latent(latent)
+        assert len(values) == int((dense[:, latent] > 0).sum())
+        assert torch.allclose(torch.as_tensor(values), dense[positions, latent], atol=1e-5)
+        assert list(values) == sorted(values, reverse=True)
+        for ex in contexts(record, latent, positions[:3]):
+            assert ex.value == pytest.approx(float(dense[ex.position, latent]), abs=1e-5)
+            assert ex.token_ids[ex.peak] == int(ids.reshape(-1)[ex.position])
+
+
+def test_dashboard_cli_errors_are_one_line(capsys, site, tmp_path):
+    code = main(["dashboard", str(tmp_path / "nope"), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code = main(["dashboard", str(site["dict"]), "--tokens", "0", "--out", str(tmp_path / "s")])
+    assert code == 2 and "--tokens" in capsys.readouterr().err
+
+
+def test_html_helpers_keep_data_inert():
+    from saekit.inspect.html import context_html, json_for_script
+
+    text = json_for_script({"t": "</script><!--\u2028&"})
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == {"t": "</script><!--\u2028&"}
+    line = context_html(['<b a="1">', " x\n"], [1.0, 0.0], 0, 1.0, 1.0)
+    assert "<b " not in line and "&lt;b a=&quot;1&quot;&gt;" in line and "\u21b5" in line
+    assert re.search(r'<mark class="peak" style="--a:1.00" title="1">', line)
