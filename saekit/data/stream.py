@@ -97,33 +97,48 @@ def capture(model: nn.Module, input_ids: Tensor, hookpoints: list[Hookpoint],
 
 
 class ActivationStream:
-    """The trainer's stream: `{hookpoint: float32 [n_tokens, d]}` per model forward."""
+    """The trainer's stream: `{hookpoint: float32 [n_tokens, d]}` per model forward.
 
-    def __init__(self, model: nn.Module, tokens: TokenStream, hookpoints: list[str] | list[Hookpoint],
-                 progress: bool = False) -> None:
+    `model` may also be `{label: model}` (e.g. a base model and its chat tune, for crosscoders): every
+    model runs on the same token batch and keys become `label/hookpoint`. Their tokenizers must agree;
+    the caller checks that, since only it holds them.
+    """
+
+    def __init__(self, model: nn.Module | dict[str, nn.Module], tokens: TokenStream,
+                 hookpoints: list[str] | list[Hookpoint], progress: bool = False) -> None:
         self.model = model
+        self.models = model if isinstance(model, dict) else {"": model}
         self.tokens = tokens
-        self.hookpoints = (hookpoints if hookpoints and isinstance(hookpoints[0], Hookpoint)
-                           else resolve_hookpoints(model, list(hookpoints)))  # type: ignore[arg-type]
+        self.hookpoints = {label: (hookpoints if hookpoints and isinstance(hookpoints[0], Hookpoint)
+                                   else resolve_hookpoints(m, list(hookpoints)))  # type: ignore[arg-type]
+                           for label, m in self.models.items()}
         self.progress = progress
         self.forward_seconds = 0.0
         self.tokens_emitted = 0
 
+    def _capture(self, input_ids: Tensor) -> dict[str, Tensor]:
+        values = {}
+        for label, model in self.models.items():
+            for name, value in capture(model, input_ids, self.hookpoints[label]).items():
+                values[f"{label}/{name}" if label else name] = value
+        return values
+
     def widths(self) -> dict[str, int]:
         """Width of each hookpoint, from one tiny forward."""
         ids = torch.tensor([[self.tokens.bos if self.tokens.bos is not None else 0] * 2])
-        return {name: value.shape[-1] for name, value in capture(self.model, ids, self.hookpoints).items()}
+        return {name: value.shape[-1] for name, value in self._capture(ids).items()}
 
     def resume_from(self, tokens: int) -> "ActivationStream":
-        return ActivationStream(self.model, self.tokens.resume_from(tokens), self.hookpoints,
-                                self.progress)
+        stream = ActivationStream(self.model, self.tokens.resume_from(tokens), [], self.progress)
+        stream.hookpoints = self.hookpoints
+        return stream
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         bar = tqdm(disable=not self.progress, unit="tok", unit_scale=True, desc="model forward",
                    dynamic_ncols=True)
         for input_ids, mask in self.tokens:
             started = time.perf_counter()
-            values = capture(self.model, input_ids, self.hookpoints)
+            values = self._capture(input_ids)
             self.forward_seconds += time.perf_counter() - started
             keep = mask.reshape(-1).to(next(iter(values.values())).device)
             batch = {name: value.reshape(-1, value.shape[-1])[keep].float().cpu()
