@@ -1,0 +1,140 @@
+"""`saekit steer` (generation with a latent added or clamped, beside unsteered generation) and
+`saekit steering-vector` (a difference-of-means steering vector written in dictionary latents)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from saekit.errors import SaekitError
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dictionary", type=Path, required=True, help="Dictionary directory.")
+    parser.add_argument("--model", default=None,
+                        help="Model (default: the one the dictionary records; `offline-default` is "
+                             "SmolLM2-135M-Instruct).")
+    parser.add_argument("--device", default="cpu", help="Device for the model and dictionary.")
+    parser.add_argument("--model-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "steer", help="Generate with a latent's decoder direction added (or the latent clamped), "
+                      "beside unsteered generation.",
+        description="Adds scale x (the latent's decoder row) to the dictionary's hookpoint at every "
+                    "position, or clamps the latent to a value, and prints the steered and unsteered "
+                    "continuations of the prompt. Scale is in the latent's activation units (its "
+                    "dashboard shows its max activation).")
+    _model_flags(parser)
+    parser.add_argument("--latent", type=int, required=True, help="Latent index.")
+    edit = parser.add_mutually_exclusive_group(required=True)
+    edit.add_argument("--scale", type=float, help="Add scale * decoder direction.")
+    edit.add_argument("--clamp", type=float, help="Set the latent to this value at every position.")
+    parser.add_argument("--prompt", required=True, help="Text to continue.")
+    parser.add_argument("--chat", action="store_true", help="Wrap the prompt in the chat template.")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding.")
+    parser.add_argument("--seed", type=int, default=0, help="Sampling seed (same for both runs).")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=None, help="Also write the result as JSON.")
+    parser.set_defaults(func=run_steer)
+
+    vector = subparsers.add_parser(
+        "steering-vector", help="Express a steering vector in dictionary latents (gradient pursuit).",
+        description="Builds the difference of mean activations at the dictionary's hookpoint between "
+                    "two prompt files (one prompt per line), or reads a vector from .npy, then writes "
+                    "it as a sparse signed combination of decoder rows with gradient pursuit and "
+                    "reports the top latents (with dashboard links) and the residual norm.")
+    _model_flags(vector)
+    vector.add_argument("--positive", type=Path, help="Prompts (one per line) for the + side.")
+    vector.add_argument("--negative", type=Path, help="Prompts (one per line) for the - side.")
+    vector.add_argument("--vector", type=Path, help="A steering vector [d] as .npy, instead of prompts.")
+    vector.add_argument("--position", default="all", choices=("all", "last"),
+                        help="Average every token of each prompt, or only its last token.")
+    vector.add_argument("--l0", type=int, default=16, help="Latents in the decomposition.")
+    vector.add_argument("--top", type=int, default=10, help="Latents to print.")
+    vector.add_argument("--dashboards", default=None,
+                        help="Dashboard site (directory or URL) to link each latent to.")
+    vector.add_argument("--save-vector", type=Path, default=None, help="Write the vector as .npy.")
+    vector.add_argument("--out", type=Path, default=None, help="Write the decomposition as JSON.")
+    vector.set_defaults(func=run_vector)
+
+
+def _open(args: argparse.Namespace, check=None):
+    """(dictionary, model, tokenizer); `check(d)` runs before the (slow) model load."""
+    import saekit
+    from saekit.data.model_loading import load_model
+
+    d = saekit.load(args.dictionary, device=args.device)
+    if check is not None:
+        check(d)
+    name = args.model or d.cfg.model_name
+    if not name:
+        raise SaekitError("the dictionary does not record its model: pass --model")
+    model, tokenizer = load_model(name, dtype=args.model_dtype, device=args.device)
+    return d, model, tokenizer
+
+
+def run_steer(args: argparse.Namespace) -> int:
+    from saekit.inspect.steering import steer, steering_edit
+
+    if args.max_new_tokens <= 0:
+        raise SaekitError("--max-new-tokens must be positive")
+    d, model, tokenizer = _open(args, lambda d: steering_edit(d, args.latent, args.scale, args.clamp))
+    result = steer(model, tokenizer, d, args.prompt, args.latent, scale=args.scale, clamp=args.clamp,
+                   max_new_tokens=args.max_new_tokens, chat=args.chat, temperature=args.temperature,
+                   seed=args.seed, repetition_penalty=args.repetition_penalty)
+    print(result)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(vars(result), indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _prompts(path: Path | None, flag: str) -> list[str]:
+    if path is None:
+        raise SaekitError(f"pass {flag} (a file with one prompt per line), or --vector")
+    if not path.is_file():
+        raise SaekitError(f"prompt file not found: {path}")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise SaekitError(f"{path} holds no prompts")
+    return prompts
+
+
+def run_vector(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from saekit.inspect.steering import decompose_vector, mean_activation_difference
+
+    if args.vector is not None:
+        import saekit
+
+        d = saekit.load(args.dictionary, device=args.device)
+        try:
+            vector = torch.from_numpy(np.load(args.vector, allow_pickle=False)).float()
+        except (OSError, ValueError) as error:
+            raise SaekitError(f"cannot read a vector from {args.vector}: {error}") from None
+    else:
+        positive, negative = _prompts(args.positive, "--positive"), _prompts(args.negative, "--negative")
+        d, model, tokenizer = _open(args)
+        vector = mean_activation_difference(model, tokenizer, d.cfg.hookpoint, positive, negative,
+                                            args.position)
+    if args.save_vector is not None:
+        np.save(args.save_vector, vector.cpu().numpy())
+    result = decompose_vector(d, vector, args.l0, args.dashboards)
+    print(f"vector norm {result.norm:.4g}, residual norm {result.residual_norm:.4g} "
+          f"({100 * result.relative_residual:.1f}% of the norm) with {len(result.latents)} latents")
+    print(f"{'latent':>7} {'coef':>9} {'|c·d|':>9} {'cos':>6}  dashboard")
+    for row in result.latents[:args.top]:
+        print(f"{row['latent']:>7} {row['coefficient']:>9.4g} {row['contribution_norm']:>9.4g} "
+              f"{row['cosine']:>6.3f}  {row.get('dashboard', '')}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"norm": result.norm, "residual_norm": result.residual_norm,
+                                        "relative_residual": result.relative_residual,
+                                        "latents": result.latents}, indent=2) + "\n")
+    return 0
