@@ -60,6 +60,8 @@ def test_round_trip_is_exact(method, overrides, fmt, tmp_path):
     detect.save_as(d, tmp_path / "out", fmt)
     assert detect.detect_format(tmp_path / "out") == fmt
     loaded = saekit.load(tmp_path / "out")
+    if fmt != "dictionary_learning":  # a file of the folder names the folder
+        assert torch.equal(saekit.load(tmp_path / "out" / "cfg.json").W_dec, loaded.W_dec)
     latents, recon = _outputs(loaded, x)
     expected_latents, expected_recon = _outputs(d, x)
     # saekit computes (x − b_dec)·W + b as x·W + (b − b_dec·W): re-expressed biases give the same bits.
@@ -179,6 +181,34 @@ def test_gemma_scope_npz_matches_reference_jumprelu(tmp_path, negative_threshold
     named = gemma_scope.load(folder, repo_id="google/gemma-scope-2b-pt-res",
                              subfolder="layer_12/width_16k/average_l0_82")
     assert named.cfg.model_name == "google/gemma-2-2b" and named.cfg.hookpoint == "model.layers.12"
+
+
+def test_gemma_scope_2_skip_transcoder(tmp_path):
+    """Gemma Scope 2: params.safetensors with lower-case w_enc/w_dec, config.json naming Hugging Face
+    hook points, and an affine skip connection stored [d_in, d_out] (x @ A)."""
+    rng = np.random.default_rng(3)
+    params = {"w_enc": rng.normal(0, 0.3, (D_IN, D_SAE)), "w_dec": rng.normal(0, 0.3, (D_SAE, D_OUT)),
+              "b_enc": rng.normal(0, 0.3, D_SAE), "b_dec": rng.normal(0, 0.3, D_OUT),
+              "threshold": rng.uniform(0, 0.5, D_SAE), "affine_skip_connection": rng.normal(0, 0.3, (D_IN, D_OUT))}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    folder = tmp_path / "transcoder_all" / "layer_5_width_16k_l0_big_affine"
+    folder.mkdir(parents=True)
+    save_file({k: torch.from_numpy(v) for k, v in params.items()}, str(folder / "params.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": "jump_relu", "model_name": "gemma-v3-1b-pt", "affine_connection": True,
+        "hf_hook_point_in": "model.layers.5.pre_feedforward_layernorm.output",
+        "hf_hook_point_out": "model.layers.5.post_feedforward_layernorm.output"}))
+    d = saekit.load(folder)
+    assert d.cfg.is_transcoder and d.cfg.skip_connection and d.cfg.d_out == D_OUT
+    assert d.cfg.model_name == "google/gemma-3-1b-pt"
+    assert d.cfg.hookpoint == "model.layers.5.pre_feedforward_layernorm"
+    assert d.cfg.target_hookpoint == "model.layers.5.post_feedforward_layernorm"
+    assert d.meta["source"]["layer"] == 5 and d.meta["source"]["width"] == "16k" and d.meta["source"]["l0"] == "big"
+    x = inputs().numpy().astype(np.float64)
+    f_ref, _ = _jumprelu_reference({"W_enc": params["w_enc"], "W_dec": params["w_dec"], **params}, x)
+    out_ref = f_ref @ params["w_dec"] + params["b_dec"] + x @ params["affine_skip_connection"]
+    latents, out = _outputs(d, torch.from_numpy(x).float())
+    assert np.allclose(latents.numpy(), f_ref, atol=1e-5) and np.allclose(out.numpy(), out_ref, atol=1e-5)
 
 
 def test_gemma_scope_write_and_convert(tmp_path):

@@ -25,6 +25,9 @@ from saekit.errors import SaekitError
 
 FORMATS = ("saekit", "saelens", "sparsify", "dictionary_learning", "gemma_scope")
 WRITABLE = ("saekit", "saelens", "sparsify", "dictionary_learning")
+# Files that only make sense inside their folder (ae.pt and params.npz load on their own).
+MEMBER_FILES = ("cfg.json", "config.json", "sae_weights.safetensors", "sae.safetensors",
+                "sparsity.safetensors", "params.safetensors")
 
 
 def detect_format(path: str | Path) -> str:
@@ -95,6 +98,8 @@ def load_any(path_or_repo: str | Path, *, subfolder: str | None = None, revision
                               "repository id of the form org/name)")
     elif subfolder:
         path = path / subfolder
+    if path.is_file() and path.name in MEMBER_FILES:  # a file of a dictionary folder names the folder
+        path = path.parent
     fmt = format or detect_format(path)
     d = _load(fmt, path, dtype=dtype, repo_id=repo_id, subfolder=subfolder, dict_class=dict_class)
     if repo_id is not None:

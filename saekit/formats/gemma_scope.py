@@ -67,12 +67,15 @@ def _site(repo_id: str | None, folder: str) -> tuple[str | None, str | None, dic
     layer = int(layer_match.group(1)) if layer_match else None
     if layer is not None:
         facts["layer"] = layer
-    width = re.search(r"width_(\w+?)(?:/|$)", folder)
+    width = re.search(r"width_(\d+[km]?)", folder)
     l0 = re.search(r"average_l0_(\d+)", folder)
+    l0_class = re.search(r"_l0_([a-z]+)", folder)  # Gemma Scope 2: l0_small / l0_medium / l0_big
     if width:
         facts["width"] = width.group(1)
     if l0:
         facts["average_l0"] = int(l0.group(1))
+    elif l0_class:
+        facts["l0"] = l0_class.group(1)
     model_name = None
     repo = repo_id.split("/")[-1] if repo_id else ""
     match = re.match(r"gemma-scope-(\d+b)-(pt|it)-(res|mlp|att|transcoders)", repo)
@@ -88,10 +91,15 @@ def _site(repo_id: str | None, folder: str) -> tuple[str | None, str | None, dic
 
 
 def _hf_hook(name: str | None) -> str | None:
-    """Gemma Scope 2 names `model.layers.5.output`; saekit hooks a module's output by its name."""
+    """Gemma Scope 2 names `model.layers.5.output` and `...o_proj.input`; saekit hooks a module's output
+    by its name and its input as `<name>:input` (saekit.data.sites)."""
     if name is None:
         return None
-    return name[: -len(".output")] if name.endswith(".output") else name
+    if name.endswith(".output"):
+        return name[: -len(".output")]
+    if name.endswith(".input"):
+        return name[: -len(".input")] + ":input"
+    return name
 
 
 def load(path: str | Path, *, dtype: torch.dtype | None = None, repo_id: str | None = None,
@@ -128,6 +136,8 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, repo_id: str | N
     model_name = config.get("model_name") or model_name
     if model_name and "/" not in model_name and "gemma" in model_name:
         model_name = "google/" + model_name
+    if model_name:  # Gemma Scope 2 configs say gemma-v3-*; the models are google/gemma-3-*
+        model_name = model_name.replace("gemma-v3-", "gemma-3-")
     hookpoint = _hf_hook(config.get("hf_hook_point_in")) or hookpoint
     target = _hf_hook(config.get("hf_hook_point_out"))
     kwargs: dict[str, Any] = dict(method="jumprelu", d_in=int(d_in), d_sae=int(d_sae),

@@ -26,13 +26,16 @@ rm -f "$STAMP"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
+# --no-compile: skip byte-compiling every installed module (transformers alone has thousands of files);
+# the few modules the tests import compile on first use.
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+INSTALL="$PIP install --no-compile"
 CONSTRAINTS="$VENV/saekit-constraints.txt"
 echo "$TORCH" > "$CONSTRAINTS"
-$PIP install "$TORCH"
-$PIP install -c "$CONSTRAINTS" $PEERS
-$PIP install --no-deps $NO_DEPS
-$PIP install -c "$CONSTRAINTS" $RUNTIME
+$INSTALL "$TORCH"
+$INSTALL -c "$CONSTRAINTS" $PEERS
+$INSTALL --no-deps $NO_DEPS
+$INSTALL -c "$CONSTRAINTS" $RUNTIME
 # Fail here, with the import error, rather than in every test.
 "$VENV/bin/python" - <<'PY'
 import torch
