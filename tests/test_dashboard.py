@@ -125,3 +125,38 @@ def test_html_helpers_keep_data_inert():
     line = context_html(['<b a="1">', " x\n"], [1.0, 0.0], 0, 1.0, 1.0)
     assert "<b " not in line and "&lt;b a=&quot;1&quot;&gt;" in line and "\u21b5" in line
     assert re.search(r'<mark class="peak" style="--a:1.00" title="1">', line)
+
+
+def test_run_report_for_a_sweep(tmp_path, capsys, site):
+    import numpy as np
+
+    from saekit.inspect.report import pareto_front, write_run_report
+
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).normal(size=(4096, 16)).astype(np.float32))
+    (tmp_path / "sweep.toml").write_text(
+        '[train]\ntotal_tokens = 4096\nbatch_size = 256\nlog_every = 2\nprogress = false\n\n'
+        '[[dictionaries]]\nmethod = "topk"\nd_sae = 32\nk = 2\n\n'
+        '[[dictionaries]]\nmethod = "topk"\nd_sae = 32\nk = 6\n')
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "sweep.toml"), "--activations",
+                 str(tmp_path / "acts.npy"), "--out", str(run_dir)]) == 0
+    names = sorted(p.parent.name for p in run_dir.glob("*/cfg.json"))
+    rows = [{"name": names[0], "method": "topk", "l0": 2.0, "fvu": 0.6, "ce_loss_score": 0.7},
+            {"name": names[1], "method": "topk", "l0": 6.0, "fvu": 0.3, "ce_loss_score": 0.9},
+            {"name": "<b>odd</b>", "method": "relu", "l0": 9.0, "fvu": 0.5, "ce_loss_score": 0.5}]
+    (tmp_path / "eval.json").write_text(json.dumps(rows))
+    out = tmp_path / "reports" / "report.html"
+    code = main(["report", str(run_dir), "--eval", str(tmp_path / "eval.json"), "--out", str(out),
+                 "--dashboards", f"{names[0]}={site['site']}"])
+    assert code == 0, capsys.readouterr().err
+    html = out.read_text()
+    assert html.count("<svg") == 6  # loss, MSE, L0, dead fraction, two Pareto plots
+    assert "&lt;b&gt;odd&lt;/b&gt;" in html and "<b>odd" not in html
+    href = re.search(r'<a href="([^"]+)">open</a>', html).group(1)
+    assert (out.parent / href).resolve() == (site["site"] / "index.html").resolve()
+    assert pareto_front([(2, .6), (6, .3), (9, .5)]) == [0, 1]
+    # the Python API, without evaluation rows: Pareto from the last logged L0 and MSE
+    page = write_run_report(run_dir, [], tmp_path / "plain.html").read_text()
+    assert page.count("<svg") == 5 and "final training MSE" not in page.split("<svg")[0]
+    code = main(["report", str(tmp_path / "nowhere")])
+    assert code == 2

@@ -1,0 +1,205 @@
+"""One self-contained HTML page per training run or sweep: curves, Pareto plot, evaluation table, links.
+
+Curves come from the run's `log.jsonl` (one JSON object per dictionary per logged step, written by
+`saekit.train`), the Pareto plot and the table from evaluation rows (what `saekit eval --out` writes).
+Plots are matplotlib figures embedded as inline SVG, so the page is one file that opens from disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from saekit.errors import SaekitError
+from saekit.inspect.html import esc, fmt, page
+
+TABLE_COLUMNS = ["name", "method", "hookpoint", "l0", "fvu", "explained_variance", "ce_loss_score",
+                 "kl_score", "delta_lm_loss", "dead_fraction", "dense_fraction",
+                 "relative_reconstruction_bias", "cossim"]
+
+
+def find_log(run_dir: Path) -> Path | None:
+    for candidate in (run_dir / "checkpoints" / "log.jsonl", run_dir / "log.jsonl"):
+        if candidate.is_file():
+            return candidate
+    found = sorted(run_dir.rglob("log.jsonl"))
+    return found[0] if found else None
+
+
+def read_log(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """{dictionary name: its log rows in order}; unreadable lines (a run killed mid-write) are skipped.
+    A resumed run repeats steps after its last checkpoint: the later row for a step wins."""
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            runs.setdefault(str(row.get("dictionary", "dictionary")), {})[int(row["step"])] = row
+    return {name: [steps[s] for s in sorted(steps)] for name, steps in runs.items()}
+
+
+def _svg(fig: Any) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: inline SVG in HTML
+
+
+def _curve_plot(runs: Mapping[str, list[dict[str, Any]]], key: str, ylabel: str, log: bool = False
+                ) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(key in row for rows in runs.values() for row in rows):
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    for name, rows in runs.items():
+        points = [(row["tokens"], row[key]) for row in rows if key in row and row[key] is not None]
+        if points:
+            ax.plot(*zip(*points), label=name, linewidth=1.2)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=.3)
+    if len(runs) <= 12:
+        ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated when lower x and lower y are both better, sorted by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _pareto_plot(rows: Sequence[Mapping[str, Any]], key: str, label: str, higher_better: bool
+                 ) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    usable = [r for r in rows if isinstance(r.get("l0"), (int, float)) and isinstance(r.get(key), (int, float))]
+    if not usable:
+        return None
+    xs = [float(r["l0"]) for r in usable]
+    ys = [float(r[key]) for r in usable]
+    front = pareto_front([(x, -y if higher_better else y) for x, y in zip(xs, ys)])
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    methods = sorted({str(r.get("method", "")) for r in usable})
+    for method in methods:
+        idx = [i for i, r in enumerate(usable) if str(r.get("method", "")) == method]
+        ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], label=method or "dictionary", s=28)
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], color="#444", linewidth=.8,
+            linestyle="--", label="Pareto front")
+    for x, y, r in zip(xs, ys, usable):
+        ax.annotate(str(r.get("name", ""))[:24], (x, y), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("L0 (active latents per token)")
+    ax.set_ylabel(label + (" (higher is better)" if higher_better else " (lower is better)"))
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _href(target: str | os.PathLike, out_html: Path) -> str:
+    """A link from the report to a dashboard: URLs as given, paths relative to the report (so the
+    report and the sites can move together), pointing at index.html for a site directory."""
+    text = str(target)
+    if "://" in text:
+        return text
+    path = Path(text)
+    if path.suffix != ".html":
+        path = path / "index.html"
+    return Path(os.path.relpath(path.resolve(), out_html.resolve().parent)).as_posix()
+
+
+def _table(rows: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:
+    columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns) + ("<th>dashboards</th>" if links else "")
+    body = []
+    for row in rows:
+        cells = []
+        for c in columns:
+            value = row.get(c, "")
+            if isinstance(value, float):
+                cells.append(f'<td class="num">{esc(fmt(value, 4))}</td>')
+            else:
+                cells.append(f"<td>{esc(value)}</td>")
+        if links:
+            href = links.get(str(row.get("name")))
+            cells.append(f'<td><a href="{esc(href)}">open</a></td>' if href else "<td></td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table id="evaluation"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def write_run_report(run_dir: str | os.PathLike, eval_rows: Sequence[Mapping[str, Any]] | None,
+                     out_html: str | os.PathLike,
+                     dashboards: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Write one HTML page about a training run or sweep and return its path.
+
+    run_dir: the directory `saekit train --out` (or `saekit.train(checkpoint_dir=...)`) wrote; its
+        `log.jsonl` is found at `checkpoints/log.jsonl`, `log.jsonl` or anywhere below. Rows are the
+        trainer's: `step`, `tokens`, `dictionary` (name), and metrics such as `loss`, `mse`, `l0`,
+        `dead_fraction`. A run without a log still gets a page (table and Pareto plot only).
+    eval_rows: evaluation results, one dict per dictionary, as `saekit eval --out` writes them
+        (`name`, `method`, `l0`, `fvu`, optionally `ce_loss_score`, `kl_score`, ...). May be empty;
+        then the Pareto plot uses each dictionary's last logged `l0` and `mse`.
+    out_html: the page to write (parent folders are created).
+    dashboards: {dictionary name (as in eval_rows / the log): dashboard site directory, its
+        index.html, or a URL}; paths are linked relative to the page.
+    """
+    run_dir, out_html = Path(run_dir), Path(out_html)
+    if not run_dir.is_dir():
+        raise SaekitError(f"no such run directory: {run_dir}")
+    log = find_log(run_dir)
+    runs = read_log(log) if log else {}
+    rows = [dict(r) for r in (eval_rows or [])]
+    links = {str(name): _href(target, out_html) for name, target in (dashboards or {}).items()}
+    sections = [f"<h1>Run report: {esc(run_dir.name)}</h1>",
+                f'<p class="muted">{esc(run_dir.resolve())} · {len(runs)} dictionaries logged'
+                f'{" in " + esc(log.name) if log else " (no log.jsonl found)"} · '
+                f"{len(rows)} evaluated</p>"]
+    if runs:
+        plots = [("Loss", _curve_plot(runs, "loss", "loss", log=True)),
+                 ("Reconstruction MSE", _curve_plot(runs, "mse", "MSE", log=True)),
+                 ("L0", _curve_plot(runs, "l0", "L0")),
+                 ("Dead latents", _curve_plot(runs, "dead_fraction", "dead fraction"))]
+        sections.append('<h2>Training curves</h2><div class="cols" id="curves">' + "".join(
+            f"<div><h3>{esc(title)}</h3>{svg}</div>" for title, svg in plots if svg) + "</div>")
+    pareto_rows = rows or [{"name": name, "method": "", "l0": r[-1].get("l0"), "mse": r[-1].get("mse")}
+                           for name, r in runs.items() if r]
+    pareto = [_pareto_plot(pareto_rows, "fvu", "FVU", False),
+              _pareto_plot(pareto_rows, "ce_loss_score", "CE loss score", True)]
+    if not rows:
+        pareto = [_pareto_plot(pareto_rows, "mse", "final training MSE", False)]
+    if any(pareto):
+        sections.append('<h2>Pareto: sparsity vs fidelity</h2><div class="cols" id="pareto">'
+                        + "".join(f"<div>{svg}</div>" for svg in pareto if svg) + "</div>")
+    if rows:
+        sections.append("<h2>Evaluation</h2>" + _table(rows, links))
+    elif links:
+        items = "".join(f'<li><a href="{esc(href)}">{esc(name)}</a></li>' for name, href in links.items())
+        sections.append(f"<h2>Dashboards</h2><ul>{items}</ul>")
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text(page(f"run report · {run_dir.name}", "\n".join(sections),
+                             css_extra="h3{font-size:.95em;margin:.3em 0} #curves>div,#pareto>div{flex:0 1 30em} "
+                                       "#curves svg,#pareto svg{width:100%;height:auto}"),
+                        encoding="utf-8")
+    return out_html
