@@ -424,3 +424,27 @@ def test_native_directories_keep_loading_and_saving(tmp_path):
         warnings.simplefilter("error")
         save_file({"sparsity": torch.zeros(D_SAE)}, str(tmp_path / "n" / "extra.safetensors"))
         assert saekit.load(tmp_path / "n").cfg == d.cfg
+
+
+def test_foreign_dictionaries_get_the_same_dashboards(tmp_path, capsys):
+    """A dictionary converted to dictionary_learning's format and stripped of everything saekit stashed
+    beside it gets the same dashboard site as the native original (model named on the command line)."""
+    from tests.test_dashboard import make_site_inputs
+
+    model_dir, corpus, dict_dir = make_site_inputs(tmp_path)
+    assert main(["convert", str(dict_dir), str(tmp_path / "dl"), "--to", "dictionary_learning"]) == 0
+    config = json.loads((tmp_path / "dl" / "config.json").read_text())
+    del config["saekit"]
+    (tmp_path / "dl" / "config.json").write_text(json.dumps(config))
+    common = ["--tokens", "600", "--dataset", str(corpus), "--context-size", "32",
+              "--model-batch-size", "8", "--no-progress", "--model", str(model_dir)]
+    sites = {}
+    for name, source in (("native", dict_dir), ("foreign", tmp_path / "dl")):
+        sites[name] = tmp_path / f"site-{name}"
+        assert main(["dashboard", str(source), "--out", str(sites[name]), *common]) == 0
+    capsys.readouterr()
+    native = sorted(p.relative_to(sites["native"]) for p in sites["native"].rglob("*") if p.is_file())
+    foreign = sorted(p.relative_to(sites["foreign"]) for p in sites["foreign"].rglob("*") if p.is_file())
+    assert native == foreign and len(native) > 10
+    differing = [p for p in native if (sites["native"] / p).read_bytes() != (sites["foreign"] / p).read_bytes()]
+    assert differing == []
