@@ -258,6 +258,9 @@ class TrainConfig:
     log_every: int = _help("Steps between log lines.", default=50)
     log_file: str | None = _help("JSONL file for training logs (default: <checkpoint_dir>/log.jsonl).",
                                  default=None)
+    loggers: list[str] = _help("Extra log sinks besides the JSONL file: 'wandb' and/or 'tensorboard' "
+                               "(install saekit[wandb] / saekit[tensorboard]).", default_factory=list)
+    run_name: str | None = _help("Run name for wandb / TensorBoard.", default=None)
     progress: bool = _help("Show a progress bar.", default=True)
     autocast: str = _help("Mixed precision for the forward pass: 'none' or 'bfloat16' (weights and "
                           "optimiser state stay fp32).", default="none")

@@ -169,3 +169,45 @@ def test_bfloat16_autocast_trains_with_fp32_master_weights(method):
         assert all(t.dtype == torch.float32 for t in d.weights().values())
         results[autocast] = saekit.evaluate(d, [data.sample(2000)])["fvu"]
     assert results["bfloat16"] < 1.0 and abs(results["bfloat16"] - results["none"]) < 0.15, results
+
+
+def test_loggers_write_jsonl_and_forward_scalars_to_wandb_and_tensorboard(tmp_path, monkeypatch):
+    """The optional sinks get the same scalars as the JSONL file (fake modules stand in for the
+    extras, which the test environment does not install)."""
+    import json
+    import sys
+    import types
+
+    calls = {"wandb": [], "tb": []}
+
+    class Run:
+        def log(self, values, step):
+            calls["wandb"].append((step, values))
+
+        def finish(self):
+            calls["wandb"].append("finish")
+
+    class Writer:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, key, value, step):
+            calls["tb"].append((key, value, step))
+
+        def close(self):
+            calls["tb"].append("close")
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda name, config: Run()))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    x = torch.randn(2048, 8)
+    cfg = saekit.DictionaryConfig(method="topk", d_in=8, d_sae=16, k=2, name="a")
+    saekit.train([x], [cfg], total_tokens=2048, batch_size=256, log_every=4, progress=False,
+                 log_file=str(tmp_path / "log.jsonl"), loggers=["wandb", "tensorboard"], run_name="r")
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [4, 8]
+    assert [step for step, _ in calls["wandb"][:-1]] == [4, 8] and calls["wandb"][-1] == "finish"
+    assert calls["wandb"][0][1]["a/loss"] == pytest.approx(lines[0]["loss"])
+    assert ("a/l0", lines[1]["l0"], 8) in calls["tb"] and calls["tb"][-1] == "close"
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import fails
+    with pytest.raises(saekit.SaekitError, match=r"saekit\[wandb\]"):
+        saekit.train([x], [cfg], total_tokens=256, batch_size=256, progress=False, loggers=["wandb"])

@@ -12,7 +12,7 @@ discarding them, which requires a deterministic stream.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -27,6 +27,7 @@ from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.training.checkpoint import load_latest_checkpoint, write_checkpoint
 from saekit.training.distributed import Distributed
+from saekit.training.logs import RunLog
 from saekit.training.member import SweepMember
 
 logger = logging.getLogger(__name__)
@@ -165,10 +166,10 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
 
     log_path = Path(tc.log_file) if tc.log_file else (
         Path(tc.checkpoint_dir) / "log.jsonl" if tc.checkpoint_dir else None)
-    log_handle = None
-    if log_path is not None and is_main:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_handle = open(log_path, "a")
+    run_log = None
+    if is_main:
+        run_log = RunLog(log_path, tc.loggers, tc.run_name, {"train": dataclasses.asdict(tc), "dictionaries":
+                         [cfg.to_dict() for cfg in configs]}, log_path.parent if log_path else None)
 
     def all_member_objects(local: dict[int, Any]) -> list[Any]:
         """Every member's object (state or export), in config order, on every rank."""
@@ -220,13 +221,8 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
             step += 1
             tokens_seen += tc.batch_size
             bar.update(tc.batch_size)
-            if log_handle is not None and (step % tc.log_every == 0 or step == total_steps):
-                elapsed = time.perf_counter() - started
-                for name, parts in logs:
-                    log_handle.write(json.dumps({"step": step, "tokens": tokens_seen,
-                                                 "elapsed_s": round(elapsed, 3),
-                                                 "dictionary": name, **parts}) + "\n")
-                log_handle.flush()
+            if run_log is not None and (step % tc.log_every == 0 or step == total_steps):
+                run_log.write(step, tokens_seen, time.perf_counter() - started, logs)
                 bar.set_postfix({"loss": f"{logs[0][1]['loss']:.4g}", "l0": f"{logs[0][1]['l0']:.1f}"})
             if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total_steps:
                 checkpoint()
@@ -234,5 +230,5 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
         return all_member_objects({i: m.export(tokens_seen) for i, m in members.items()})
     finally:
         bar.close()
-        if log_handle is not None:
-            log_handle.close()
+        if run_log is not None:
+            run_log.close()
