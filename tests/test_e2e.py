@@ -3,7 +3,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import saekit
-from saekit.training.e2e import E2EConfig, capture_outputs, kl_clean_to_spliced, train_e2e
+from saekit.data.sites import resolve_hookpoints
+from saekit.data.stream import hooks
+from saekit.training.e2e import E2EConfig, kl_clean_to_spliced, train_e2e
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +35,26 @@ def test_kl_is_zero_for_identical_logits_and_positive_otherwise(generator):
     assert float(kl_clean_to_spliced(logits, other, mask)) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_e2e_training_lowers_the_spliced_kl(tiny_model):
-    cfg = E2EConfig(hookpoint="model.layers.0", d_sae=64, sparsity_coefficient=0.05, lr=3e-3)
-    ids, mask = next(batches(seed=5))
+def spliced_kl(model, d, hookpoint, seed=5):
+    ids, mask = next(batches(seed=seed))
+    point = resolve_hookpoints(model, [hookpoint])[0]
+    with torch.no_grad():
+        clean = model(input_ids=ids).logits
+        with hooks(model, [point], replace={point.name: lambda x: d(x)}):
+            spliced = model(input_ids=ids).logits
+    return float(kl_clean_to_spliced(clean, spliced, mask.float()))
 
-    def spliced_kl(d):
-        store = {}
-        with torch.no_grad():
-            clean = tiny_model(input_ids=ids).logits
-            with capture_outputs(tiny_model, [], store, replace={cfg.hookpoint: lambda x: d(x)}):
-                spliced = tiny_model(input_ids=ids).logits
-        return float(kl_clean_to_spliced(clean, spliced, mask.float()))
+
+@pytest.mark.parametrize("method", ["relu", "topk"])
+def test_e2e_training_lowers_the_spliced_kl(tiny_model, method):
+    cfg = E2EConfig(hookpoint="model.layers.0", d_sae=64, sparsity_coefficient=0.05, lr=3e-3,
+                    method=method, k=8 if method == "topk" else None)
 
     short = train_e2e(tiny_model, batches(), cfg, total_steps=2, progress=False)
     trained = train_e2e(tiny_model, batches(), cfg, total_steps=120, progress=False)
-    assert spliced_kl(trained) < 0.5 * spliced_kl(short)
+    assert spliced_kl(tiny_model, trained, cfg.hookpoint) < 0.5 * spliced_kl(tiny_model, short, cfg.hookpoint)
+    if method == "topk":
+        assert int((trained.encode(torch.randn(5, 32)) > 0).sum(-1).max()) <= 8
     assert torch.allclose(trained.W_dec.norm(dim=-1), torch.ones(64), atol=1e-4)
     assert all(not p.requires_grad for p in tiny_model.parameters())
 
@@ -59,5 +66,5 @@ def test_e2e_with_downstream_layers_runs_and_saves(tiny_model, tmp_path):
     saekit.save(d, tmp_path / "e2e")
     loaded = saekit.load(tmp_path / "e2e")
     assert loaded.meta["downstream_hookpoints"] == ["model.layers.1", "model.layers.2"]
-    with pytest.raises(saekit.SaekitError, match="no module named"):
+    with pytest.raises(saekit.SaekitError, match="model.nope"):
         train_e2e(tiny_model, batches(), E2EConfig(hookpoint="model.nope", d_sae=8), 1, progress=False)

@@ -10,26 +10,28 @@ Per the paper the decoder is unit-norm and there is no pre-encoder bias: we use 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saekit.config import DictionaryConfig
+from saekit.config import TOPK_FAMILY, DictionaryConfig
+from saekit.data.sites import resolve_hookpoints
+from saekit.data.stream import hooks
 from saekit.dictionary import Dictionary
-from saekit.errors import SaekitError
 from saekit.training.member import lr_factor
 
 
 @dataclass
 class E2EConfig:
-    hookpoint: str  # module name whose output the dictionary replaces
+    hookpoint: str  # named site (resid_post.6) or module name whose output the dictionary replaces
     d_sae: int
-    sparsity_coefficient: float = 1.5  # φ (GPT-2 config)
+    sparsity_coefficient: float = 1.5  # φ (GPT-2 config); unused for TopK
+    method: str = "relu"  # the paper's L1 SAE; "topk" fixes L0 = k, for comparisons at equal L0
+    k: int | None = None
     kl_coefficient: float = 1.0
     downstream_hookpoints: list[str] = field(default_factory=list)  # e2e+ds: later modules
     downstream_coefficient: float = 2.5  # total β_ds, split over the downstream modules
@@ -38,45 +40,6 @@ class E2EConfig:
     lr_decay: float = 0.2
     grad_clip: float = 10.0
     seed: int = 0
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_first(output, value: Tensor):
-    if isinstance(output, tuple):
-        return (value,) + tuple(output[1:])
-    return value
-
-
-@contextlib.contextmanager
-def capture_outputs(model: nn.Module, names: list[str], store: dict[str, Tensor],
-                    replace: dict[str, nn.Module] | None = None) -> Iterator[None]:
-    """Record module outputs into `store`; for names in `replace`, swap the output for f(output)."""
-    handles = []
-    replace = replace or {}
-    for name in set(names) | set(replace):
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise SaekitError(f"the model has no module named {name!r}") from None
-
-        def hook(_module, _inputs, output, name=name):
-            value = _first(output)
-            if name in replace:
-                value = replace[name](value)
-                output = _replace_first(output, value)
-            if name in names:
-                store[name] = value
-            return output
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def kl_clean_to_spliced(clean_logits: Tensor, spliced_logits: Tensor, mask: Tensor) -> Tensor:
@@ -110,18 +73,21 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
         param.requires_grad_(False)
     iterator = iter(batches)
     first_ids, _ = next(iterator)
+    site = resolve_hookpoints(model, [cfg.hookpoint])[0]
+    downstream = resolve_hookpoints(model, list(cfg.downstream_hookpoints)) if cfg.downstream_hookpoints else []
     store: dict[str, Tensor] = {}
-    with torch.no_grad(), capture_outputs(model, [cfg.hookpoint], store):
+    with torch.no_grad(), hooks(model, [site], store):
         model(input_ids=first_ids)
-    d_in = store[cfg.hookpoint].shape[-1]
-    dict_cfg = DictionaryConfig(method="relu", d_in=d_in, d_sae=cfg.d_sae, lr=cfg.lr,
-                                sparsity_coefficient=cfg.sparsity_coefficient,
-                                unit_norm_decoder=True, decoder_init_norm=1.0,
+    d_in = store[site.name].shape[-1]
+    topk = cfg.method in TOPK_FAMILY
+    dict_cfg = DictionaryConfig(method=cfg.method, d_in=d_in, d_sae=cfg.d_sae, lr=cfg.lr, k=cfg.k,
+                                sparsity_coefficient=0.0 if topk else cfg.sparsity_coefficient,
+                                unit_norm_decoder=True, decoder_init_norm=1.0, b_dec_init="zeros",
                                 normalize_activations="none", hookpoint=cfg.hookpoint, seed=cfg.seed,
-                                name=f"e2e{'-ds' if cfg.downstream_hookpoints else ''}-{cfg.d_sae}")
+                                name=f"e2e{'-ds' if downstream else ''}-{cfg.method}-{cfg.d_sae}")
     generator = torch.Generator().manual_seed(cfg.seed)
     d = Dictionary(dict_cfg)
-    d.initialize(store[cfg.hookpoint].reshape(-1, d_in).float(), generator)
+    d.initialize(store[site.name].reshape(-1, d_in).float(), generator)
     optimizer = torch.optim.Adam(d.parameters(), lr=cfg.lr)
     splice = _Splice(d)
 
@@ -130,24 +96,23 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
         yield from iterator
 
     bar = tqdm(total=total_steps, disable=not progress, desc="e2e", dynamic_ncols=True)
-    downstream = list(cfg.downstream_hookpoints)
     for step, (input_ids, mask) in enumerate(all_batches()):
         if step >= total_steps:
             break
         mask = mask.float()
         clean: dict[str, Tensor] = {}
-        with torch.no_grad(), capture_outputs(model, downstream, clean):
+        with torch.no_grad(), hooks(model, downstream, clean):
             clean_logits = model(input_ids=input_ids).logits
         spliced: dict[str, Tensor] = {}
-        with capture_outputs(model, downstream, spliced, replace={cfg.hookpoint: splice}):
+        with hooks(model, [site, *downstream], spliced, replace={site.name: splice}):
             spliced_logits = model(input_ids=input_ids).logits
         kl = kl_clean_to_spliced(clean_logits, spliced_logits, mask)
         token_mask = mask.reshape(-1, 1)
         l1 = ((splice.latents.abs().sum(-1, keepdim=True) * token_mask).sum()
               / token_mask.sum().clamp_min(1) / d_in)
-        loss = cfg.kl_coefficient * kl + cfg.sparsity_coefficient * l1
-        for name in downstream:
-            error = (spliced[name].float() - clean[name].float()).pow(2).mean(-1) * mask
+        loss = cfg.kl_coefficient * kl + dict_cfg.sparsity_coefficient * l1
+        for point in downstream:
+            error = (spliced[point.name].float() - clean[point.name].float()).pow(2).mean(-1) * mask
             loss = loss + cfg.downstream_coefficient / len(downstream) * error.sum() / mask.sum()
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, total_steps, cfg.lr_warmup, cfg.lr_decay)
@@ -162,5 +127,5 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
     bar.close()
     for param in d.parameters():
         param.requires_grad_(False)
-    d.meta.update(e2e=True, downstream_hookpoints=downstream)
+    d.meta.update(e2e=True, downstream_hookpoints=list(cfg.downstream_hookpoints))
     return d.eval()
