@@ -19,6 +19,12 @@ RUNTIME="pillow accelerate pydantic python-socketio sentencepiece zstandard data
 SPEC="$TORCH $PEERS $NO_DEPS $RUNTIME"
 STAMP="$VENV/.saekit-peer-env"
 
+# One build at a time: a second caller (another pytest run) waits, then finds the stamp.
+mkdir -p "$(dirname "$VENV")"
+if command -v flock > /dev/null; then
+  exec 9> "$VENV.lock"
+  flock 9
+fi
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$SPEC" ] && [ -x "$VENV/bin/python" ]; then
   exit 0
 fi

@@ -251,8 +251,8 @@ def load_saekit_written(work: Path, x: torch.Tensor) -> None:
         elif case["format"] == "dictionary_learning":
             from dictionary_learning.utils import load_dictionary
 
-            ae, config = load_dictionary(str(path), device="cpu")
-            (out / "dict_class.txt").write_text(config["trainer"]["dict_class"])
+            ae, _ = load_dictionary(str(path), device="cpu")
+            (out / "dict_class.txt").write_text(type(ae).__name__)
             with torch.no_grad():
                 _write(out, ae.encode(x), ae(x))
         else:

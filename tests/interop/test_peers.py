@@ -176,6 +176,12 @@ def test_saekit_dictionaries_load_in_peers(work, name):
         _close(f"{name} recon", d(x), theirs["recon"])
     if fmt == "sparsify":
         assert (out / "dtype.txt").read_text() == str(SAEKIT_CASES[name][3]).removeprefix("torch.")
+    if fmt == "dictionary_learning":  # the class the library itself instantiated
+        expected = {"to_dl_relu": "AutoEncoderNew", "to_dl_relu_bdec": "AutoEncoder",
+                    "to_dl_gated": "GatedAutoEncoder", "to_dl_jumprelu": "JumpReluAutoEncoder",
+                    "to_dl_topk": "AutoEncoderTopK", "to_dl_batchtopk": "BatchTopKSAE",
+                    "to_dl_matryoshka": "MatryoshkaBatchTopKSAE"}[name]
+        assert (out / "dict_class.txt").read_text() == expected
 
 
 @pytest.mark.parametrize("name", sorted(n for n in SAEKIT_CASES if SAEKIT_CASES[n][0] == "saelens"))
