@@ -10,6 +10,7 @@ histogram per latent (thousands), and a matplotlib figure costs ~50 ms where thi
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 from typing import Any, Sequence
@@ -41,8 +42,10 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def show_token(text: str) -> str:
-    """A token as a reader should see it: newlines and tabs made visible, then escaped."""
+    """A token as a reader should see it: newlines and tabs made visible, then escaped. Cached: a
+    dashboard shows the same few thousand tokens millions of times."""
     return esc(text.replace("\n", "\u21b5").replace("\t", "\u2192"))
 
 
