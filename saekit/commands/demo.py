@@ -2,7 +2,7 @@
 each is spliced back into the model on held-out text and compared in a table and a Pareto plot.
 
 The defaults run offline (SmolLM2-135M-Instruct and the Python 3.11 docs, installed by
-scripts/setup_offline.sh) in under 15 minutes on 2 CPU cores, so the budget is small: the sparsity
+scripts/setup.sh) in under 15 minutes on 2 CPU cores, so the budget is small: the sparsity
 coefficients below were tuned on this model, hookpoint and budget so that every method lands near the
 same L0 as TopK's k (see docs/methods.md, "Demo settings"), and learning rates are raised for the short
 run. Point it at another model with --model/--hookpoint/--dataset; coefficients then need a sweep.
