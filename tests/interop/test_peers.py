@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 import saekit
 from saekit.formats import detect
-from tests.interop.dictionaries import D_IN, HOOK, LM, inputs, random_dictionary
+from tests.interop.dictionaries import HOOK, LM, inputs, random_dictionary
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
