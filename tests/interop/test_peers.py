@@ -161,6 +161,12 @@ def test_peer_dictionaries_load_in_saekit(work, name):
         assert d.cfg.k == 4
     if name == "saelens_scaled_checkpoint":
         assert d.meta["activation_scale"] == 2.5
+    prefixes = {"saelens_matryoshka": [16, 32, 64], "saelens_matryoshka_checkpoint": [16, 32, 64],
+                "dl_matryoshka": [16, 64]}  # dictionary_learning: group_fractions [0.25, 0.75]
+    if name in prefixes:
+        assert d.cfg.matryoshka_prefixes == prefixes[name]
+    if name in ("saelens_batchtopk", "saelens_matryoshka"):  # SAELens's one topk_threshold, restored
+        assert torch.allclose(d.threshold, torch.full_like(d.threshold, 0.2))
 
 
 @pytest.mark.parametrize("name", sorted(SAEKIT_CASES))
