@@ -105,7 +105,10 @@ def test_saelens_without_saekit_metadata_loads_what_it_computes(tmp_path):
     del cfg["metadata"]["saekit"]
     cfg_path.write_text(json.dumps(cfg))
     plain = saekit.load(tmp_path / "lens")
-    assert plain.cfg.method == "jumprelu" and plain.cfg.hookpoint == HOOK
+    assert plain.cfg.method == "jumprelu"
+    # TransformerLens's residual-stream name becomes saekit's site; SAELens gets its own name back.
+    assert plain.cfg.hookpoint == "resid_post.3" and plain.meta["source"]["hook_name"] == HOOK
+    assert saelens.export_cfg(plain)["metadata"]["hook_name"] == HOOK
     x = inputs()
     assert torch.equal(plain(x), d(x))
     cfg["metadata"].update(training_architecture="batchtopk", training_architecture_details={"k": 4})
@@ -138,6 +141,15 @@ def test_saelens_checkpoint_normalisation_and_rescaled_topk_are_folded(tmp_path)
     assert torch.allclose(loaded.encode(x), f, atol=1e-5)
     assert torch.allclose(loaded(x), recon, atol=1e-5)
     assert loaded.meta["activation_scale"] == 2.5 and loaded.meta["decoder_norms_folded"]
+
+
+@pytest.mark.parametrize("hook, site", [
+    ("blocks.7.hook_resid_post", "resid_post.7"), ("blocks.7.hook_resid_pre", "resid_post.6"),
+    ("blocks.0.hook_resid_pre", None), ("resid_post_layer_2", "resid_post.2"), ("layers.5", "resid_post.5"),
+    ("h.5", "resid_post.5"), ("blocks.7.hook_mlp_out", None), ("layers.5.mlp", None), (None, None)])
+def test_peer_residual_names_become_saekit_sites(hook, site):
+    """Only the residual stream is translated; MLP/attention names differ by family and are kept."""
+    assert saelens.named_site(hook) == site
 
 
 # ----------------------------------------------------------------------------------------- Gemma Scope

@@ -37,7 +37,8 @@ from saekit.config import DictionaryConfig
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.formats.native import _read_json
-from saekit.formats.saelens import clamp_threshold, make_dictionary, restore_config, source_meta
+from saekit.formats.saelens import (clamp_threshold, make_dictionary, restore_config, source_meta,
+                                    translate_hookpoint)
 from saekit.io import atomic_directory
 
 WEIGHTS_FILE = "ae.pt"
@@ -127,7 +128,7 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, dict_class: str 
     saekit_info = config.get("saekit") if isinstance(config.get("saekit"), dict) else {}
     kwargs: dict[str, Any] = dict(
         method=method, d_in=int(d_in), d_sae=int(d_sae),
-        hookpoint=saekit_info.get("hookpoint") or trainer.get("submodule_name"),
+        hookpoint=saekit_info.get("hookpoint") or translate_hookpoint(trainer.get("submodule_name"), meta),
         model_name=saekit_info.get("model_name") or trainer.get("lm_name"),
         apply_b_dec_to_input=dict_class not in ("AutoEncoderNew", "JumpReluAutoEncoder"),
         normalize_activations="mean_squared_norm_1" if trainer.get("norm_factor") else "none")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,42 @@ METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "hook_name_out", 
 
 
 # ------------------------------------------------------------------------------------------ shared
+# Residual-stream hook names of the peers -> saekit's named site `resid_post.L` (saekit.data.sites), which
+# resolves on every common transformers family, so a loaded dictionary can be spliced, evaluated and
+# given dashboards on the Hugging Face model. Only the residual stream is translated: the peers' MLP and
+# attention outputs differ from saekit's sites on some families (Gemma's post-norms), so those names stay
+# as the source wrote them. The source's own name is kept in meta["source"]["hook_name"].
+RESIDUAL_NAMES = [re.compile(p) for p in (
+    r"^blocks\.(\d+)\.hook_resid_post$",  # TransformerLens / SAELens
+    r"^resid_post_layer_(\d+)$",  # dictionary_learning's submodule names
+    r"^(?:layers|h)\.(\d+)$",  # sparsify (relative to model.base_model)
+)]
+RESIDUAL_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
+
+
+def named_site(hook: str | None) -> str | None:
+    """saekit's name for a peer's residual-stream hook, or None when it is not one (or layer 0's input)."""
+    if not hook:
+        return None
+    for pattern in RESIDUAL_NAMES:
+        match = pattern.match(hook)
+        if match:
+            return f"resid_post.{match.group(1)}"
+    match = RESIDUAL_PRE.match(hook)
+    if match and int(match.group(1)) > 0:
+        return f"resid_post.{int(match.group(1)) - 1}"
+    return None
+
+
+def translate_hookpoint(hook: str | None, meta: dict[str, Any]) -> str | None:
+    """The hookpoint a loaded dictionary records: saekit's site when there is one (original in meta)."""
+    site = named_site(hook)
+    if site is None:
+        return hook
+    meta.setdefault("source", {})["hook_name"] = hook
+    return site
+
+
 def make_dictionary(cfg: DictionaryConfig, tensors: dict[str, Tensor], *, source: str,
                     dtype: torch.dtype | None = None, meta: dict[str, Any] | None = None) -> Dictionary:
     """A Dictionary holding `tensors` (saekit names), in the files' dtype unless `dtype` is given.
@@ -229,6 +266,8 @@ def load(directory: str | Path, *, dtype: torch.dtype | None = None) -> Dictiona
 
     if native_cfg is None:
         native_cfg = _config_from_saelens(cfg, metadata, method, directory)
+        if not native_cfg.is_transcoder:
+            native_cfg.hookpoint = translate_hookpoint(native_cfg.hookpoint, meta)
     if native_cfg.method == "gated" and "b_enc" in tensors:
         tensors.pop("b_enc")
     meta.update({k: v for k, v in metadata.items() if k in METADATA_KEYS and v is not None and k not in
@@ -371,8 +410,12 @@ def export_cfg(d: Dictionary) -> dict[str, Any]:
     if cfg.method == "topk":
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = False
+    hook_name = cfg.hookpoint
+    original = (d.meta.get("source") or {}).get("hook_name")
+    if original and named_site(original) == hook_name:  # give SAELens back its own name
+        hook_name = original
     out["metadata"] = {"sae_lens_version": SCHEMA_VERSION, "sae_lens_training_version": None,
-                       "model_name": cfg.model_name, "hook_name": cfg.hookpoint}
+                       "model_name": cfg.model_name, "hook_name": hook_name}
     if cfg.is_transcoder:
         out["metadata"]["hook_name_out"] = cfg.target_hookpoint
     return out

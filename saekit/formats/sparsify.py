@@ -9,9 +9,10 @@ Hub releases are bfloat16. A load keeps the file's dtype (as sparsify does) unle
 for, so nothing is upcast behind the user's back.
 
 saekit's hookpoints name modules from the model root; sparsify's are relative to `model.base_model`
-(`layers.6`, not `model.layers.6`). A loaded dictionary keeps sparsify's name and says so in
-`meta["hookpoint_relative_to"]`. Transcoders read the module input and predict its output: they get
-hookpoint `<name>:input` and target `<name>:output`.
+(`layers.6`, not `model.layers.6`). A block output (`layers.6`, `h.6`) becomes saekit's named site
+`resid_post.6`, which resolves on any family; other names are kept as sparsify wrote them, with
+`meta["hookpoint_relative_to"]` saying so. Transcoders read the module input and predict its output: they
+get hookpoint `<name>:input` and target `<name>:output`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from saekit.config import DictionaryConfig
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.formats.native import _load_tensors, _read_json
-from saekit.formats.saelens import make_dictionary, restore_config, source_meta
+from saekit.formats.saelens import make_dictionary, named_site, restore_config, source_meta
 from saekit.io import atomic_directory
 
 CFG_FILE = "cfg.json"
@@ -72,7 +73,7 @@ def load(directory: str | Path, *, dtype: torch.dtype | None = None) -> Dictiona
         kwargs.update(hookpoint=f"{name}:input", target_hookpoint=f"{name}:output",
                       skip_connection=skip)
     else:
-        kwargs.update(hookpoint=name)
+        kwargs.update(hookpoint=named_site(name) or name)
     if saekit_info.get("hookpoint"):
         kwargs["hookpoint"] = saekit_info["hookpoint"]
         if transcode:
@@ -90,6 +91,7 @@ def load(directory: str | Path, *, dtype: torch.dtype | None = None) -> Dictiona
     meta.update(source_meta("sparsify", directory, multi_topk=cfg.get("multi_topk"),
                             normalize_decoder=cfg.get("normalize_decoder")))
     if not saekit_info.get("hookpoint"):
+        meta["source"]["hook_name"] = name
         meta["hookpoint_relative_to"] = "model.base_model"
     return make_dictionary(dict_cfg, weights, source=str(directory / WEIGHTS_FILE), dtype=dtype,
                            meta=meta)

@@ -149,12 +149,16 @@ def test_peer_dictionaries_load_in_saekit(work, name):
     assert d.cfg.method == PEER_CASES[name]
     if not name.startswith("sparsify"):  # sparsify does not record the model
         assert d.cfg.model_name == LM, "model name recorded by the peer"
-    if not name.startswith("sparsify"):  # sparsify names hookpoints by folder
-        assert d.cfg.hookpoint is not None
-    if name.startswith("saelens") and "transcoder" not in name:
-        assert d.cfg.hookpoint == HOOK
+    # Residual-stream hooks become saekit's site resid_post.3 (which resolves on the Hugging Face model);
+    # the peer's own name is kept in meta. Transcoders keep the peer's names.
+    if "transcoder" in name:
+        assert d.cfg.hookpoint in ("blocks.3.hook_resid_post", "layers.3:input")
+    else:
+        assert d.cfg.hookpoint == "resid_post.3"
+        assert d.meta["source"]["hook_name"] == {"saelens": HOOK, "sparsify": "layers.3",
+                                                 "dl": "resid_post_layer_3"}[name.split("_")[0]]
     if name.startswith("sparsify"):
-        assert d.cfg.hookpoint.startswith("layers.3") and d.cfg.k == 4
+        assert d.cfg.k == 4
     if name == "sparsify_bf16":
         assert saekit.load(path).W_dec.dtype == torch.bfloat16  # kept unless asked
     if d.cfg.method in ("topk", "batchtopk", "matryoshka"):
