@@ -192,7 +192,7 @@ def test_gemma_scope_npz_matches_reference_jumprelu(tmp_path, negative_threshold
     assert torch.equal(saekit.load(folder / "params.npz").W_enc, d.W_enc)
     named = gemma_scope.load(folder, repo_id="google/gemma-scope-2b-pt-res",
                              subfolder="layer_12/width_16k/average_l0_82")
-    assert named.cfg.model_name == "google/gemma-2-2b" and named.cfg.hookpoint == "model.layers.12"
+    assert named.cfg.model_name == "google/gemma-2-2b" and named.cfg.hookpoint == "resid_post.12"
 
 
 def test_gemma_scope_2_skip_transcoder(tmp_path):

@@ -60,8 +60,8 @@ def _canonical(raw: dict[str, Tensor]) -> dict[str, Tensor]:
 def _site(repo_id: str | None, folder: str) -> tuple[str | None, str | None, dict[str, Any]]:
     """(model_name, hookpoint, facts) from Gemma Scope's repository and folder names.
 
-    Hookpoints use Hugging Face module paths (the residual stream after layer L is the output of
-    `model.layers.L`); sites that are not a module output (attention `hook_z`) get none."""
+    The residual stream after layer L is saekit's site `resid_post.L`; MLP outputs use Hugging Face
+    module paths; sites that are not a module output (attention `hook_z`) get none."""
     facts: dict[str, Any] = {}
     layer_match = re.search(r"layer_(\d+)", folder)
     layer = int(layer_match.group(1)) if layer_match else None
@@ -84,7 +84,7 @@ def _site(repo_id: str | None, folder: str) -> tuple[str | None, str | None, dic
         model_name = f"google/gemma-2-{size}" + ("-it" if kind == "it" else "")
         facts["site"] = site
         if layer is not None and site == "res":
-            return model_name, f"model.layers.{layer}", facts
+            return model_name, f"resid_post.{layer}", facts  # saekit's site: the output of layer L
         if layer is not None and site == "mlp":
             return model_name, f"model.layers.{layer}.post_feedforward_layernorm", facts
     return model_name, None, facts
@@ -139,6 +139,9 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, repo_id: str | N
     if model_name:  # Gemma Scope 2 configs say gemma-v3-*; the models are google/gemma-3-*
         model_name = model_name.replace("gemma-v3-", "gemma-3-")
     hookpoint = _hf_hook(config.get("hf_hook_point_in")) or hookpoint
+    match = re.match(r"^model\.layers\.(\d+)$", hookpoint or "")
+    if match:  # a block's output is the residual stream: saekit's named site
+        hookpoint = f"resid_post.{match.group(1)}"
     target = _hf_hook(config.get("hf_hook_point_out"))
     kwargs: dict[str, Any] = dict(method="jumprelu", d_in=int(d_in), d_sae=int(d_sae),
                                   model_name=model_name, hookpoint=hookpoint,
