@@ -56,7 +56,7 @@ def detect_format(path: str | Path) -> str:
     if members:
         shown = ", ".join(members[:8]) + (", ..." if len(members) > 8 else "")
         raise SaekitError(f"{path} holds {len(members)} dictionaries ({shown}): pass one of them, "
-                          "e.g. subfolder=" + repr(members[0]))
+                          f"e.g. subfolder={members[0]!r} (command line: --subfolder {members[0]})")
     raise SaekitError(f"{path} is not a saekit dictionary nor one in a known format ({', '.join(FORMATS)}): "
                       "expected cfg.json + sae_weights.safetensors, cfg.json + sae.safetensors, ae.pt or "
                       "params.npz; pass the folder that holds them")
