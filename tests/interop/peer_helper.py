@@ -118,6 +118,14 @@ def create_saelens(root: Path, x: torch.Tensor) -> dict[str, dict]:
         _saelens_outputs(path, x, checkpoint)
         cases[f"{name}_checkpoint"] = {"path": str(checkpoint)}
 
+    # Architectures saekit has no module for: saekit must refuse them by name, not load them wrongly.
+    from sae_lens import AbsTopKSAE, AbsTopKSAEConfig, MatchingPursuitSAE, MatchingPursuitSAEConfig
+
+    for name, sae in [("abstopk", AbsTopKSAE(AbsTopKSAEConfig(**base, k=K, metadata=meta()))),
+                      ("matching_pursuit", MatchingPursuitSAE(MatchingPursuitSAEConfig(**base, metadata=meta())))]:
+        _randomize(sae, 90)
+        sae.save_model(str(root.parent / "unsupported" / name))
+
     # A checkpoint trained on scaled activations: weights unfolded, factor in activation_scaler.json.
     # SAELens folds it at the end of training with fold_activation_norm_scaling_factor: compare with that.
     sae = StandardTrainingSAE(StandardTrainingSAEConfig(**base, normalize_activations="expected_average_only_in",

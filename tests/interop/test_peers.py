@@ -173,6 +173,14 @@ def test_peer_dictionaries_load_in_saekit(work, name):
         assert torch.allclose(d.threshold, torch.full_like(d.threshold, 0.2))
 
 
+@pytest.mark.parametrize("architecture", ["abstopk", "matching_pursuit"])
+def test_peer_architectures_without_saekit_equivalent_are_refused(work, architecture):
+    with pytest.raises(saekit.SaekitError, match=f"SAELens architecture '{architecture}' has no saekit "
+                                                 "equivalent") as info:
+        saekit.load(work / "unsupported" / architecture)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("name", sorted(SAEKIT_CASES))
 def test_saekit_dictionaries_load_in_peers(work, name):
     fmt = SAEKIT_CASES[name][0]
