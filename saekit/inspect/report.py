@@ -131,8 +131,11 @@ def _href(target: str | os.PathLike, out_html: Path) -> str:
 
 
 def _table(rows: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:
+    """The evaluation table; the dashboards link sits next to the name, where it is seen."""
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
-    head = "".join(f"<th>{esc(c)}</th>" for c in columns) + ("<th>dashboards</th>" if links else "")
+    head = "".join(f"<th>{esc(c.replace('_', ' '))}</th>" for c in columns)
+    if links:
+        head = head.replace("</th>", "</th><th>dashboards</th>", 1)
     body = []
     for row in rows:
         cells = []
@@ -141,12 +144,13 @@ def _table(rows: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:
             if isinstance(value, float):
                 cells.append(f'<td class="num">{esc(fmt(value, 4))}</td>')
             else:
-                cells.append(f"<td>{esc(value)}</td>")
-        if links:
-            href = links.get(str(row.get("name")))
-            cells.append(f'<td><a href="{esc(href)}">open</a></td>' if href else "<td></td>")
+                cells.append(f'<td style="white-space:nowrap">{esc(value)}</td>')
+            if links and len(cells) == 1:
+                href = links.get(str(row.get("name")))
+                cells.append(f'<td><a href="{esc(href)}">open</a></td>' if href else "<td></td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return f'<table id="evaluation"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'<div style="overflow-x:auto"><table id="evaluation"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 def write_run_report(run_dir: str | os.PathLike, eval_rows: Sequence[Mapping[str, Any]] | None,
