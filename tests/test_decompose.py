@@ -191,6 +191,17 @@ def test_permutation_check_and_non_negligible():
 # ---------------------------------------------------------------------------------------------------
 
 
+def test_tms_5_2_target_is_a_pentagon():
+    """The published target: five columns of W of equal length at 72° apart (Elhage et al. 2022)."""
+    model, loss = train_tms(TMSTrainConfig())  # the seeded target every 5-2 test decomposes (cached)
+    W = model.linear1.weight
+    assert torch.equal(model.linear2.weight, W.T) and loss < 5e-3
+    assert W.norm(dim=0).min() > 0.9 * W.norm(dim=0).max()
+    angles = torch.atan2(W[1], W[0]).sort().values
+    gaps = torch.diff(torch.cat([angles, angles[:1] + 2 * torch.pi]))
+    assert torch.allclose(gaps, torch.full((5,), 2 * torch.pi / 5), atol=0.05)
+
+
 @pytest.mark.slow
 def test_spd_tms_5_2_recovers_columns():
     report = run_toy_decomposition("tms-5-2", "spd", progress=False)
