@@ -112,10 +112,13 @@ def test_cli_steer_and_steering_vector(capsys, setup, tmp_path):
     (tmp_path / "pos.txt").write_text("python code function\nimport module class\n")
     (tmp_path / "neg.txt").write_text("the cat sat on the mat\na dog ran to the park\n")
     code = main(["steering-vector", "--dictionary", dict_dir, "--positive", str(tmp_path / "pos.txt"),
-                 "--negative", str(tmp_path / "neg.txt"), "--l0", "6", "--dashboards", "dash",
-                 "--out", str(tmp_path / "v.json"), "--save-vector", str(tmp_path / "v.npy")])
+                 "--negative", str(tmp_path / "neg.txt"), "--l0", "6", "--dashboards", str(tmp_path / "dash"),
+                 "--out", str(tmp_path / "v.json"), "--save-vector", str(tmp_path / "v.npy"),
+                 "--html", str(tmp_path / "pages" / "v.html")])
     out = capsys.readouterr().out
     assert code == 0 and "residual norm" in out and "dash/latents/" in out
+    page = (tmp_path / "pages" / "v.html").read_text()
+    assert 'href="../dash/latents/' in page and 'id="residual"' in page
     data = json.loads((tmp_path / "v.json").read_text())
     assert 0 < len(data["latents"]) <= 6 and data["residual_norm"] < data["norm"]
     code = main(["steering-vector", "--dictionary", dict_dir, "--vector", str(tmp_path / "v.npy"),

@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Dashboard site (directory or URL) to link each latent to.")
     vector.add_argument("--save-vector", type=Path, default=None, help="Write the vector as .npy.")
     vector.add_argument("--out", type=Path, default=None, help="Write the decomposition as JSON.")
+    vector.add_argument("--html", type=Path, default=None,
+                        help="Write the decomposition as a page linking each latent's dashboard.")
     vector.set_defaults(func=run_vector)
 
 
@@ -108,7 +110,8 @@ def run_vector(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from saekit.inspect.steering import decompose_vector, mean_activation_difference
+    from saekit.inspect.steering import (decompose_vector, mean_activation_difference,
+                                         write_decomposition_page)
 
     if args.vector is not None:
         import saekit
@@ -128,13 +131,16 @@ def run_vector(args: argparse.Namespace) -> int:
     result = decompose_vector(d, vector, args.l0, args.dashboards)
     print(f"vector norm {result.norm:.4g}, residual norm {result.residual_norm:.4g} "
           f"({100 * result.relative_residual:.1f}% of the norm) with {len(result.latents)} latents")
-    print(f"{'latent':>7} {'coef':>9} {'|c·d|':>9} {'cos':>6}  dashboard")
+    print(f"{'latent':>7} {'coef':>9} {'|c·d|':>9} {'cos':>6}  {'name':<16} dashboard")
     for row in result.latents[:args.top]:
         print(f"{row['latent']:>7} {row['coefficient']:>9.4g} {row['contribution_norm']:>9.4g} "
-              f"{row['cosine']:>6.3f}  {row.get('dashboard', '')}")
+              f"{row['cosine']:>6.3f}  {row.get('name', '')[:16]:<16} {row.get('dashboard', '')}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"norm": result.norm, "residual_norm": result.residual_norm,
                                         "relative_residual": result.relative_residual,
                                         "latents": result.latents}, indent=2) + "\n")
+    if args.html is not None:
+        write_decomposition_page(result, args.html, f"{args.dictionary} · l0 {args.l0}")
+        print(f"page -> {args.html}")
     return 0

@@ -17,7 +17,10 @@ of decoder rows found by gradient pursuit (saekit.encoders) over [W_dec; −W_de
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -212,6 +215,7 @@ def decompose_vector(d: Dictionary, vector: Tensor, l0: int = 16,
     norms = decoder.norm(dim=-1)
     cosines = torch.nn.functional.cosine_similarity(decoder, v[None], dim=-1)
     used = torch.nonzero(coefficients).flatten().tolist()
+    names = _dashboard_names(dashboards)
     rows = []
     for i in used:
         row = {"latent": i, "coefficient": float(coefficients[i]),
@@ -219,6 +223,54 @@ def decompose_vector(d: Dictionary, vector: Tensor, l0: int = 16,
                "cosine": float(cosines[i])}
         if dashboards is not None:
             row["dashboard"] = f"{str(dashboards).rstrip('/')}/latents/{i}.html"
+        if i in names:
+            row["name"] = names[i]
         rows.append(row)
     rows.sort(key=lambda r: -r["contribution_norm"])
     return Decomposition(float(v.norm()), float(residual.norm()), rows)
+
+
+def _dashboard_names(dashboards: str | None) -> dict[int, str]:
+    """Latent names from a local dashboard site's latents.json (empty for URLs or no site)."""
+    if dashboards is None or "://" in str(dashboards):
+        return {}
+    path = Path(dashboards) / "latents.json"
+    try:
+        return {int(row[0]): str(row[1]) for row in json.loads(path.read_text())["rows"]}
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return {}
+
+
+def write_decomposition_page(result: Decomposition, out_html: str | Path, title: str = "") -> Path:
+    """The decomposition as a page: one row per latent with its coefficient, contribution, cosine and
+    a link to its dashboard (relative to the page when the dashboards are a local directory)."""
+    from saekit.inspect.html import fmt, page
+
+    out_html = Path(out_html)
+
+    def href(link: str) -> str:
+        if "://" in link:
+            return link
+        return Path(os.path.relpath(Path(link).resolve(), out_html.resolve().parent)).as_posix()
+
+    top = max((row["contribution_norm"] for row in result.latents), default=1.0) or 1.0
+    rows = []
+    for row in result.latents:
+        width = 120 * row["contribution_norm"] / top
+        color = "#2a7ab0" if row["coefficient"] > 0 else "#c0392b"
+        link = (f'<a href="{esc(href(row["dashboard"]))}">latent {row["latent"]}</a>'
+                if "dashboard" in row else f'latent {row["latent"]}')
+        link += f' <span class="muted">{esc(row.get("name", ""))}</span>'
+        rows.append(f'<tr><td>{link}</td><td class="num">{esc(fmt(row["coefficient"]))}</td>'
+                    f'<td class="num">{esc(fmt(row["contribution_norm"]))}</td>'
+                    f'<td><svg width="124" height="10"><rect width="{width:.1f}" height="10" '
+                    f'fill="{color}"/></svg></td><td class="num">{row["cosine"]:.3f}</td></tr>')
+    body = (f"<h1>Steering vector in dictionary latents</h1><p class=\"muted\">{esc(title)}</p>"
+            f"<p>‖v‖ = <b>{esc(fmt(result.norm))}</b>, residual ‖v − Σ c<sub>i</sub> d<sub>i</sub>‖ = "
+            f'<b id="residual">{esc(fmt(result.residual_norm))}</b> '
+            f"({100 * result.relative_residual:.1f}% of ‖v‖) with {len(result.latents)} latents</p>"
+            '<table id="latents"><thead><tr><th>latent</th><th>coefficient</th><th>‖c d‖</th><th></th>'
+            f'<th>cos(d, v)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text(page("steering vector decomposition", body), encoding="utf-8")
+    return out_html
