@@ -13,7 +13,10 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     echo "setup_browser.sh: cannot install chromium without root or sudo; browser tests will skip" >&2
     exit 0
   fi
-  $APT update -qq >/dev/null
+  # setup.sh may have just updated the package lists (python3.11-doc): update only when they lack chromium.
+  if ! apt-cache policy chromium-driver 2>/dev/null | grep -q "Candidate: [0-9]"; then
+    $APT update -qq >/dev/null
+  fi
   DEBIAN_FRONTEND=noninteractive $APT install -y -qq --no-install-recommends \
     chromium chromium-driver fonts-dejavu-core >/dev/null
 fi
