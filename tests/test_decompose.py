@@ -15,6 +15,7 @@ from torch.func import jvp
 from saekit.cli import main
 from saekit.decompose import (
     APDConfig,
+    train_spd,
     APDDecomposition,
     SPDConfig,
     SPDDecomposition,
@@ -25,6 +26,7 @@ from saekit.decompose import (
     lower_leaky_hard_sigmoid,
     mmcs_ml2r,
     non_negligible_mask,
+    output_divergence,
     permutation_check,
     run_toy_decomposition,
     spd_losses,
@@ -69,6 +71,47 @@ def test_batch_topk_mask_keeps_k_times_batch_largest():
     k = round(0.211 * 64)
     assert int(mask.sum()) == k
     assert scores[mask.bool()].min() >= scores[~mask.bool()].max()
+
+
+def test_output_divergence_kl_matches_torch():
+    logits, target = torch.randn(3, 4, 11), torch.randn(3, 4, 11)
+    expected = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(target, -1), log_target=True,
+                        reduction="sum") / 12
+    assert torch.allclose(output_divergence(logits, target, "kl"), expected, atol=1e-6)
+    assert output_divergence(target, target, "kl").abs() < 1e-6
+    assert torch.allclose(output_divergence(logits, target, "mse"), (logits - target).pow(2).mean())
+    with pytest.raises(SaekitError, match="output_loss"):
+        SPDConfig(output_loss="ce")
+
+
+def test_spd_runs_on_any_module_with_logits_output():
+    """A language-model-shaped module: nested MLP, HF-style output object, KL divergence."""
+
+    class Output:
+        def __init__(self, logits):
+            self.logits = logits
+
+    class TinyLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(13, 8)
+            self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+            self.head = nn.Linear(8, 13)
+
+        def forward(self, tokens):
+            h = self.embed(tokens)
+            return Output(self.head(h + self.mlp(h)))
+
+    torch.manual_seed(0)
+    model = TinyLM().requires_grad_(False)
+    batches = (torch.randint(0, 13, (4, 6)) for _ in range(3))
+    cfg = SPDConfig(n_components=12, steps=3, batch_size=4, output_loss="kl")
+    decomposition, log = train_spd(model, ["mlp.0", "mlp.2"], batches, cfg, progress=False, log_every=1)
+    assert len(log.steps) == 3 and all(torch.isfinite(torch.tensor(list(v.values()))).all()
+                                       for v in log.losses)
+    g = decomposition.causal_importances(torch.randint(0, 13, (2, 6)))
+    assert g["mlp.0"].shape == (2, 6, 12) and 0 <= g["mlp.2"].min() and g["mlp.2"].max() <= 1
+    assert "forward" not in model.mlp[0].__dict__  # the module is left as it was
 
 
 def test_swapped_forwards_restores_module(tms_short):

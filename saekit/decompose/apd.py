@@ -184,8 +184,8 @@ class APDDecomposition(nn.Module):
             per_output_floats = output[..., 0].numel() * sum(v.shape[-2] * v.shape[-1]
                                                              for v in inner.values())
             chunk = max(1, min(n_outputs, (1 << 24) // max(per_output_floats, 1)))
-            eye = torch.eye(n_outputs, dtype=output.dtype)
-            squared_sum = torch.zeros(*output.shape[:-1], self.n_components)
+            eye = torch.eye(n_outputs, dtype=output.dtype, device=output.device)
+            squared_sum = torch.zeros(*output.shape[:-1], self.n_components, device=output.device)
             for start in range(0, n_outputs, chunk):
                 cotangents = eye[start:start + chunk].reshape(-1, *[1] * (output.dim() - 1), n_outputs)
                 cotangents = cotangents.expand(-1, *output.shape).contiguous()
@@ -230,7 +230,7 @@ def apd_losses(decomposition: APDDecomposition, inputs: Tensor, cfg: APDConfig,
         sparse_output = decomposition.sparse_forward(inputs, mask)
     minimality = F.mse_loss(sparse_output, target_output)
     hidden_recon = sum((F.mse_loss(sparse_hidden[n], target_hidden[n]) for n in hidden_act_names),
-                       torch.zeros(()))
+                       torch.zeros((), device=target_output.device))
     # Divided by N as in the reference code the published coefficients were tuned with (docs/methods.md).
     simplicity = (mask * decomposition.schatten_penalty(cfg.schatten_p)).sum(-1).mean() \
         / decomposition.n_params
@@ -250,6 +250,7 @@ def train_apd(target: nn.Module, layer_names: Sequence[str], batches: Iterable[T
     """Decompose `layer_names` of the frozen `target` with APD (top-k formulation), one batch per step."""
     torch.manual_seed(cfg.seed)
     decomposition = APDDecomposition(target, layer_names, cfg.n_components, cfg.rank, tied, cfg.seed)
+    decomposition.to(next(iter(decomposition.target_weights.values())).device)
     if cfg.unit_norm_in_factors:
         decomposition.normalise_in_factors()
     optimizer = torch.optim.Adam(decomposition.parameters(), lr=cfg.lr)

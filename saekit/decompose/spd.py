@@ -99,6 +99,7 @@ class SPDConfig:
     importance_p: float = 1.0
     faithfulness_warmup_steps: int = 0  # current reference repo: 200 steps of L_faith alone, lr 1e-2
     faithfulness_warmup_lr: float = 1e-2
+    output_loss: str = "mse"  # D in the stochastic losses: "mse" (toys) or "kl" (language models)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -108,6 +109,23 @@ class SPDConfig:
             raise SaekitError(f"unknown lr_schedule {self.lr_schedule!r}; use 'cosine' or 'constant'")
         if self.importance_p <= 0:
             raise SaekitError("importance_p must be > 0")
+        if self.output_loss not in ("mse", "kl"):
+            raise SaekitError(f"unknown output_loss {self.output_loss!r}; use 'mse' or 'kl'")
+
+
+def output_divergence(output: Tensor, target: Tensor, kind: str) -> Tensor:
+    """D(f(x | W'), f(x | W)): MSE over every element, or KL(target ‖ output) of the softmax over the
+    last dim summed over it and averaged over positions (the SPD paper's choice for LMs)."""
+    if kind == "mse":
+        return F.mse_loss(output, target)
+    log_p = F.log_softmax(target.float(), dim=-1)
+    log_q = F.log_softmax(output.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def _logits(output: object) -> Tensor:
+    """A module's output as a tensor: Hugging Face models return an object with `.logits`."""
+    return output if isinstance(output, Tensor) else output.logits  # type: ignore[attr-defined]
 
 
 def learning_rate(step: int, steps: int, base_lr: float, schedule: str, warmup_fraction: float) -> float:
@@ -152,7 +170,7 @@ class SPDDecomposition(nn.Module):
         """The unmodified module's output and each decomposed layer's input a^l."""
         module = self.target[0]
         with torch.no_grad(), recorded_inputs(module, self.layer_names) as acts:
-            output = module(inputs)
+            output = _logits(module(inputs))
         return output, dict(acts)
 
     def raw_importances(self, layer_inputs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -175,7 +193,7 @@ class SPDDecomposition(nn.Module):
         replacements = {name: masked_forward(self.layer_factors(name), self.biases[name], mask)
                         for name, mask in masks.items()}
         with swapped_forwards(self.target[0], replacements):
-            return self.target[0](inputs)
+            return _logits(self.target[0](inputs))
 
     def faithfulness_loss(self) -> Tensor:
         squared_error = sum((self.target_weights[name] - self.layer_factors(name).summed_weight())
@@ -201,11 +219,12 @@ def spd_losses(decomposition: SPDDecomposition, inputs: Tensor, cfg: SPDConfig,
                           for r in raw.values())
     masks = {}
     for name, r in raw.items():
-        noise = torch.rand(r.shape, generator=generator)
+        noise = torch.rand(r.shape, generator=generator).to(r.device)  # CPU generator: reproducible
         masks[name] = stochastic_mask(lower_leaky_hard_sigmoid(r), noise)
-    recon = F.mse_loss(decomposition.masked_output(inputs, masks), target_output)
-    layerwise = sum(F.mse_loss(decomposition.masked_output(inputs, {name: mask}), target_output)
-                    for name, mask in masks.items()) / len(masks)
+    kind = cfg.output_loss
+    recon = output_divergence(decomposition.masked_output(inputs, masks), target_output, kind)
+    layerwise = sum(output_divergence(decomposition.masked_output(inputs, {name: mask}), target_output,
+                                      kind) for name, mask in masks.items()) / len(masks)
     faithfulness = decomposition.faithfulness_loss()
     total = (cfg.faithfulness_coeff * faithfulness + cfg.stochastic_recon_coeff * recon
              + cfg.stochastic_recon_layerwise_coeff * layerwise
@@ -225,6 +244,7 @@ def train_spd(target: nn.Module, layer_names: Sequence[str], batches: Iterable[T
     """
     torch.manual_seed(cfg.seed)
     decomposition = SPDDecomposition(target, layer_names, cfg.n_components, cfg.ci_hidden_dim, cfg.seed)
+    decomposition.to(next(iter(decomposition.target_weights.values())).device)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     log = SPDTrainingLog()
     batch_iter = iter(batches)
