@@ -160,3 +160,22 @@ def test_run_report_for_a_sweep(tmp_path, capsys, site):
     assert page.count("<svg") == 5 and "final training MSE" not in page.split("<svg")[0]
     code = main(["report", str(tmp_path / "nowhere")])
     assert code == 2
+
+
+@pytest.mark.parametrize("kind", ["relu", "transcoder"])
+def test_dashboards_for_other_dictionaries(kind, site, tmp_path):
+    from saekit.inspect.dashboard import build_dashboards
+
+    model, tokenizer = load_model(str(site["model"]))
+    extra = dict(hookpoint="mlp_in.0", target_hookpoint="mlp_out.0") if kind == "transcoder" else \
+        dict(hookpoint="resid_post.1")
+    d = saekit.Dictionary(saekit.DictionaryConfig(method="relu", d_in=32, d_sae=24, **extra))
+    d.initialize(torch.randn(64, 32, generator=torch.Generator().manual_seed(0)),
+                 generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        d.b_enc.fill_(0.01)  # fire often
+    batches = TokenStream(tokenizer, str(site["corpus"]), context=32, batch_size=8, max_tokens=800)
+    summary = build_dashboards(d, model, tokenizer, batches, tmp_path / "s", top_examples=5)
+    assert summary["tokens"] == 800 and summary["alive"] > 0
+    assert len(list((tmp_path / "s" / "latents").glob("*.html"))) == 24
+    assert "Logit lens" in (tmp_path / "s" / "latents" / "0.html").read_text()  # d_out = d_model
