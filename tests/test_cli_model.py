@@ -55,3 +55,14 @@ def test_model_source_errors_are_one_line(capsys, tmp_path, corpus):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "nowhere" in err
     code = main(["train", "--activations", "x.pt", "--model", "m", "--out", str(tmp_path / "o")])
     assert code == 2 and "exactly one activation source" in capsys.readouterr().err
+
+
+def test_cross_layer_crosscoder_from_a_model(capsys, tmp_path, model_dir, corpus):
+    code = main(["train", "--model", str(model_dir), "--dataset", str(corpus), "--context-size", "32",
+                 "--hookpoints", "resid_post.0", "resid_post.1", "--source-hookpoints", "resid_post.0",
+                 "resid_post.1", "--method", "batchtopk", "--k", "4", "--d-sae", "48", "--name", "xlayer",
+                 "--total-tokens", "2048", "--batch-size", "256", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    d = saekit.load(tmp_path / "o" / "xlayer")
+    assert (d.d_in, d.cfg.n_sources, d.cfg.source_hookpoints) == (64, 2, ["resid_post.0", "resid_post.1"])
+    assert d.W_dec.shape == (48, 64)
