@@ -63,12 +63,16 @@ def build_dashboards(d: Dictionary, model: nn.Module, tokenizer: Any,
     return {**summary, **timings, "tokens": record.n_tokens, "d_sae": d.d_sae}
 
 
+def _visible(token: str) -> str:
+    """A token for names and previews: trimmed, or with its whitespace drawn when it is only that."""
+    return token.strip() or token.replace("\n", "\u21b5").replace("\t", "\u2192").replace(" ", "\u2423")
+
+
 def _auto_name(tokens: list[str]) -> str:
     """The most common token among the top examples, as a default name a reader can scan."""
     if not tokens:
         return ""
-    token, _ = Counter(t.strip() or t for t in tokens).most_common(1)[0]
-    return token.replace("\n", "\u21b5")
+    return Counter(_visible(t) for t in tokens).most_common(1)[0][0]
 
 
 def write_site(record: Activations, d: Dictionary, text: TokenText, out: Path,
@@ -92,7 +96,7 @@ def write_site(record: Activations, d: Dictionary, text: TokenText, out: Path,
         name = names.get(i) or _auto_name(top_tokens)
         max_value = float(values[0]) if count else 0.0
         density = count / max(record.n_tokens, 1)
-        preview = " ".join(dict.fromkeys(t.strip() for t in top_tokens if t.strip()))
+        preview = " ".join(dict.fromkeys(_visible(t) for t in top_tokens if t))
         rows.append([i, name, density, max_value, preview[:80]])
         counts, edges = np.histogram(values, bins=30) if count else ([], [])
         body = _latent_body(i, name, title, d.d_sae, density, count, record.n_tokens, max_value,
