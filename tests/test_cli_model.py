@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import saekit
 from saekit.cli import main
@@ -66,3 +67,22 @@ def test_cross_layer_crosscoder_from_a_model(capsys, tmp_path, model_dir, corpus
     d = saekit.load(tmp_path / "o" / "xlayer")
     assert (d.d_in, d.cfg.n_sources, d.cfg.source_hookpoints) == (64, 2, ["resid_post.0", "resid_post.1"])
     assert d.W_dec.shape == (48, 64)
+
+
+def test_training_from_a_model_cache_equals_training_live(capsys, tmp_path, model_dir, corpus):
+    source = ["--dataset", str(corpus), "--context-size", "32", "--model-batch-size", "8"]
+    train = ["--method", "topk", "--k", "4", "--d-sae", "64", "--total-tokens", "2048", "--batch-size", "256",
+             "--no-progress"]
+    code = main(["cache", "--model", str(model_dir), "--hookpoints", "resid_post.1", *source, "--tokens", "2600",
+                 "--out", str(tmp_path / "cache")])
+    assert code == 0, capsys.readouterr().err
+    # --no-shuffle: the live stream is already shuffled by its window buffer, the cache keeps its order
+    code = main(["train", "--from-cache", str(tmp_path / "cache"), "--no-shuffle", *train, "--out",
+                 str(tmp_path / "a")])
+    assert code == 0, capsys.readouterr().err
+    code = main(["train", "--model", str(model_dir), "--hookpoints", "resid_post.1", *source, *train,
+                 "--out", str(tmp_path / "b")])
+    assert code == 0, capsys.readouterr().err
+    cached, live = saekit.load(tmp_path / "a" / "topk-k4-64"), saekit.load(tmp_path / "b" / "topk-k4-64")
+    for (name, t1), t2 in zip(cached.weights().items(), live.weights().values()):
+        assert torch.equal(t1, t2), name
