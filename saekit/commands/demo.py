@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="Train TopK, BatchTopK, JumpReLU, Gated and ReLU on a real model, evaluate, report.",
         description="Train one dictionary per method from a single stream of a model's activations, "
                     "evaluate each spliced into the model on held-out text (CE-loss score, KL, delta LM "
-                    "loss, FVU, L0, dead latents) and write report.md, report.html, results.json and "
-                    "pareto.png. Defaults: the offline model and text, resid_post.6, 4x width.")
+                    "loss, FVU, L0, dead latents) and write report.html (training curves, Pareto plots of "
+                    "FVU and delta LM loss against L0, the table), report.txt and results.json. "
+                    "Defaults: the offline model and text, resid_post.6, 4x width.")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="Output directory.")
     parser.add_argument("--hookpoint", default="resid_post.6", help="Where to train (a named site or module).")
     parser.add_argument("--methods", nargs="+", default=list(DEMO_METHODS), choices=list(DEMO_METHODS))
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     import saekit
     from saekit.commands.evaluate import evaluate_dictionaries
     from saekit.data.stream import ActivationStream
-    from saekit.evaluation.pareto import plot_pareto
+    from saekit.inspect.report import write_run_report
 
     if args.tokens <= 0 or args.eval_tokens <= 0 or args.expansion <= 0:
         raise SaekitError("--tokens, --eval-tokens and --expansion must be positive")
@@ -95,41 +96,13 @@ def run(args: argparse.Namespace) -> int:
     finished = time.perf_counter()
     timings = {"load_s": loaded - started, "train_s": trained - loaded, "eval_s": finished - trained,
                "total_s": finished - started}
-    print_table(rows, TABLE)
+    table = print_table(rows, TABLE)
+    (args.out / "report.txt").write_text(table + "\n")
     timings["model_forward_s"] = stream.forward_seconds
-    write_report(args.out, rows, timings, {**source_metadata(args), "model": args.model,
-                                           "hookpoint": args.hookpoint, "train_tokens": args.tokens,
-                                           "eval_tokens": args.eval_tokens, "d_sae": configs[0].d_sae})
-    plot_pareto(rows, args.out / "pareto.png", title=f"{args.model} {args.hookpoint}")
+    setup = {**source_metadata(args), "model": args.model, "hookpoint": args.hookpoint,
+             "train_tokens": args.tokens, "eval_tokens": args.eval_tokens, "d_sae": configs[0].d_sae}
+    (args.out / "results.json").write_text(json.dumps({"setup": setup, "timings": timings, "results": rows},
+                                                      indent=2) + "\n")
+    write_run_report(args.out, rows, args.out / "report.html")
     print(f"report: {args.out / 'report.html'} ({timings['total_s']:.0f} s in all)")
     return 0
-
-
-def write_report(out: Path, rows: list[dict[str, Any]], timings: dict[str, float],
-                 setup: dict[str, Any]) -> None:
-    """results.json (everything), report.md (the table) and report.html (table + Pareto plot)."""
-    import html
-
-    (out / "results.json").write_text(json.dumps({"setup": setup, "timings": timings, "results": rows},
-                                                 indent=2) + "\n")
-
-    def fmt(value: Any) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    header = "| " + " | ".join(TABLE) + " |\n|" + "---|" * len(TABLE) + "\n"
-    body = "".join("| " + " | ".join(fmt(row.get(c, "")) for c in TABLE) + " |\n" for row in rows)
-    lines = [f"# saekit demo: {setup['model']} at {setup['hookpoint']}", "",
-             f"Held-out evaluation with each dictionary spliced into the model. Timings: "
-             + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "", header + body,
-             "![Pareto plot](pareto.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(row.get(c, '')))}</td>" for c in TABLE)
-                    + "</tr>\n" for row in rows)
-    (out / "report.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>saekit demo</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;text-align:right}"
-        "tr:nth-child(even){background:#f2f2f2}</style>"
-        f"<h1>saekit demo: {html.escape(str(setup['model']))} at {html.escape(setup['hookpoint'])}</h1>"
-        f"<p>{html.escape(json.dumps(setup))}</p><p>{html.escape(json.dumps(timings))}</p>"
-        "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in TABLE) + "</tr>\n" + cells
-        + "</table><img src='pareto.png' alt='Pareto plot'>\n")

@@ -190,6 +190,7 @@ def write_run_report(run_dir: str | os.PathLike, eval_rows: Sequence[Mapping[str
     pareto_rows = rows or [{"name": name, "method": "", "l0": r[-1].get("l0"), "mse": r[-1].get("mse")}
                            for name, r in runs.items() if r]
     pareto = [_pareto_plot(pareto_rows, "fvu", "FVU", False),
+              _pareto_plot(pareto_rows, "delta_lm_loss", "delta LM loss (nats)", False),
               _pareto_plot(pareto_rows, "ce_loss_score", "CE loss score", True)]
     if not rows:
         pareto = [_pareto_plot(pareto_rows, "mse", "final training MSE", False)]
