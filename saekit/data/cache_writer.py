@@ -15,11 +15,9 @@ rows it is given came from. `write_cache` does this for you: pass it a function 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -32,19 +30,10 @@ from torch import Tensor
 from saekit.data.cache import (DTYPES, FORMAT_NAME, FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME,
                                manifest_checksum, read_manifest)
 from saekit.errors import SaekitError
-from saekit.io import atomic_write
+from saekit.io import atomic_write, fsync_dir
 
 Batch = Union[Mapping[str, Tensor], Tensor]
 DEFAULT_SHARD_BYTES = 256 << 20  # all hookpoints of one shard together: bounds the writer's memory
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _npy_header(disk_dtype: str, shape: tuple[int, int]) -> bytes:
@@ -215,7 +204,7 @@ class CacheWriter:
         self.manifest["manifest_sha256"] = manifest_checksum(self.manifest)
         text = json.dumps(self.manifest, indent=2) + "\n"
         atomic_write(self.path / MANIFEST_NAME, [text.encode()])
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     # ---- writing ---------------------------------------------------------------------------------------
     def _start(self, widths: dict[str, int]) -> None:
@@ -291,7 +280,7 @@ class CacheWriter:
             atomic_write(self.path / rel, [header, data])
             files[h] = {"path": rel, "bytes": len(header) + data.nbytes, "sha256": digest.hexdigest()}
         for entry in self.manifest["hookpoints"]:
-            _fsync_dir(self.path / entry["dir"])
+            fsync_dir(self.path / entry["dir"])
         self.manifest["shards"].append({"tokens": n, "files": files})
         self.manifest["total_tokens"] += n
         self._write_manifest()
