@@ -2,8 +2,10 @@
 
     transcoders  a transcoder and a skip transcoder (mlp_in.L -> mlp_out.L) at the same k from one stream:
                  FVU of each on held-out tokens (the skip connection should lower it)
-    e2e          a local TopK SAE and an e2e TopK SAE (KL through the model) at resid_post.L with the same
-                 k (so equal L0): delta LM loss and site MSE of each, spliced on held-out tokens
+    e2e          a local TopK SAE and the same SAE fine-tuned end to end (KL through the model) at
+                 resid_post.L, same k (so equal L0): delta LM loss and site MSE of each, spliced on
+                 held-out tokens (fine-tuning rather than e2e from scratch keeps the CPU cost of the
+                 backward through the model to a few minutes)
 
     .venv/bin/python benchmarks/variants_real.py transcoders [--tokens 100000]
     .venv/bin/python benchmarks/variants_real.py e2e [--tokens 60000 --e2e-steps 150]
@@ -63,8 +65,8 @@ def e2e(args: argparse.Namespace) -> None:
                          split="train", seed=1)
     started = time.perf_counter()
     e2e_sae = train_e2e(model, iter(tokens), E2EConfig(hookpoint=site, d_sae=args.expansion * d_in,
-                                                       method="topk", k=args.k, lr=1e-3),
-                        total_steps=args.e2e_steps)
+                                                       method="topk", k=args.k, lr=args.e2e_lr),
+                        total_steps=args.e2e_steps, init=local)
     e2e_seconds = time.perf_counter() - started
     held = list(TokenStream(tokenizer, "offline-default", context=128, batch_size=8, split="test",
                             max_tokens=args.eval_tokens))
@@ -87,9 +89,10 @@ def main() -> None:
     parser.add_argument("--expansion", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=100_000)
     parser.add_argument("--eval-tokens", type=int, default=8192)
-    parser.add_argument("--e2e-steps", type=int, default=150)
+    parser.add_argument("--e2e-steps", type=int, default=60)
     parser.add_argument("--e2e-batch", type=int, default=4)
-    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--e2e-lr", type=float, default=3e-4)
+    parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -68,3 +68,14 @@ def test_e2e_with_downstream_layers_runs_and_saves(tiny_model, tmp_path):
     assert loaded.meta["downstream_hookpoints"] == ["model.layers.1", "model.layers.2"]
     with pytest.raises(saekit.SaekitError, match="model.nope"):
         train_e2e(tiny_model, batches(), E2EConfig(hookpoint="model.nope", d_sae=8), 1, progress=False)
+
+
+def test_e2e_fine_tuning_starts_from_a_local_dictionary(tiny_model):
+    cfg = E2EConfig(hookpoint="model.layers.0", d_sae=64, method="topk", k=8, lr=1e-3)
+    start = train_e2e(tiny_model, batches(), cfg, total_steps=1, progress=False)
+    tuned = train_e2e(tiny_model, batches(), cfg, total_steps=0, progress=False, init=start)
+    for name, tensor in start.weights().items():
+        assert torch.equal(tensor, tuned.weights()[name]), name
+    with pytest.raises(saekit.SaekitError, match="init dictionary"):
+        train_e2e(tiny_model, batches(), E2EConfig(hookpoint="model.layers.0", d_sae=32, method="topk", k=4),
+                  1, progress=False, init=start)

@@ -22,6 +22,7 @@ from saekit.config import TOPK_FAMILY, DictionaryConfig
 from saekit.data.sites import resolve_hookpoints
 from saekit.data.stream import hooks
 from saekit.dictionary import Dictionary
+from saekit.errors import SaekitError
 from saekit.training.member import lr_factor
 
 
@@ -65,9 +66,12 @@ class _Splice(nn.Module):
 
 
 def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E2EConfig,
-              total_steps: int, progress: bool = True) -> Dictionary:
+              total_steps: int, progress: bool = True, init: Dictionary | None = None) -> Dictionary:
     """Train an e2e (or e2e+ds) SAE. `batches` yields (input_ids [B, T], mask [B, T]) where the mask
-    selects the tokens that count in the KL (special tokens excluded)."""
+    selects the tokens that count in the KL (special tokens excluded).
+
+    `init`: start from a trained local dictionary of the same shape (raw-activation weights, as saved)
+    instead of from scratch: e2e fine-tuning, which reaches the KL regime in far fewer (costly) steps."""
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -87,7 +91,12 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
                                 name=f"e2e{'-ds' if downstream else ''}-{cfg.method}-{cfg.d_sae}")
     generator = torch.Generator().manual_seed(cfg.seed)
     d = Dictionary(dict_cfg)
-    d.initialize(store[site.name].reshape(-1, d_in).float(), generator)
+    if init is None:
+        d.initialize(store[site.name].reshape(-1, d_in).float(), generator)
+    else:
+        if (init.d_in, init.d_sae) != (d_in, cfg.d_sae):
+            raise SaekitError(f"init dictionary is {init.d_in}x{init.d_sae}, the e2e SAE {d_in}x{cfg.d_sae}")
+        d.load_state_dict({k: v.clone() for k, v in init.state_dict().items()}, strict=False)
     optimizer = torch.optim.Adam(d.parameters(), lr=cfg.lr)
     splice = _Splice(d)
 
