@@ -225,6 +225,9 @@ def test_permutation_check_and_non_negligible():
     importance[2, 5] = 0.5  # component 5 now serves features 0 and 2
     check = permutation_check(importance, threshold=0.1)
     assert not check.is_permutation and check.components_shared_by_features == 1
+    assert check.features_with_distinct_top == 4  # the tops are still 5, 0, 3, 1
+    importance[2, 3] = 0.0  # feature 2's top becomes component 5, feature 0's top as well
+    assert permutation_check(importance, threshold=0.1).features_with_distinct_top == 2
     norms = torch.tensor([1.0, 0.5, 0.09, 0.0])
     assert non_negligible_mask(norms).tolist() == [True, True, False, False]
 

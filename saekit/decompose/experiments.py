@@ -189,7 +189,8 @@ class DecompositionReport:
                        f"{check.is_permutation} ({check.features_with_exactly_one}/{check.n_features} "
                        f"features with exactly one; {check.components_shared_by_features} shared "
                        f"components; weakest own {check.min_assigned_importance:.3f}, strongest other "
-                       f"{check.max_other_importance:.3f})")
+                       f"{check.max_other_importance:.3f}; {check.features_with_distinct_top} features "
+                       "whose top component is theirs alone)")
         for name, value in self.dense_on_fraction.items():
             out.append(f"dense layer {name}: share of its non-negligible subcomponents with importance "
                        f">{PERMUTATION_THRESHOLD} per one-hot feature: {value:.3f}")

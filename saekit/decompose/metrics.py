@@ -85,6 +85,7 @@ class PermutationCheck:
     components_shared_by_features: int
     min_assigned_importance: float  # the weakest "on" entry, for the features' own components
     max_other_importance: float  # the strongest entry that is not a feature's own component
+    features_with_distinct_top: int  # features whose top component is no other feature's top
 
 
 def permutation_check(importance: Tensor, threshold: float) -> PermutationCheck:
@@ -97,6 +98,7 @@ def permutation_check(importance: Tensor, threshold: float) -> PermutationCheck:
     others = importance.clone()
     others[torch.arange(importance.shape[0]), own] = float("-inf")
     exactly_one = int((per_feature == 1).sum())
+    distinct_top = int((torch.bincount(own, minlength=importance.shape[1])[own] == 1).sum())
     shared = int((per_component > 1).sum())
     return PermutationCheck(
         threshold=threshold,
@@ -106,4 +108,5 @@ def permutation_check(importance: Tensor, threshold: float) -> PermutationCheck:
         components_shared_by_features=shared,
         min_assigned_importance=own_values.min().item(),
         max_other_importance=others.max().item() if importance.shape[1] > 1 else 0.0,
+        features_with_distinct_top=distinct_top,
     )
