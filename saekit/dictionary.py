@@ -30,7 +30,9 @@ class Encoding:
     """
 
     latents: Tensor | None  # f [B, d_sae]
-    pre: Tensor  # encoder pre-activations [B, d_sae] (π_mag for Gated); detached on the sparse path
+    # Encoder pre-activations [B, d_sae] (π_mag for Gated). Detached on the sparse path, and None for
+    # per-row TopK there, which fuses product and selection so as never to hold a [B, d_sae] tensor.
+    pre: Tensor | None
     gate_pre: Tensor | None = None  # π_gate for Gated
     codes: SparseCodes | None = None
     l0: Tensor | None = None  # JumpReLU in training: differentiable (STE) mean L0

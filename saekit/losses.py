@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from saekit.activations import heaviside_step
+from saekit.config import TOPK_FAMILY
 from saekit.dictionary import Dictionary, Encoding
-from saekit.sparse import sparse_decode
+from saekit.sparse import sparse_decode, sparse_topk_of_columns
 
 
 @dataclass
@@ -107,7 +108,16 @@ def matryoshka_reconstruction_loss(d: Dictionary, x: Tensor, target: Tensor, enc
 
 
 def auxk_loss(d: Dictionary, x: Tensor, residual: Tensor, dead_mask: Tensor, aux_k: int) -> Tensor:
-    """||e − W_dec[dead]·TopK_aux(pre[:, dead])||² with e = x − x̂ detached (BTK's form; METHODS §4)."""
+    """||e − W_dec[dead]·TopK_aux(pre[:, dead])||² with e = x − x̂ detached (BTK's form; METHODS §4).
+
+    With sparse kernels only the dead latents' pre-activations are computed and only the selected
+    entries are differentiated (the dense form costs five [B, d]×[d, n_dead] products)."""
+    if d.cfg.sparse_kernels and d.cfg.method in TOPK_FAMILY:
+        columns = dead_mask.nonzero().squeeze(1)
+        codes = sparse_topk_of_columns(x, d.W_enc, d.b_enc,
+                                       d.b_dec if d.cfg.apply_b_dec_to_input else None,
+                                       min(aux_k, columns.numel()), columns)
+        return squared_error(residual.detach(), sparse_decode(codes, d.W_dec)).mean()
     dead_pre = d.dead_preactivations(x, dead_mask).relu()
     k_aux = min(aux_k, dead_pre.shape[1])
     values, indices = torch.topk(dead_pre, k_aux, dim=-1, sorted=False)

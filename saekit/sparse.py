@@ -1,21 +1,53 @@
 """Sparse kernels for the TopK family: only the encoder's forward product stays dense.
 
-A TopK step with dense tensors costs five [B, d]×[d, M] products. With k active latents per token,
-everything but the encoder pre-activations can be done on the B·k selected entries:
-- decode: `embedding_bag` over the selected decoder rows, weighted by the latent values; its backward
-  gives the W_dec gradient by index-add and never materialises a dense [B, M] gradient;
-- encoder backward: the selected pre-activations are an autograd node whose backward forms the W_enc
-  gradient as a sparse [M, B]×[B, d] product, and the biases' gradients from per-latent sums.
+A TopK step with dense tensors costs five [B, d]×[d, M] products. With k active latents per token the
+gradient of the loss reaches the pre-activations only at the B·k selected entries, so everything but the
+encoder's forward product can be done on those entries (≈ 1/M of the work each):
+- decode: `embedding_bag` over the selected decoder rows, weighted by the latent values;
+- the values' gradient: ⟨W_dec[c], ∂L/∂x̂_b⟩ for each selected (b, c), by embedding_bag's own
+  per-sample-weight backward kernel (no [B·k, d] gather is materialised);
+- the weight gradients ∂L/∂W_dec = Sᵀ·∂L/∂x̂ and ∂L/∂W_encᵀ = Sᵀ·(x − b_dec), with S the sparse
+  [B, M] matrix of selected entries: the entries are sorted by latent once per step (`LatentOrder`) and
+  each product is an `embedding_bag` with one bag per latent, i.e. a CSR sparse-dense product on the
+  library's fastest gather-sum kernel; no dense [B, M] gradient exists at any point;
+- per-row TopK fuses the encoder product with the selection: rows are processed in chunks whose
+  pre-activations stay in cache while `topk` reads them, so training never holds a [B, M] tensor
+  (peak memory grows with B·M only through one chunk).
 The dense and sparse paths compute the same function and gradients (tests compare them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# Pre-activation elements per chunk of the fused encoder + top-k (~32 MB): large enough that each
+# product and selection still runs at full speed on every thread (small chunks pay a thread
+# fork/join each, which on a loaded machine costs more than the cache reuse gains), small enough that
+# memory does not grow with batch × d_sae. Measured on 2 threads at d_sae 6144: chunks of 1024-1365
+# rows match or beat one [4096, M] product + topk; 128-256 rows are slower.
+CHUNK_ELEMENTS = 1 << 23
+MIN_CHUNK_ROWS = 256
+
+
+class LatentOrder:
+    """The selected entries sorted by latent (a CSR view of Sᵀ), computed once and shared by the
+    backward of the encoder and of the decoder."""
+
+    def __init__(self, rows: Tensor, cols: Tensor, width: int):
+        self.order = torch.argsort(cols)
+        self.rows = rows.index_select(0, self.order)
+        counts = torch.bincount(cols, minlength=width)
+        self.offsets = torch.cumsum(counts, 0) - counts
+        self.width = width
+
+    def product(self, weights: Tensor, dense: Tensor) -> Tensor:
+        """Sᵀ·dense [M, d] where S [B, M] holds `weights` (in entry order) at the selected entries."""
+        return F.embedding_bag(self.rows, dense, self.offsets, mode="sum",
+                               per_sample_weights=weights.index_select(0, self.order))
 
 
 @dataclass
@@ -30,6 +62,13 @@ class SparseCodes:
     values: Tensor
     offsets: Tensor
     batch_size: int
+    # LatentOrder per width, shared with the backward functions (which hold this dict, never the codes:
+    # the codes hold `values`, whose graph holds the backward's context, and a cycle would keep a step's
+    # tensors alive until the garbage collector ran).
+    orders: dict = field(default_factory=dict, repr=False)
+
+    def by_latent(self, width: int) -> LatentOrder:
+        return _latent_order(self.orders, self.rows, self.cols, width)
 
     def to_dense(self, d_sae: int) -> Tensor:
         dense = torch.zeros(self.batch_size, d_sae, dtype=self.values.dtype, device=self.values.device)
@@ -42,18 +81,28 @@ class SparseCodes:
         return SparseCodes(rows, self.cols[mask], self.values[mask], offsets, self.batch_size)
 
 
+def _latent_order(orders: dict, rows: Tensor, cols: Tensor, width: int) -> LatentOrder:
+    if width not in orders:
+        orders[width] = LatentOrder(rows, cols, width)
+    return orders[width]
+
+
 def _offsets_from_rows(rows: Tensor, batch_size: int) -> Tensor:
     counts = torch.bincount(rows, minlength=batch_size)
     return torch.cumsum(counts, 0) - counts
 
 
+def _row_entries(batch: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    rows = torch.arange(batch, device=device).repeat_interleave(k)
+    offsets = torch.arange(0, batch * k, k, device=device)
+    return rows, offsets
+
+
 @torch.no_grad()
 def select_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """(rows, cols, offsets) of the k largest pre-activations of each row."""
-    batch = pre.shape[0]
     cols = torch.topk(pre, k, dim=-1, sorted=False).indices.reshape(-1)
-    rows = torch.arange(batch, device=pre.device).repeat_interleave(k)
-    offsets = torch.arange(0, batch * k, k, device=pre.device)
+    rows, offsets = _row_entries(pre.shape[0], k, pre.device)
     return rows, cols, offsets
 
 
@@ -68,76 +117,123 @@ def select_batch_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     return rows, cols, _offsets_from_rows(rows, batch)
 
 
+@torch.no_grad()
+def fused_encode_topk(x_centered: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
+                      chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
+    """(values [B, k], cols [B, k]) of the k largest entries of each row of x_centered·W_enc + b_enc,
+    computed chunk by chunk into one reused buffer, so no [B, M] tensor is ever allocated."""
+    batch, width = x_centered.shape[0], W_enc.shape[1]
+    if chunk_rows is None:
+        chunk_rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // width)
+    n_chunks = -(-batch // max(1, chunk_rows))
+    chunk_rows = -(-batch // n_chunks)  # equal chunks: no small last product
+    values = torch.empty(batch, k, dtype=x_centered.dtype, device=x_centered.device)
+    cols = torch.empty(batch, k, dtype=torch.long, device=x_centered.device)
+    buffer = torch.empty(chunk_rows, width, dtype=x_centered.dtype, device=x_centered.device)
+    for start in range(0, batch, chunk_rows):
+        end = min(batch, start + chunk_rows)
+        pre = torch.addmm(b_enc, x_centered[start:end], W_enc, out=buffer[:end - start])
+        torch.topk(pre, k, dim=-1, sorted=False, out=(values[start:end], cols[start:end]))
+    return values, cols
+
+
 class _SelectedPreactivations(torch.autograd.Function):
     """pre[rows, cols] of pre = (x − b_dec)·W_enc + b_enc, with a sparse backward."""
 
     @staticmethod
-    def forward(ctx, selected: Tensor, x_centered: Tensor, rows: Tensor, cols: Tensor,  # type: ignore[override]
+    def forward(ctx, selected: Tensor, x_centered: Tensor, codes: SparseCodes,  # type: ignore[override]
                 W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x_centered, rows, cols, W_enc)
+        ctx.save_for_backward(x_centered, W_enc, codes.rows, codes.cols)
+        ctx.orders = codes.orders
         ctx.has_b_dec = b_dec is not None
         return selected
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x_centered, rows, cols, W_enc = ctx.saved_tensors
+        x_centered, W_enc, rows, cols = ctx.saved_tensors
         width = W_enc.shape[1]
-        per_latent = torch.zeros(width, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
-        grad_W_enc = None
-        if ctx.needs_input_grad[4]:
-            sparse = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad,
-                                             (width, x_centered.shape[0]), check_invariants=False)
-            grad_W_enc = torch.sparse.mm(sparse, x_centered).T
-        grad_b_enc = per_latent if ctx.needs_input_grad[5] else None
-        grad_b_dec = -(W_enc @ per_latent) if ctx.has_b_dec and ctx.needs_input_grad[6] else None
-        return None, None, None, None, grad_W_enc, grad_b_enc, grad_b_dec
+        grad_W_enc = grad_b_enc = grad_b_dec = None
+        if ctx.needs_input_grad[3]:
+            # [M, d] in latent order; the transposed copy gives W_enc's own layout, which the optimiser's
+            # fused kernels expect.
+            order = _latent_order(ctx.orders, rows, cols, width)
+            grad_W_enc = order.product(grad, x_centered).T.contiguous()
+        if ctx.needs_input_grad[4] or (ctx.has_b_dec and ctx.needs_input_grad[5]):
+            per_latent = torch.zeros(width, dtype=grad.dtype, device=grad.device).index_add_(
+                0, cols, grad)
+            grad_b_enc = per_latent if ctx.needs_input_grad[4] else None
+            if ctx.has_b_dec and ctx.needs_input_grad[5]:
+                grad_b_dec = -(W_enc @ per_latent)
+        return None, None, None, grad_W_enc, grad_b_enc, grad_b_dec
 
 
 def sparse_topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k: int,
                        batch_level: bool, score_scale: Tensor | None = None
-                       ) -> tuple[SparseCodes, Tensor]:
+                       ) -> tuple[SparseCodes, Tensor | None]:
     """Select and differentiate only the active latents. Returns the codes and the (detached)
-    pre-activations, which AuxK and threshold estimates read. `score_scale` ranks by pre·scale."""
+    pre-activations where the selection needed them whole (BatchTopK, decoder-norm-scaled scores);
+    plain per-row TopK fuses product and selection and returns None instead of a [B, M] tensor.
+    `score_scale` ranks by pre·scale."""
+    batch = x.shape[0]
     with torch.no_grad():
         x_centered = x - b_dec if b_dec is not None else x
-        pre = x_centered @ W_enc + b_enc
-        scores = pre if score_scale is None else pre.relu() * score_scale
-        rows, cols, offsets = (select_batch_topk if batch_level else select_topk)(scores, k)
-        selected = pre[rows, cols]
-    values = _SelectedPreactivations.apply(selected, x_centered, rows, cols, W_enc, b_enc, b_dec)
-    return SparseCodes(rows, cols, values.relu(), offsets, x.shape[0]), pre
+        if not batch_level and score_scale is None:
+            selected, cols = fused_encode_topk(x_centered, W_enc, b_enc, k)
+            selected, cols = selected.reshape(-1), cols.reshape(-1)
+            rows, offsets = _row_entries(batch, k, x.device)
+            pre = None
+        else:
+            pre = x_centered @ W_enc + b_enc
+            scores = pre if score_scale is None else pre.relu() * score_scale
+            rows, cols, offsets = (select_batch_topk if batch_level else select_topk)(scores, k)
+            selected = pre[rows, cols]
+    codes = SparseCodes(rows, cols, selected, offsets, batch)
+    values = _SelectedPreactivations.apply(selected, x_centered, codes, W_enc, b_enc, b_dec)
+    codes.values = values.relu()
+    return codes, pre
+
+
+def sparse_topk_of_columns(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k: int,
+                           columns: Tensor) -> SparseCodes:
+    """The k largest pre-activations of each row among the latents `columns` (indices), differentiable
+    like `sparse_topk_encode` (AuxK over the dead latents: its forward product costs
+    len(columns)/d_sae of the encoder's, and its backward touches only the selected entries)."""
+    batch = x.shape[0]
+    with torch.no_grad():
+        x_centered = x - b_dec if b_dec is not None else x
+        selected, local = fused_encode_topk(x_centered, W_enc.index_select(1, columns),
+                                            b_enc.index_select(0, columns), k)
+        selected, cols = selected.reshape(-1), columns.index_select(0, local.reshape(-1))
+        rows, offsets = _row_entries(batch, k, x.device)
+    codes = SparseCodes(rows, cols, selected, offsets, batch)
+    codes.values = _SelectedPreactivations.apply(selected, x_centered, codes, W_enc, b_enc, b_dec).relu()
+    return codes
 
 
 class _SparseDecode(torch.autograd.Function):
-    """Forward by `embedding_bag`; backward by a sparse [M, B]×[B, d] product for W_dec and a row-wise
-    dot product for the values. (embedding_bag's own dense backward sorts all indices every step,
-    which cost more than the rest of the step on CPU.)"""
+    """Forward by `embedding_bag`; backward by embedding_bag's per-sample-weight kernel for the values
+    and a latent-ordered `embedding_bag` for W_dec (embedding_bag's own weight backward sorts all
+    indices into a dense [M, d] gradient by a slower path)."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor,  # type: ignore[override]
-                W_dec: Tensor) -> Tensor:
-        ctx.save_for_backward(values, rows, cols, W_dec)
-        return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=values)
+    def forward(ctx, values: Tensor, codes: SparseCodes, W_dec: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(values, W_dec, codes.rows, codes.cols, codes.offsets)
+        ctx.orders = codes.orders
+        return F.embedding_bag(codes.cols, W_dec, codes.offsets, mode="sum", per_sample_weights=values)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        values, rows, cols, W_dec = ctx.saved_tensors
+        values, W_dec, rows, cols, offsets = ctx.saved_tensors
+        grad = grad.contiguous()
         grad_values = grad_W_dec = None
         if ctx.needs_input_grad[0]:
-            batch = grad.shape[0]
-            if values.numel() % batch == 0 and bool((rows.view(batch, -1) == rows.view(batch, -1)[:, :1]).all()):
-                # k entries per row (TopK): one gather and a batched matrix-vector product.
-                rows_decoder = W_dec.index_select(0, cols).view(batch, -1, W_dec.shape[1])
-                grad_values = torch.bmm(rows_decoder, grad.unsqueeze(-1)).reshape(-1)
-            else:
-                grad_values = (grad.index_select(0, rows) * W_dec.index_select(0, cols)).sum(-1)
-        if ctx.needs_input_grad[4]:
-            sparse = torch.sparse_coo_tensor(torch.stack([cols, rows]), values,
-                                             (W_dec.shape[0], grad.shape[0]), check_invariants=False)
-            grad_W_dec = torch.sparse.mm(sparse, grad)
-        return grad_values, None, None, None, grad_W_dec
+            grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad, W_dec, cols, offsets, rows, 0)
+        if ctx.needs_input_grad[2]:
+            grad_W_dec = _latent_order(ctx.orders, rows, cols, W_dec.shape[0]).product(values, grad)
+        return grad_values, None, grad_W_dec
 
 
 def sparse_decode(codes: SparseCodes, W_dec: Tensor) -> Tensor:
     """Σ_i f_i·W_dec[i] over the active latents of each row (no decoder bias)."""
-    return _SparseDecode.apply(codes.values, codes.rows, codes.cols, codes.offsets, W_dec)
+    return _SparseDecode.apply(codes.values, codes, W_dec)
