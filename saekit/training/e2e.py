@@ -52,17 +52,24 @@ def kl_clean_to_spliced(clean_logits: Tensor, spliced_logits: Tensor, mask: Tens
 
 
 class _Splice(nn.Module):
-    """Replace activations [..., d] by the dictionary's reconstruction, keeping the latents."""
+    """Replace activations [B, T, d] by the dictionary's reconstruction at the counted positions only
+    (`keep`, set per batch), keeping the latents. BOS and other special tokens keep their clean values,
+    as in spliced evaluation: their residuals are outliers (attention sinks) that no dictionary is
+    trained on, and replacing them would dominate the KL."""
 
     def __init__(self, d: Dictionary) -> None:
         super().__init__()
         self.d = d
         self.latents: Tensor | None = None
+        self.keep: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        latents = self.d.encode_with_details(x.reshape(-1, x.shape[-1]).float()).latents
+        keep = self.keep if self.keep is not None else torch.ones(x.shape[:-1], dtype=torch.bool)
+        latents = self.d.encode_with_details(x[keep].float()).latents
         self.latents = latents
-        return self.d.decode(latents).reshape(x.shape).to(x.dtype)
+        out = x.clone()
+        out[keep] = self.d.decode(latents).to(x.dtype)
+        return out
 
 
 def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E2EConfig,
@@ -76,7 +83,7 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
     for param in model.parameters():
         param.requires_grad_(False)
     iterator = iter(batches)
-    first_ids, _ = next(iterator)
+    first_ids, first_mask = next(iterator)
     site = resolve_hookpoints(model, [cfg.hookpoint])[0]
     downstream = resolve_hookpoints(model, list(cfg.downstream_hookpoints)) if cfg.downstream_hookpoints else []
     store: dict[str, Tensor] = {}
@@ -92,7 +99,7 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
     generator = torch.Generator().manual_seed(cfg.seed)
     d = Dictionary(dict_cfg)
     if init is None:
-        d.initialize(store[site.name].reshape(-1, d_in).float(), generator)
+        d.initialize(store[site.name][first_mask.bool()].float(), generator)
     else:
         if (init.d_in, init.d_sae) != (d_in, cfg.d_sae):
             raise SaekitError(f"init dictionary is {init.d_in}x{init.d_sae}, the e2e SAE {d_in}x{cfg.d_sae}")
@@ -101,7 +108,7 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
     splice = _Splice(d)
 
     def all_batches():
-        yield first_ids, _
+        yield first_ids, first_mask
         yield from iterator
 
     bar = tqdm(total=total_steps, disable=not progress, desc="e2e", dynamic_ncols=True)
@@ -113,12 +120,11 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
         with torch.no_grad(), hooks(model, downstream, clean):
             clean_logits = model(input_ids=input_ids).logits
         spliced: dict[str, Tensor] = {}
+        splice.keep = mask.bool()
         with hooks(model, [site, *downstream], spliced, replace={site.name: splice}):
             spliced_logits = model(input_ids=input_ids).logits
         kl = kl_clean_to_spliced(clean_logits, spliced_logits, mask)
-        token_mask = mask.reshape(-1, 1)
-        l1 = ((splice.latents.abs().sum(-1, keepdim=True) * token_mask).sum()
-              / token_mask.sum().clamp_min(1) / d_in)
+        l1 = splice.latents.abs().sum(-1).mean() / d_in  # latents exist at counted positions only
         loss = cfg.kl_coefficient * kl + dict_cfg.sparsity_coefficient * l1
         for point in downstream:
             error = (spliced[point.name].float() - clean[point.name].float()).pow(2).mean(-1) * mask
