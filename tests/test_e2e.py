@@ -79,3 +79,14 @@ def test_e2e_fine_tuning_starts_from_a_local_dictionary(tiny_model):
     with pytest.raises(saekit.SaekitError, match="init dictionary"):
         train_e2e(tiny_model, batches(), E2EConfig(hookpoint="model.layers.0", d_sae=32, method="topk", k=4),
                   1, progress=False, init=start)
+
+
+def test_e2e_fine_tuning_keeps_the_local_decoder_scale(tiny_model):
+    """A local dictionary's decoder rows carry its folded input scale; renormalising them to 1 would
+    wreck the reconstruction on the first step."""
+    cfg = E2EConfig(hookpoint="model.layers.0", d_sae=64, method="topk", k=8, lr=1e-5)
+    start = train_e2e(tiny_model, batches(), cfg, total_steps=1, progress=False)
+    with torch.no_grad():
+        start.W_dec.mul_(3.0)
+    tuned = train_e2e(tiny_model, batches(), cfg, total_steps=2, progress=False, init=start)
+    torch.testing.assert_close(tuned.W_dec.norm(dim=-1), start.W_dec.norm(dim=-1), rtol=1e-2, atol=1e-3)

@@ -93,7 +93,8 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
     topk = cfg.method in TOPK_FAMILY
     dict_cfg = DictionaryConfig(method=cfg.method, d_in=d_in, d_sae=cfg.d_sae, lr=cfg.lr, k=cfg.k,
                                 sparsity_coefficient=0.0 if topk else cfg.sparsity_coefficient,
-                                unit_norm_decoder=True, decoder_init_norm=1.0, b_dec_init="zeros",
+                                # a local dictionary's folded decoder rows are not unit norm: keep them
+                                unit_norm_decoder=init is None, decoder_init_norm=1.0, b_dec_init="zeros",
                                 normalize_activations="none", hookpoint=cfg.hookpoint, seed=cfg.seed,
                                 name=f"e2e{'-ds' if downstream else ''}-{cfg.method}-{cfg.d_sae}")
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -133,10 +134,12 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
             group["lr"] = cfg.lr * lr_factor(step, total_steps, cfg.lr_warmup, cfg.lr_decay)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        d.remove_parallel_decoder_grad()
+        if dict_cfg.unit_norm_decoder:
+            d.remove_parallel_decoder_grad()
         torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip)
         optimizer.step()
-        d.normalize_decoder()
+        if dict_cfg.unit_norm_decoder:
+            d.normalize_decoder()
         bar.update(1)
         bar.set_postfix({"kl": f"{float(kl.detach()):.4f}", "l0": f"{float((splice.latents.detach() > 0).sum(-1).float().mean()):.1f}"})
     bar.close()
