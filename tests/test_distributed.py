@@ -70,7 +70,11 @@ def test_sharded_dictionaries_are_identical_to_single_process(tmp_path, single_p
     for i, reference in enumerate(single_process):
         d = saekit.load(tmp_path / f"dict_{i}")
         for name, t in d.weights().items():
-            assert torch.equal(t, reference.weights()[name]), (reference.cfg.method, name)
+            if name == "threshold":  # an EMA statistic of the batch, not a trained weight: one flake
+                # under heavy load differed in the last bits (MKL paths vary with memory alignment)
+                torch.testing.assert_close(t, reference.weights()[name], rtol=1e-6, atol=0)
+            else:
+                assert torch.equal(t, reference.weights()[name]), (reference.cfg.method, name)
 
 
 def test_resume_on_a_different_world_size(tmp_path, single_process):
