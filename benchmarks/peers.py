@@ -31,11 +31,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dense_peak import matmul_peak  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = ROOT / ".cache/peer-venv/bin/python"
@@ -59,18 +60,6 @@ def export(cache_dir: Path, out: Path, heldout: int, seed: int = 0) -> Path:
         np.save(tmp, np.ascontiguousarray(array))
         tmp.rename(out / f"{name}.npy")
     return out
-
-
-def matmul_peak(batch: int, d_in: int, d_sae: int, repeats: int = 10) -> float:
-    """Median FLOP/s of [batch, d_in]×[d_in, d_sae] in this process (torch threads already set)."""
-    a, b = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * batch * d_in * d_sae / statistics.median(times)
 
 
 def run(library: str, data: Path, args: argparse.Namespace) -> dict:

@@ -42,21 +42,21 @@ def evaluate_dictionaries(model: Any, tokenizer: Any, dictionaries: dict[str, An
     from saekit.data.sites import resolve_hookpoints
     from saekit.encoders import make_encoder
     from saekit.evaluation.splice import spliced_evaluation
+    from tqdm.auto import tqdm
 
     groups: dict[tuple[str, str | None], dict[str, Any]] = {}
     for name, d in dictionaries.items():
         if not d.cfg.hookpoint:
             raise SaekitError(f"dictionary {name} does not record its hookpoint: it cannot be spliced")
         groups.setdefault((d.cfg.hookpoint, d.cfg.target_hookpoint), {})[name] = d
+    # Tokenised once: every group evaluates on the same held-out windows.
+    held_out = list(token_stream(args, tokenizer, split="test", max_tokens=tokens))
     rows = []
     for (hookpoint, target), members in groups.items():
         point = resolve_hookpoints(model, [hookpoint])[0]
         target_point = resolve_hookpoints(model, [target])[0] if target else None
-        from tqdm.auto import tqdm
-
-        batches = list(token_stream(args, tokenizer, split="test", max_tokens=tokens))
-        batches = tqdm(batches, desc=f"evaluating at {hookpoint}", unit="batch",
-                       disable=not getattr(args, "progress", True))
+        batches = tqdm(held_out, desc=f"evaluating at {hookpoint}", unit="batch",
+                       disable=getattr(args, "no_progress", False))
         encoders = {name: make_encoder(d, encoder, l0) for name, d in members.items()}
         results = spliced_evaluation(model, batches, point, members, encoders, target_point)
         for name, metrics in results.items():
