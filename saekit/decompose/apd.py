@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from saekit.decompose.components import (
     Factors,
@@ -39,7 +38,7 @@ from saekit.decompose.components import (
     swapped_forwards,
     weight_forward,
 )
-from saekit.decompose.spd import SPDTrainingLog, learning_rate
+from saekit.decompose.spd import SPDTrainingLog, optimise
 from saekit.errors import SaekitError
 
 
@@ -253,26 +252,10 @@ def train_apd(target: nn.Module, layer_names: Sequence[str], batches: Iterable[T
     decomposition.to(next(iter(decomposition.target_weights.values())).device)
     if cfg.unit_norm_in_factors:
         decomposition.normalise_in_factors()
-    optimizer = torch.optim.Adam(decomposition.parameters(), lr=cfg.lr)
     log = SPDTrainingLog(steps=[], losses=[])
     batch_iter = iter(batches)
-    bar = tqdm(range(cfg.steps), desc="APD", disable=not progress, leave=False)
-    for step in bar:
-        lr = learning_rate(step, cfg.steps, cfg.lr, cfg.lr_schedule, cfg.lr_warmup_fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        losses = apd_losses(decomposition, next(batch_iter), cfg, hidden_act_names)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimizer.step()
-        if cfg.unit_norm_in_factors:
-            decomposition.normalise_in_factors()
-        if step % log_every == 0 or step == cfg.steps - 1:
-            values = {k: v.item() for k, v in losses.items()}
-            log.steps.append(step)
-            log.losses.append(values)
-            bar.set_postfix(total=f"{values['total']:.2e}", faith=f"{values['faithfulness']:.1e}")
-            if on_log is not None:
-                on_log(step, values)
+    optimise(decomposition, lambda: apd_losses(decomposition, next(batch_iter), cfg, hidden_act_names), cfg,
+             log, "APD", progress, log_every, on_log,
+             after_step=decomposition.normalise_in_factors if cfg.unit_norm_in_factors else None)
     return decomposition, log
 

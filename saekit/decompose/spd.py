@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -257,16 +258,30 @@ def train_spd(target: nn.Module, layer_names: Sequence[str], batches: Iterable[T
             warmup_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             warmup_optimizer.step()
+    optimise(decomposition, lambda: spd_losses(decomposition, next(batch_iter), cfg, generator), cfg, log,
+             "SPD", progress, log_every, on_log)
+    return decomposition, log
+
+
+def optimise(decomposition: nn.Module, step_losses: Callable[[], dict[str, Tensor]], cfg: Any,
+             log: SPDTrainingLog, desc: str, progress: bool, log_every: int,
+             on_log: Callable[[int, dict[str, float]], None] | None = None,
+             after_step: Callable[[], None] | None = None) -> None:
+    """The Adam loop SPD and APD share: the scheduled learning rate, one batch's losses per step (their
+    "total" is minimised), an optional projection after each step, and logging every `log_every` steps.
+    `cfg` needs steps, lr, lr_schedule and lr_warmup_fraction."""
     optimizer = torch.optim.Adam(decomposition.parameters(), lr=cfg.lr)
-    bar = tqdm(range(cfg.steps), desc="SPD", disable=not progress, leave=False)
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
         lr = learning_rate(step, cfg.steps, cfg.lr, cfg.lr_schedule, cfg.lr_warmup_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = spd_losses(decomposition, next(batch_iter), cfg, generator)
+        losses = step_losses()
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         if step % log_every == 0 or step == cfg.steps - 1:
             values = {k: v.item() for k, v in losses.items()}
             log.steps.append(step)
@@ -274,4 +289,3 @@ def train_spd(target: nn.Module, layer_names: Sequence[str], batches: Iterable[T
             bar.set_postfix(total=f"{values['total']:.2e}", faith=f"{values['faithfulness']:.1e}")
             if on_log is not None:
                 on_log(step, values)
-    return decomposition, log
