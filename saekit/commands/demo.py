@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--k", type=int, default=32, help="k of TopK and BatchTopK (the target L0).")
     parser.add_argument("--batch-size", type=int, default=1024, help="Tokens per training step.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
-    add_model_arguments(parser)
-    parser.set_defaults(func=run, model="offline-default", hookpoints=None)
+    add_model_arguments(parser, hookpoints=False)
+    parser.set_defaults(func=run, model="offline-default")
 
 
 def demo_configs(methods: list[str], d_in: int, expansion: int, k: int, hookpoint: str,

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-latents", type=int, default=6, help="Model-specific latents shown per model.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-progress", action="store_true")
-    add_model_arguments(parser)
+    add_model_arguments(parser, model=False, hookpoints=False)
     parser.set_defaults(func=run)
 
 

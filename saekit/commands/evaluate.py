@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "encoder over its decoder (needs --l0).")
     parser.add_argument("--l0", type=int, default=None, help="Atoms per token for --encoder.")
     parser.add_argument("--out", type=Path, default=None, help="Write results JSON here.")
-    add_model_arguments(parser)
+    add_model_arguments(parser, hookpoints=False)
     parser.set_defaults(func=run)
 
 

@@ -8,14 +8,19 @@ from typing import Any
 from saekit.errors import SaekitError
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, hookpoints_required: bool = False) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, hookpoints_required: bool = False,
+                        model: bool = True, hookpoints: bool = True) -> None:
+    """The shared source options. Commands that name their model(s) or hookpoint differently (diff's
+    --models, demo's --hookpoint) leave out --model / --hookpoints rather than accept and ignore them."""
     group = parser.add_argument_group("model and text")
-    group.add_argument("--model", default=None,
-                       help="Hugging Face model name, local directory, .gguf file, or `offline-default` "
-                            "(SmolLM2-135M-Instruct, installed by scripts/setup.sh).")
-    group.add_argument("--hookpoints", nargs="+", default=None, required=hookpoints_required,
-                       help="Where to read activations: named sites (resid_post.L, mlp_in.L, mlp_out.L, "
-                            "attn_out.L) or module names with wildcards, `:input` for a module's input.")
+    if model:
+        group.add_argument("--model", default=None,
+                           help="Hugging Face model name, local directory, .gguf file, or `offline-default` "
+                                "(SmolLM2-135M-Instruct, installed by scripts/setup.sh).")
+    if hookpoints:
+        group.add_argument("--hookpoints", nargs="+", default=None, required=hookpoints_required,
+                           help="Where to read activations: named sites (resid_post.L, mlp_in.L, mlp_out.L, "
+                                "attn_out.L) or module names with wildcards, `:input` for a module's input.")
     group.add_argument("--dataset", default="offline-default",
                        help="Text: `offline-default` (Python 3.11 docs), a local file or directory "
                             "(text/jsonl/parquet), or a Hugging Face dataset name.")
