@@ -109,6 +109,7 @@ class ActivationStream:
         self.model = model
         self.models = model if isinstance(model, dict) else {"": model}
         self.tokens = tokens
+        self.requested = hookpoints
         self.hookpoints = {label: (hookpoints if hookpoints and isinstance(hookpoints[0], Hookpoint)
                                    else resolve_hookpoints(m, list(hookpoints)))  # type: ignore[arg-type]
                            for label, m in self.models.items()}
@@ -129,9 +130,7 @@ class ActivationStream:
         return {name: value.shape[-1] for name, value in self._capture(ids).items()}
 
     def resume_from(self, tokens: int) -> "ActivationStream":
-        stream = ActivationStream(self.model, self.tokens.resume_from(tokens), [], self.progress)
-        stream.hookpoints = self.hookpoints
-        return stream
+        return ActivationStream(self.model, self.tokens.resume_from(tokens), self.requested, self.progress)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         bar = tqdm(disable=not self.progress, unit="tok", unit_scale=True, desc="model forward",
