@@ -64,7 +64,7 @@ class _Splice(nn.Module):
         self.keep: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        keep = self.keep if self.keep is not None else torch.ones(x.shape[:-1], dtype=torch.bool)
+        keep = self.keep  # set by train_e2e before each spliced forward
         latents = self.d.encode_with_details(x[keep].float()).latents
         self.latents = latents
         out = x.clone()
