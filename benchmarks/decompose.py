@@ -8,7 +8,7 @@ share of W_out subcomponents co-active per feature) with wall-clock and CPU seco
 one JSON report per toy go to `--out`. The TMS 5-2 cases run in tests/test_decompose.py.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/decompose.py [--toys tms-40-10 resid-mlp-1 resid-mlp-2]
-        [--steps N] [--published] [--out decompose-bench]
+        [--steps N] [--published] [--device cuda] [--out decompose-bench]
 
 CPU seconds (process time) are the figure to compare across machines: wall time on a shared machine
 mostly measures the neighbours.
@@ -38,16 +38,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("decompose-bench"))
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the target always trains on the CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     summary = []
     for toy in args.toys:
         wall, cpu = time.perf_counter(), time.process_time()
         report = run_toy_decomposition(toy, args.method, published=args.published, steps=args.steps,
-                                       seed=args.seed, out_dir=args.out, progress=args.progress)
+                                       seed=args.seed, out_dir=args.out, progress=args.progress,
+                                       device=args.device)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        print(f"\n=== {toy} ({args.method}) — wall {wall:.0f} s, CPU {cpu:.0f} s on "
-              f"{args.threads} thread(s) ===")
+        where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+                 else f"{args.threads} CPU thread(s)")
+        print(f"\n=== {toy} ({args.method}) — wall {wall:.0f} s, CPU {cpu:.0f} s on {where} ===")
         for line in report.lines():
             print(line)
         data = report.summary() | {"wall_seconds": wall, "cpu_seconds": cpu, "threads": args.threads}

@@ -22,14 +22,19 @@ import saekit
 from saekit.training.member import SweepMember
 
 
-def matmul_peak(batch: int, d_in: int, d_sae: int, repeats: int = 10) -> float:
+def matmul_peak(batch: int, d_in: int, d_sae: int, repeats: int = 10, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> float:
     """Median FLOP/s of [batch, d_in]×[d_in, d_sae] in this process (torch threads already set)."""
-    a, b = torch.randn(batch, d_in), torch.randn(d_in, d_sae)
+    a = torch.randn(batch, d_in, device=device, dtype=dtype)
+    b = torch.randn(d_in, d_sae, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - start)
     return 2 * batch * d_in * d_sae / statistics.median(times)
 

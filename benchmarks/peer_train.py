@@ -58,8 +58,30 @@ class RowReader:
         return torch.from_numpy(array.reshape(count, self.width).astype(np.float32, copy=False))
 
     def batches(self, batch: int, tokens: int) -> Iterator[torch.Tensor]:
+        """`tokens // batch` batches in file order, starting over at the end of the file."""
+        per_pass = self.rows // batch * batch
         for start in range(0, tokens - batch + 1, batch):
-            yield self.read(start, batch)
+            yield self.read(start % per_pass, batch)
+
+
+class DeviceRows:
+    """On a GPU, every library gets its batches as slices of the training rows already on the device
+    (loaded before the clock starts): a per-batch disk read + host-to-device copy would cap them all
+    at the copy rate and hide the differences being measured."""
+
+    def __init__(self, reader: RowReader, tokens: int, device: str):
+        self.width = reader.width
+        self.rows = reader.read(0, min(tokens, reader.rows)).to(device)
+
+    def batches(self, batch: int, tokens: int) -> Iterator[torch.Tensor]:
+        per_pass = self.rows.shape[0] // batch * batch
+        for start in range(0, tokens - batch + 1, batch):
+            yield self.rows[start % per_pass:start % per_pass + batch]
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def rss_mib() -> float:
@@ -77,7 +99,7 @@ def peak_rss_mib() -> float:
 
 @torch.no_grad()
 def evaluate(reconstruct: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], heldout: RowReader,
-             d_sae: int, chunk: int = 4096) -> dict[str, float]:
+             d_sae: int, device: str = "cpu", chunk: int = 4096) -> dict[str, float]:
     """FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the held-out rows; dead = fraction of latents that never
     fire on them; L0 = mean active latents per token. `reconstruct(x)` returns (x̂, active latent
     indices of the chunk, repeated per firing)."""
@@ -90,7 +112,7 @@ def evaluate(reconstruct: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Ten
     counts = torch.zeros(d_sae, dtype=torch.long)
     for start in range(0, n, chunk):
         x = heldout.read(start, min(chunk, n - start))
-        x_hat, fired = reconstruct(x)
+        x_hat, fired = (t.cpu() for t in reconstruct(x.to(device)))
         error += float((x.double() - x_hat.double()).pow(2).sum())
         variance += float((x.double() - mean).pow(2).sum())
         counts += torch.bincount(fired.reshape(-1), minlength=d_sae)
@@ -99,14 +121,16 @@ def evaluate(reconstruct: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Ten
 
 
 # ----------------------------------------------------------------------------------------- libraries
-def train_saekit(reader: RowReader, args: argparse.Namespace, d_sae: int):
+def train_saekit(reader: RowReader | DeviceRows, args: argparse.Namespace, d_sae: int):
     import saekit
 
     options = json.loads(args.saekit_options)  # e.g. {"lr": 1e-3}: DictionaryConfig fields
     cfg = saekit.DictionaryConfig(method="topk", d_in=reader.width, d_sae=d_sae, k=args.k, **options)
     started = time.perf_counter()
     d = saekit.train(reader.batches(args.batch, args.tokens), cfg, total_tokens=args.tokens,
-                     batch_size=args.batch, progress=False)[0]
+                     batch_size=args.batch, progress=False, device=args.device,
+                     autocast="bfloat16" if args.precision == "bf16" else "none")[0]
+    synchronize(args.device)
     elapsed = time.perf_counter() - started
 
     def reconstruct(x):
@@ -115,25 +139,27 @@ def train_saekit(reader: RowReader, args: argparse.Namespace, d_sae: int):
     return elapsed, reconstruct
 
 
-def train_sparsify(reader: RowReader, args: argparse.Namespace, d_sae: int):
+def train_sparsify(reader: RowReader | DeviceRows, args: argparse.Namespace, d_sae: int):
     from schedulefree import ScheduleFreeWrapper
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD
 
     torch.manual_seed(0)
-    sae = SparseCoder(reader.width, SparseCoderConfig(num_latents=d_sae, k=args.k), "cpu",
+    # Its forward always runs under bf16 autocast on a bf16-capable GPU (sparse_coder.py), whatever
+    # --precision says; on the CPU it is fp32.
+    sae = SparseCoder(reader.width, SparseCoderConfig(num_latents=d_sae, k=args.k), args.device,
                       dtype=torch.float32)
     lr = 5e-3 / (d_sae / 2**14) ** 0.5
     optimizer = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
     optimizer.train()
-    fired_since = torch.zeros(d_sae, dtype=torch.long)
+    fired_since = torch.zeros(d_sae, dtype=torch.long, device=args.device)
     started = time.perf_counter()
     for step, x in enumerate(reader.batches(args.batch, args.tokens)):
         if step == 0:
             sae.b_dec.data = x.mean(0)
         sae.set_decoder_norm_to_unit_norm()
         out = sae(x, dead_mask=None)
-        did_fire = torch.zeros(d_sae, dtype=torch.bool)
+        did_fire = torch.zeros(d_sae, dtype=torch.bool, device=args.device)
         did_fire[out.latent_indices.flatten()] = True
         out.fvu.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
@@ -143,6 +169,7 @@ def train_sparsify(reader: RowReader, args: argparse.Namespace, d_sae: int):
             fired_since += x.shape[0]
             fired_since[did_fire] = 0
     optimizer.eval()  # schedule-free: evaluate the averaged weights, as sparsify's save does
+    synchronize(args.device)
     elapsed = time.perf_counter() - started
 
     def reconstruct(x):
@@ -151,16 +178,17 @@ def train_sparsify(reader: RowReader, args: argparse.Namespace, d_sae: int):
     return elapsed, reconstruct
 
 
-def train_saelens(reader: RowReader, args: argparse.Namespace, d_sae: int):
+def train_saelens(reader: RowReader | DeviceRows, args: argparse.Namespace, d_sae: int):
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(0)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=reader.width, d_sae=d_sae, k=args.k))
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=reader.width, d_sae=d_sae, k=args.k,
+                                                device=args.device))
     # lr_end: what LanguageModelSAERunnerConfig fills in (lr / 10; unused by the constant schedule).
     cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch,
-                           lr=3e-4, lr_end=3e-5)
+                           lr=3e-4, lr_end=3e-5, device=args.device, autocast=args.precision == "bf16")
 
     def forever():
         while True:
@@ -168,6 +196,7 @@ def train_saelens(reader: RowReader, args: argparse.Namespace, d_sae: int):
     trainer = SAETrainer(cfg, sae, forever())
     started = time.perf_counter()
     sae = trainer.fit()
+    synchronize(args.device)
     elapsed = time.perf_counter() - started
     sae.eval()
 
@@ -190,26 +219,36 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: saekit and sae-lens train under bf16 autocast (sparsify always does on a GPU)")
     parser.add_argument("--saekit-options", default="{}",
                         help="JSON object of DictionaryConfig fields for saekit (default: its defaults)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reader = RowReader(args.data / "train.npy")
     heldout = RowReader(args.data / "heldout.npy")
-    args.tokens = min(args.tokens, reader.rows) // args.batch * args.batch
+    args.tokens = args.tokens // args.batch * args.batch
     d_sae = D_SAE_MULTIPLE * reader.width
     rss_before = rss_mib()
     cpu_started = time.process_time()
     load_started = os.getloadavg()[0]
-    elapsed, reconstruct = LIBRARIES[args.library](reader, args, d_sae)
+    source = DeviceRows(reader, args.tokens, args.device) if args.device != "cpu" else reader
+    elapsed, reconstruct = LIBRARIES[args.library](source, args, d_sae)
     cpu = time.process_time() - cpu_started
     peak = peak_rss_mib()
+    if args.device != "cpu":
+        gpu = {"device": torch.cuda.get_device_name(args.device),
+               "peak_device_mib": torch.cuda.max_memory_allocated(args.device) / 2**20,
+               "data_device_mib": source.rows.numel() * 4 / 2**20}
+    else:
+        gpu = {"device": "cpu"}
     result = {"library": args.library, "tokens": args.tokens, "seconds": elapsed,
               "tokens_per_s": args.tokens / elapsed, "cpu_seconds": cpu, "threads": torch.get_num_threads(),
               "peak_rss_mib": peak, "rss_before_training_mib": rss_before,
               "load_start": load_started, "load_end": os.getloadavg()[0],
-              "torch": torch.__version__}
-    result.update(evaluate(reconstruct, heldout, d_sae))
+              "torch": torch.__version__, "precision": args.precision} | gpu
+    result.update(evaluate(reconstruct, heldout, d_sae, args.device))
     print(json.dumps(result))
 
 

@@ -43,15 +43,8 @@ PEER_PYTHON = ROOT / ".cache/peer-venv/bin/python"
 LIBRARIES = ("saekit", "sparsify", "sae-lens")
 
 
-def export(cache_dir: Path, out: Path, heldout: int, seed: int = 0) -> Path:
-    """train.npy / heldout.npy from a saekit activation cache (one hookpoint), written once."""
-    if (out / "train.npy").exists() and (out / "heldout.npy").exists():
-        return out
-    from saekit.data.cache import open_cache
-
-    cache = open_cache(cache_dir)
-    (hookpoint,) = cache.hookpoints
-    rows = torch.cat([cache.shard(hookpoint, i).float() for i in range(len(cache.shard_sizes))])
+def save_split(rows: torch.Tensor, out: Path, heldout: int, seed: int = 0) -> Path:
+    """train.npy (all but the last `heldout` rows, shuffled with a fixed seed) and heldout.npy."""
     train = rows[:-heldout].numpy()
     train = train[np.random.default_rng(seed).permutation(train.shape[0])]
     out.mkdir(parents=True, exist_ok=True)
@@ -62,11 +55,24 @@ def export(cache_dir: Path, out: Path, heldout: int, seed: int = 0) -> Path:
     return out
 
 
+def export(cache_dir: Path, out: Path, heldout: int, seed: int = 0) -> Path:
+    """train.npy / heldout.npy from a saekit activation cache (one hookpoint), written once."""
+    if (out / "train.npy").exists() and (out / "heldout.npy").exists():
+        return out
+    from saekit.data.cache import open_cache
+
+    cache = open_cache(cache_dir)
+    (hookpoint,) = cache.hookpoints
+    rows = torch.cat([cache.shard(hookpoint, i).float() for i in range(len(cache.shard_sizes))])
+    return save_split(rows, out, heldout, seed)
+
+
 def run(library: str, data: Path, args: argparse.Namespace) -> dict:
-    python = sys.executable if library == "saekit" else str(PEER_PYTHON)
+    python = sys.executable if library == "saekit" else str(args.peer_python)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [python, str(ROOT / "benchmarks/peer_train.py"), "--library", library, "--data", str(data),
-           "--tokens", str(args.tokens), "--threads", str(args.threads), "--batch", str(args.batch)]
+           "--tokens", str(args.tokens), "--threads", str(args.threads), "--batch", str(args.batch),
+           "--device", args.device, "--precision", args.precision]
     if library == "saekit":
         cmd += ["--saekit-options", args.saekit_options]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -89,8 +95,15 @@ def main() -> None:
                         help='JSON object of DictionaryConfig fields for saekit, e.g. \'{"lr": 1e-3}\' '
                              "(printed with the results; default: saekit's defaults)")
     parser.add_argument("--json", type=Path, help="also write every run's record here")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU the training rows are "
+                        "loaded onto it before the clock starts)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16: saekit and sae-lens under bf16 autocast; sparsify's forward is bf16 "
+                             "on any bf16-capable GPU regardless")
+    parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON,
+                        help="the Python that has sae-lens and sparsify (default: the peer venv)")
     args = parser.parse_args()
-    if not PEER_PYTHON.exists() and set(args.libraries) - {"saekit"}:
+    if not args.peer_python.exists() and set(args.libraries) - {"saekit"}:
         raise SystemExit("no peer environment: run SAEKIT_PEER_VENV=.cache/peer-venv bash "
                          "tests/interop/peer_env.sh")
     torch.set_num_threads(args.threads)
@@ -99,16 +112,22 @@ def main() -> None:
     d_sae = 16 * d_in
 
     runs: dict[str, list[dict]] = {lib: [] for lib in args.libraries}
-    peaks = [matmul_peak(args.batch, d_in, d_sae)]
+    peak_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+
+    def measure_peak() -> float:
+        return matmul_peak(args.batch, d_in, d_sae, device=args.device, dtype=peak_dtype)
+    peaks = [measure_peak()]
     for rep in range(args.repeats):
         order = args.libraries if rep % 2 == 0 else args.libraries[::-1]
         for library in order:
             record = run(library, data, args)
             runs[library].append(record)
-            peaks.append(matmul_peak(args.batch, d_in, d_sae))
+            peaks.append(measure_peak())
             print(f"  rep {rep + 1} {library:9s} {record['tokens_per_s']:9,.0f} tok/s  "
                   f"fvu {record['fvu']:.4f}  dead {record['dead_fraction']:.3f}  "
-                  f"peak RSS {record['peak_rss_mib']:,.0f} MiB  load {record['load_start']:.1f}->"
+                  f"peak RSS {record['peak_rss_mib']:,.0f} MiB"
+                  + (f"  peak GPU {record['peak_device_mib']:,.0f} MiB" if "peak_device_mib" in record else "")
+                  + f"  load {record['load_start']:.1f}->"
                   f"{record['load_end']:.1f}", flush=True)
     peak = statistics.median(peaks)
 
@@ -117,30 +136,39 @@ def main() -> None:
 
     tokens = runs[args.libraries[0]][0]["tokens"]
     loads = [r[k] for rs in runs.values() for r in rs for k in ("load_start", "load_end")]
+    device = runs[args.libraries[0]][0]["device"]
     print(f"\nTopK k=32, d_in={d_in}, d_sae={d_sae}, batch {args.batch}, {tokens:,} training tokens, "
           f"{args.heldout:,} held out; {args.threads} threads; medians of {args.repeats} alternating runs")
+    print(f"device: {device}; precision {args.precision}" + (
+        " (sparsify's forward is bf16 autocast on this GPU whatever the precision)"
+        if args.device != "cpu" else ""))
     print(f"saekit options: {args.saekit_options} (peers: their defaults, see benchmarks/peer_train.py)")
     print(f"load average during runs: min {min(loads):.1f}, median {statistics.median(loads):.1f}, "
           f"max {max(loads):.1f} ({os.cpu_count()} CPUs)")
-    print(f"matmul peak [{args.batch}x{d_in}]@[{d_in}x{d_sae}]: {peak / 1e9:.0f} GFLOP/s (median of "
+    print(f"matmul peak ({peak_dtype}) [{args.batch}x{d_in}]@[{d_in}x{d_sae}]: {peak / 1e9:.0f} GFLOP/s (median of "
           f"{len(peaks)}: " + ", ".join(f"{p / 1e9:.0f}" for p in peaks) + ")")
+    memory_key = "peak_rss_mib" if args.device == "cpu" else "peak_device_mib"
+    memory_name = "peak RSS" if args.device == "cpu" else "peak GPU"
     header = (f"{'library':9s} {'tokens/s':>9s} {'CPU s':>7s} {'FVU':>7s} {'dead':>6s} {'L0':>5s} "
-              f"{'peak RSS':>9s} {'enc-product share':>17s} {'dense-equiv.':>12s}")
+              f"{memory_name:>9s} {'enc-product share':>17s} {'dense-equiv.':>12s}")
     print(header)
     for library in args.libraries:
         speed = med(library, "tokens_per_s")
         print(f"{library:9s} {speed:9,.0f} {med(library, 'cpu_seconds'):7.1f} {med(library, 'fvu'):7.4f} "
               f"{med(library, 'dead_fraction'):6.3f} {med(library, 'l0'):5.1f} "
-              f"{med(library, 'peak_rss_mib'):6,.0f} MiB {speed * 2 * d_in * d_sae / peak:17.1%} "
+              f"{med(library, memory_key):6,.0f} MiB {speed * 2 * d_in * d_sae / peak:17.1%} "
               f"{speed * 10 * d_in * d_sae / peak:12.1%}")
+    if args.device != "cpu":
+        print(f"(peak GPU includes the {runs[args.libraries[0]][0]['data_device_mib']:,.0f} MiB of training rows "
+              "every library reads from the device)")
     if "saekit" in runs:
         for peer in (lib for lib in args.libraries if lib != "saekit"):
             print(f"saekit / {peer:9s}: tokens/s x{med('saekit', 'tokens_per_s') / med(peer, 'tokens_per_s'):.2f}"
                   f" (per-run pairs: " + ", ".join(
                       f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" for a, b in zip(runs['saekit'], runs[peer]))
                   + f"), FVU x{med('saekit', 'fvu') / med(peer, 'fvu'):.2f}, dead "
-                  f"{med('saekit', 'dead_fraction'):.3f} vs {med(peer, 'dead_fraction'):.3f}, peak RSS "
-                  f"x{med('saekit', 'peak_rss_mib') / med(peer, 'peak_rss_mib'):.2f}")
+                  f"{med('saekit', 'dead_fraction'):.3f} vs {med(peer, 'dead_fraction'):.3f}, {memory_name} "
+                  f"x{med('saekit', memory_key) / med(peer, memory_key):.2f}")
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "matmul_peaks": peaks, "threads": args.threads},
                                         indent=1))

@@ -15,6 +15,7 @@ from torch.func import jvp
 from saekit.cli import main
 from saekit.decompose import (
     APDConfig,
+    train_apd,
     train_spd,
     APDDecomposition,
     SPDConfig,
@@ -112,6 +113,35 @@ def test_spd_runs_on_any_module_with_logits_output():
     g = decomposition.causal_importances(torch.randint(0, 13, (2, 6)))
     assert g["mlp.0"].shape == (2, 6, 12) and 0 <= g["mlp.2"].min() and g["mlp.2"].max() <= 1
     assert "forward" not in model.mlp[0].__dict__  # the module is left as it was
+
+
+@pytest.mark.parametrize("method", ["spd", "apd"])
+def test_decomposition_trains_on_device_and_moves_back(method, device):
+    """The frozen copy of the target's weights travels with `.to()`: train on `device`, then the
+    losses evaluate on the CPU against the CPU target."""
+    target, _ = train_tms(TMSTrainConfig(steps=20, seed=3))
+    target.to(device)
+    batches = (torch.rand(16, 5, device=device) for _ in range(3))
+    if method == "spd":
+        cfg = SPDConfig(n_components=6, steps=3, batch_size=16)
+        decomposition, log = train_spd(target, ["linear1", "linear2"], batches, cfg, progress=False,
+                                       log_every=1)
+    else:
+        cfg = APDConfig(n_components=6, steps=3, batch_size=16)
+        decomposition, log = train_apd(target, ["linear1", "linear2"], batches, cfg,
+                                       tied={"linear2": "linear1"}, progress=False, log_every=1)
+    assert all(w.device.type == device for w in decomposition.target_weights.values())
+    assert len(log.steps) == 3 and all(torch.isfinite(torch.tensor(list(v.values()))).all()
+                                       for v in log.losses)
+    on_device = float(decomposition.faithfulness_loss().detach())
+    target.cpu()
+    decomposition.cpu()
+    assert all(w.device.type == "cpu" for w in decomposition.target_weights.values())
+    assert float(decomposition.faithfulness_loss().detach()) == pytest.approx(on_device, rel=1e-5)
+    x = torch.rand(8, 5)
+    loss = (spd_losses(decomposition, x, cfg, torch.Generator().manual_seed(0)) if method == "spd"
+            else apd_losses(decomposition, x, cfg))
+    assert torch.isfinite(loss["total"])
 
 
 def test_swapped_forwards_restores_module(tms_short):
@@ -305,6 +335,8 @@ def test_cli_decompose_apd_runs(capsys, tmp_path):
     (["decompose", "nope"], "unknown toy"),
     (["decompose", "tms-5-2", "--method", "ica"], "unknown method"),
     (["decompose", "tms-5-2", "--steps", "0"], "--steps must be a positive integer"),
+    (["decompose", "tms-5-2", "--device", "gpu0"], "unknown device 'gpu0'"),
+    (["decompose", "tms-5-2", "--device", "cuda:99"], "--device cuda:99"),
 ])
 def test_cli_decompose_errors_are_one_line(capsys, argv, message):
     code = main(argv)

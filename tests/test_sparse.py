@@ -26,12 +26,12 @@ def pair(method: str, seed: int = 0) -> tuple[Dictionary, Dictionary]:
 
 @pytest.mark.parametrize("method", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("with_dead", [False, True])
-def test_sparse_and_dense_paths_agree(method, with_dead, generator):
-    dense, sparse = pair(method)
-    x = torch.randn(64, 24, generator=generator)
+def test_sparse_and_dense_paths_agree(method, with_dead, generator, device):
+    dense, sparse = (d.to(device) for d in pair(method))
+    x = torch.randn(64, 24, generator=generator).to(device)
     dead = None
     if with_dead:
-        dead = torch.zeros(96, dtype=torch.bool)
+        dead = torch.zeros(96, dtype=torch.bool, device=device)
         dead[::3] = True
     results = []
     for d in (dense, sparse):
@@ -128,7 +128,7 @@ def test_sparse_kernels_pass_gradcheck_in_double_precision(generator):
     assert torch.autograd.gradcheck(loss, (W_enc, b_enc, b_dec, W_dec))
 
 
-def test_short_training_run_matches_dense_path():
+def test_short_training_run_matches_dense_path(device):
     """Ten optimiser steps with the sparse kernels end at the dense path's weights (float tolerance:
     the kernels sum in a different order, and Adam's first steps amplify differences only slightly)."""
     import saekit
@@ -140,6 +140,7 @@ def test_short_training_run_matches_dense_path():
         # dead_tokens=256: latents silent for two steps count as dead, so AuxK takes part too.
         cfg = DictionaryConfig(method="topk", d_in=16, d_sae=256, k=2, dead_tokens=256,
                                sparse_kernels=sparse_kernels)
-        trained.append(saekit.train(iter(data), cfg, total_tokens=1280, batch_size=128, progress=False)[0])
+        trained.append(saekit.train(iter(data), cfg, total_tokens=1280, batch_size=128, progress=False,
+                                    device=device)[0])
     for (name, dense), sparse in zip(trained[0].weights().items(), trained[1].weights().values()):
         assert torch.allclose(dense, sparse, rtol=1e-4, atol=1e-5), name

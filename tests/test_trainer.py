@@ -158,14 +158,14 @@ def test_resampling_revives_dead_latents():
 
 
 @pytest.mark.parametrize("method", saekit.METHODS)
-def test_bfloat16_autocast_trains_with_fp32_master_weights(method):
+def test_bfloat16_autocast_trains_with_fp32_master_weights(method, device):
     data = ToyData(ToyConfig(d_in=16, n_features=32, mean_active=3, seed=2), chunk_size=64)
     kw = {"k": 3} if method in ("topk", "batchtopk", "matryoshka") else {}
     cfg = saekit.DictionaryConfig(method=method, d_in=16, d_sae=48, lr=3e-3, **kw)
     results = {}
     for autocast in ("none", "bfloat16"):
         (d,) = saekit.train(data, [cfg], total_tokens=40 * 128, batch_size=128, progress=False,
-                            autocast=autocast)
+                            autocast=autocast, device=device)
         assert all(t.dtype == torch.float32 for t in d.weights().values())
         results[autocast] = saekit.evaluate(d, [data.sample(2000)])["fvu"]
     assert results["bfloat16"] < 1.0 and abs(results["bfloat16"] - results["none"]) < 0.15, results

@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("decompose-out"),
                         help="Directory for the PNG plots and report.json (default: ./decompose-out).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+    parser.add_argument("--device", default="cpu", help="Where the decomposition trains: cpu or cuda.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.set_defaults(func=run)
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     report = run_toy_decomposition(args.toy, args.method, published=args.published, steps=args.steps,
                                    batch_size=args.batch_size, seed=args.seed, out_dir=args.out,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, device=args.device)
     for line in report.lines():
         print(line)
     args.out.mkdir(parents=True, exist_ok=True)

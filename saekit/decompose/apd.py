@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from saekit.decompose.components import (
     Factors,
+    FrozenTargetWeights,
     LayerFactors,
     TransposedFactors,
     inner_activations,
@@ -75,7 +76,7 @@ class APDConfig:
             raise SaekitError(f"unknown lr_schedule {self.lr_schedule!r}; use 'cosine' or 'constant'")
 
 
-class APDDecomposition(nn.Module):
+class APDDecomposition(FrozenTargetWeights):
     """C rank-m parameter components over named linear layers of a frozen module.
 
     `tied` maps a layer name to another decomposed layer whose weight it equals transposed (TMS's Wᵀ);

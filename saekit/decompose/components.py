@@ -162,6 +162,17 @@ class TransposedFactors(nn.Module):
 Factors = LayerFactors | TransposedFactors
 
 
+class FrozenTargetWeights(nn.Module):
+    """Base for decompositions that keep a copy of the target's weights in `target_weights` (a plain dict:
+    they are not parameters and not ours to save); `.to()` / `.cpu()` move that copy with the module."""
+
+    target_weights: dict[str, Tensor]
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self.target_weights = {name: fn(w) for name, w in self.target_weights.items()}
+        return super()._apply(fn, recurse)
+
+
 def inner_activations(factors: Factors, x: Tensor) -> Tensor:
     """[..., C, m]: each component's read of x (SPD's h^l_c when m = 1)."""
     return torch.einsum("...i,cmi->...cm", x, factors.in_factor())

@@ -214,8 +214,12 @@ def _eval_batch(spec: ToySpec, n: int = 4096) -> Tensor:
 
 def run_toy_decomposition(toy: str, method: str, *, published: bool = False, steps: int | None = None,
                           batch_size: int | None = None, seed: int | None = None,
-                          out_dir: Path | None = None, progress: bool = True) -> DecompositionReport:
-    """Train the toy's target, decompose it, and measure it against the ground truth."""
+                          out_dir: Path | None = None, progress: bool = True,
+                          device: str = "cpu") -> DecompositionReport:
+    """Train the toy's target, decompose it, and measure it against the ground truth.
+
+    The target trains on the CPU from its seed (so it is the same model whatever `device`); the
+    decomposition trains on `device` and is evaluated back on the CPU."""
     spec = get_toy(toy)
     if method not in METHODS:
         raise SaekitError(f"unknown method {method!r}; choose spd or apd")
@@ -228,8 +232,10 @@ def run_toy_decomposition(toy: str, method: str, *, published: bool = False, ste
     target, target_loss = train_target(spec, progress=progress)
     seconds_target = time.perf_counter() - start
     layer_names = target.decomposable_layers
-    batches = sparse_feature_batches(cfg.batch_size, spec.n_features, spec.target.feature_probability,
-                                     spec.value_range, seed=1000 + cfg.seed)
+    target.to(device)
+    batches = (x.to(device) for x in sparse_feature_batches(
+        cfg.batch_size, spec.n_features, spec.target.feature_probability, spec.value_range,
+        seed=1000 + cfg.seed))
     start = time.perf_counter()
     if method == "spd":
         decomposition, log = train_spd(target, layer_names, batches, cfg, progress=progress)
@@ -237,8 +243,11 @@ def run_toy_decomposition(toy: str, method: str, *, published: bool = False, ste
         decomposition, log = train_apd(target, layer_names, batches, cfg, tied=spec.apd_tied,
                                        hidden_act_names=spec.apd_hidden_acts, progress=progress)
     seconds = time.perf_counter() - start
+    target.cpu()
+    decomposition.cpu()
     report = evaluate_decomposition(spec, method, target, decomposition, cfg, out_dir)
-    report.settings = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__} | {"published": published}
+    report.settings = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__} | {"published": published,
+                                                                                 "device": device}
     report.target_loss, report.seconds_target, report.seconds_decompose = target_loss, seconds_target, seconds
     report.final_losses = log.losses[-1] if log.losses else {}
     return report

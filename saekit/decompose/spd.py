@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from saekit.decompose.components import (
+    FrozenTargetWeights,
     LayerFactors,
     inner_activations,
     linear_layers,
@@ -140,7 +141,7 @@ def learning_rate(step: int, steps: int, base_lr: float, schedule: str, warmup_f
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class SPDDecomposition(nn.Module):
+class SPDDecomposition(FrozenTargetWeights):
     """Rank-one subcomponents and causal-importance MLPs for named linear layers of a frozen module."""
 
     def __init__(self, target: nn.Module, layer_names: Sequence[str], n_components: int,
@@ -220,7 +221,8 @@ def spd_losses(decomposition: SPDDecomposition, inputs: Tensor, cfg: SPDConfig,
                           for r in raw.values())
     masks = {}
     for name, r in raw.items():
-        noise = torch.rand(r.shape, generator=generator).to(r.device)  # CPU generator: reproducible
+        noise = torch.rand(r.shape, generator=generator, device=generator.device)
+        noise = noise.to(r.device)
         masks[name] = stochastic_mask(lower_leaky_hard_sigmoid(r), noise)
     kind = cfg.output_loss
     recon = output_divergence(decomposition.masked_output(inputs, masks), target_output, kind)
@@ -245,8 +247,11 @@ def train_spd(target: nn.Module, layer_names: Sequence[str], batches: Iterable[T
     """
     torch.manual_seed(cfg.seed)
     decomposition = SPDDecomposition(target, layer_names, cfg.n_components, cfg.ci_hidden_dim, cfg.seed)
-    decomposition.to(next(iter(decomposition.target_weights.values())).device)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    device = next(iter(decomposition.target_weights.values())).device
+    decomposition.to(device)
+    # Noise is drawn where the model runs (a CPU draw + copy per step would dominate a GPU step); a
+    # given device and seed reproduce the same run.
+    generator = torch.Generator(device).manual_seed(cfg.seed + 1)
     log = SPDTrainingLog()
     batch_iter = iter(batches)
     if cfg.faithfulness_warmup_steps:

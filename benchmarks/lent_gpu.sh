@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# What saekit runs on a lent GPU machine (the `device` tool; see docs/benchmarks.md): that machine has
+# PyTorch but reaches no package index, so the peers travel as wheels in .whl/ and the activations as
+# the bundle of benchmarks/portable_activations.py in .gpu/. Prints everything; copies logs to $OUT.
+#   bash benchmarks/lent_gpu.sh peers [TOKENS] [PRECISION]   # CUDA tests, then benchmarks/peers.py
+#   bash benchmarks/lent_gpu.sh decompose TOY...              # benchmarks/decompose.py --published
+set -uo pipefail
+OUT=${OUT:-/tmp/lent-gpu-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
+case "$1" in
+peers)
+    tokens=${2:-20000000}; precision=${3:-bf16}
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_sparse.py tests/test_trainer.py \
+        tests/test_decompose.py -k "device or bfloat16 or agree or short_training" 2>&1 | tail -15 | tee "$OUT/tests.txt"
+    [ -f /tmp/export/train.npy ] || timeout 120 python3 benchmarks/portable_activations.py unpack \
+        --bundle .gpu/minilm-l3 --out /tmp/export --device cuda || exit 1
+    timeout 420 python3 benchmarks/peers.py --device cuda --precision "$precision" --data /tmp/export \
+        --peer-python "$(command -v python3)" --tokens "$tokens" --repeats 3 --threads 8 \
+        --json "$OUT/peers-$precision.json" 2>&1 | grep -v Warning | tee "$OUT/peers-$precision.txt"
+    ;;
+decompose)
+    shift
+    for toy in "$@"; do
+        timeout 280 python3 benchmarks/decompose.py --toys "$toy" --published --device cuda --threads 8 \
+            --out "$OUT" 2>&1 | tee "$OUT/$toy.txt"
+    done
+    ;;
+esac
