@@ -39,16 +39,27 @@ def matmul_peak(batch: int, d_in: int, d_sae: int, repeats: int = 10, device: st
     return 2 * batch * d_in * d_sae / statistics.median(times)
 
 
-def step_time(method: str, batch: int, d_in: int, d_sae: int, steps: int) -> float:
-    cfg = saekit.DictionaryConfig(method=method, d_in=d_in, d_sae=d_sae, lr=1e-4)
-    member = SweepMember(cfg, total_steps=1000)
-    x = torch.randn(batch, d_in)
+def step_time(method: str, batch: int, d_in: int, d_sae: int, steps: int, device: str = "cpu",
+              autocast: str = "none", **options) -> float:
+    """Seconds per training step. CPU: the median of single steps (robust to a noisy neighbour).
+    GPU: the mean over `steps` queued back to back, synchronised once, as a training loop runs them."""
+    cfg = saekit.DictionaryConfig(method=method, d_in=d_in, d_sae=d_sae, lr=1e-4, **options)
+    member = SweepMember(cfg, total_steps=1000, device=device, autocast=autocast)
+    x = torch.randn(batch, d_in, device=device)
     member.start(x)
-    member.step(x, 0)
+    for i in range(3):
+        member.step(x, i)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(steps):
+            member.step(x, i + 3)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / steps
     times = []
     for i in range(steps):
         start = time.perf_counter()
-        member.step(x, i + 1)
+        member.step(x, i + 3)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

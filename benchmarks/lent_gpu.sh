@@ -4,6 +4,7 @@
 # the bundle of benchmarks/portable_activations.py in .gpu/. Prints everything; copies logs to $OUT.
 #   bash benchmarks/lent_gpu.sh peers [TOKENS] [PRECISION]   # CUDA tests, then benchmarks/peers.py
 #   bash benchmarks/lent_gpu.sh decompose TOY...              # benchmarks/decompose.py --published
+#   bash benchmarks/lent_gpu.sh steps                         # CUDA tests, then benchmarks/step_time.py
 set -uo pipefail
 OUT=${OUT:-/tmp/lent-gpu-out}
 mkdir -p "$OUT"
@@ -12,11 +13,18 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
-case "$1" in
-peers)
-    tokens=${2:-20000000}; precision=${3:-bf16}
+cuda_tests() {
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_sparse.py tests/test_trainer.py \
         tests/test_decompose.py -k "device or bfloat16 or agree or short_training" 2>&1 | tail -15 | tee "$OUT/tests.txt"
+}
+case "$1" in
+steps)
+    cuda_tests
+    timeout 200 python3 benchmarks/step_time.py --device cuda --profile 2>&1 | tee "$OUT/step_time.txt"
+    ;;
+peers)
+    tokens=${2:-20000000}; precision=${3:-bf16}
+    cuda_tests
     [ -f /tmp/export/train.npy ] || timeout 120 python3 benchmarks/portable_activations.py unpack \
         --bundle .gpu/minilm-l3 --out /tmp/export --device cuda || exit 1
     timeout 420 python3 benchmarks/peers.py --device cuda --precision "$precision" --data /tmp/export \

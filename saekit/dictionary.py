@@ -46,16 +46,22 @@ class Encoding:
 
     @torch.no_grad()
     def firing_counts(self, d_sae: int) -> Tensor:
+        """[d_sae] int64 firing counts. No host sync (no boolean indexing, no bincount, whose CUDA
+        kernel reads the largest index back), so a GPU training step never waits on it."""
         if self.codes is not None:
-            active = self.codes.cols[self.codes.values > 0]
-            return torch.bincount(active, minlength=d_sae)
+            counts = torch.zeros(d_sae, dtype=torch.int64, device=self.codes.cols.device)
+            return counts.index_add_(0, self.codes.cols, (self.codes.values > 0).long())
         return column_sums(self.active()).round().long()
 
     @torch.no_grad()
-    def mean_l0(self) -> float:
+    def mean_l0_tensor(self) -> Tensor:
+        """Mean active latents per token, as a 0-d tensor (read it when logging, not every step)."""
         if self.codes is not None:
-            return float((self.codes.values > 0).sum()) / self.codes.batch_size
-        return float(self.firing_counts(self.latents.shape[1]).sum()) / self.latents.shape[0]
+            return (self.codes.values > 0).sum() / self.codes.batch_size
+        return self.firing_counts(self.latents.shape[1]).sum() / self.latents.shape[0]
+
+    def mean_l0(self) -> float:
+        return float(self.mean_l0_tensor())
 
     @torch.no_grad()
     def active_values(self) -> Tensor:

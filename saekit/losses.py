@@ -22,7 +22,7 @@ class LossResult:
     total: Tensor
     encoding: Encoding
     reconstruction: Tensor
-    parts: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, Tensor] = field(default_factory=dict)  # detached 0-d terms, for logging
 
 
 def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
@@ -46,25 +46,25 @@ def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float,
     else:
         reconstruction = per_token_error.mean()
     total = reconstruction
-    parts = {"mse": float(per_token_error.detach().mean())}
+    parts = {"mse": per_token_error.detach().mean()}
 
     sparsity = sparsity_loss(d, enc)
     if sparsity is not None:
         total = total + sparsity_coefficient * sparsity
-        parts["sparsity"] = float(sparsity.detach())
+        parts["sparsity"] = sparsity.detach()
     if cfg.method == "gated":
         gated_aux = gated_auxiliary_loss(d, x, target, enc)
         total = total + gated_aux
-        parts["gated_aux"] = float(gated_aux.detach())
+        parts["gated_aux"] = gated_aux.detach()
     has_dead = dead_mask is not None and bool(dead_mask.any())
     if has_dead and cfg.aux_k > 0:
         aux = auxk_loss(d, x, target - x_hat, dead_mask, cfg.aux_k)
         total = total + cfg.aux_coefficient * aux
-        parts["auxk"] = float(aux.detach())
+        parts["auxk"] = aux.detach()
     if has_dead and cfg.ghost_grads:
         ghost = ghost_grads_loss(d, target - x_hat, enc.pre, dead_mask, per_token_error)
         total = total + ghost
-        parts["ghost"] = float(ghost.detach())
+        parts["ghost"] = ghost.detach()
     return LossResult(total, enc, x_hat, parts)
 
 

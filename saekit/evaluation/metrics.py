@@ -143,12 +143,13 @@ def evaluate(dictionary: torch.nn.Module, batches: Iterable[Tensor],
     """All metrics of `dictionary` over `batches` of raw activations [n, d_in].
 
     `encode` replaces the dictionary's own encoder (e.g. an inference-time encoder); decoding always
-    uses the dictionary's decoder.
+    uses the dictionary's decoder. Batches may live anywhere: each is moved to the dictionary's device.
     """
     encode = encode or dictionary.encode
+    device = next(dictionary.parameters()).device
     accumulator = MetricsAccumulator(dictionary.d_sae)
     for x in batches:
-        x = x.float()
+        x = x.to(device, torch.float32)
         latents = encode(x)
         accumulator.update(x, dictionary.decode(latents), latents)
     return accumulator.result()

@@ -83,7 +83,7 @@ class SweepMember:
         self.dictionary.initialize(x * self.scale_in, self.generator, target)
 
     # ---------------------------------------------------------------------------------------- step
-    def step(self, x: Tensor, step: int, target: Tensor | None = None) -> dict[str, float]:
+    def step(self, x: Tensor, step: int, target: Tensor | None = None) -> dict[str, Tensor | float]:
         cfg, d = self.cfg, self.dictionary
         x = x.to(self.device, torch.float32) * self.scale_in
         if target is not None:
@@ -119,10 +119,11 @@ class SweepMember:
                 x = self.dist.gather_rows(x)
                 target = None if target is None else self.dist.gather_rows(target)
             self.resample_dead_latents(x, target)
-        parts = dict(result.parts)
-        parts.update(loss=float(result.total.detach()), lr=lr, sparsity_coefficient=coefficient,
-                     l0=result.encoding.mean_l0(),
-                     dead_fraction=float(self.dead_mask().float().mean()))
+        # Tensors, not floats: reading a GPU value back every step would stall the queue; the
+        # trainer converts them when it logs.
+        parts: dict[str, Tensor | float] = dict(result.parts)
+        parts.update(loss=result.total.detach(), lr=lr, sparsity_coefficient=coefficient,
+                     l0=result.encoding.mean_l0_tensor(), dead_fraction=self.dead_mask().float().mean())
         return parts
 
     def dead_mask(self) -> Tensor:
@@ -136,7 +137,7 @@ class SweepMember:
             batch *= self.dist.world
         fired = fired_counts > 0
         self.tokens_since_fired += batch
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired.masked_fill_(fired, 0)
         self.fired_since_resample |= fired
         window = max(1, self.total_steps // 10)
         if step % window == 0 and step > 0:

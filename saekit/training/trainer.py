@@ -222,6 +222,7 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
             tokens_seen += tc.batch_size
             bar.update(tc.batch_size)
             if run_log is not None and (step % tc.log_every == 0 or step == total_steps):
+                logs = [(name, {key: float(value) for key, value in parts.items()}) for name, parts in logs]
                 run_log.write(step, tokens_seen, time.perf_counter() - started, logs)
                 bar.set_postfix({"loss": f"{logs[0][1]['loss']:.4g}", "l0": f"{logs[0][1]['l0']:.1f}"})
             if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total_steps:
