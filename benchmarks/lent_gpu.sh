@@ -27,15 +27,16 @@ peers)
     cuda_tests
     [ -f /tmp/export/train.npy ] || timeout 120 python3 benchmarks/portable_activations.py unpack \
         --bundle .gpu/minilm-l3 --out /tmp/export --device cuda || exit 1
-    timeout 420 python3 benchmarks/peers.py --device cuda --precision "$precision" --data /tmp/export \
+    timeout "${PEERS_TIMEOUT:-420}" python3 benchmarks/peers.py --device cuda --precision "$precision" --data /tmp/export \
         --peer-python "$(command -v python3)" --tokens "$tokens" --repeats 3 --threads 8 \
         --json "$OUT/peers-$precision.json" 2>&1 | grep -v Warning | tee "$OUT/peers-$precision.txt"
     ;;
 decompose)
     shift
     for toy in "$@"; do
-        timeout 280 python3 benchmarks/decompose.py --toys "$toy" --published --device cuda --threads 8 \
-            --out "$OUT" 2>&1 | tee "$OUT/$toy.txt"
+        timeout "${DECOMPOSE_TIMEOUT:-280}" python3 benchmarks/decompose.py --toys "$toy" --published \
+            --device cuda --threads 8 --progress --out "$OUT" ${DECOMPOSE_STEPS:+--steps $DECOMPOSE_STEPS} \
+            2>&1 | tr '\r' '\n' | awk '!/it\/s|s\/it/ || /[0-9]000\//' | tee "$OUT/$toy.txt"
     done
     ;;
 esac

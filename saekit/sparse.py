@@ -31,6 +31,16 @@ from torch import Tensor
 # rows match or beat one [4096, M] product + topk; 128-256 rows are slower.
 CHUNK_ELEMENTS = 1 << 23
 MIN_CHUNK_ROWS = 256
+# On a GPU a [B, M] product is small next to its memory, and each extra chunk is two more launches
+# on a launch-bound step (H100, d_sae 6144: four chunks cost four topk calls of ~0.1 ms each).
+CUDA_CHUNK_ELEMENTS = 1 << 28
+
+
+def index_counts(index: Tensor, size: int) -> Tensor:
+    """bincount(index, minlength=size) for indices known to be < size, without a host sync (CUDA's
+    bincount reads the largest index back to size its output)."""
+    counts = torch.zeros(size, dtype=torch.long, device=index.device)
+    return counts.index_add_(0, index, torch.ones_like(index))
 
 
 class LatentOrder:
@@ -40,7 +50,7 @@ class LatentOrder:
     def __init__(self, rows: Tensor, cols: Tensor, width: int):
         self.order = torch.argsort(cols)
         self.rows = rows.index_select(0, self.order)
-        counts = torch.bincount(cols, minlength=width)
+        counts = index_counts(cols, width)
         self.offsets = torch.cumsum(counts, 0) - counts
         self.width = width
 
@@ -76,7 +86,7 @@ class SparseCodes:
 
     def subset(self, mask: Tensor) -> "SparseCodes":
         rows = self.rows[mask]
-        counts = torch.bincount(rows, minlength=self.batch_size)
+        counts = index_counts(rows, self.batch_size)
         offsets = torch.cumsum(counts, 0) - counts
         return SparseCodes(rows, self.cols[mask], self.values[mask], offsets, self.batch_size)
 
@@ -88,7 +98,7 @@ def _latent_order(orders: dict, rows: Tensor, cols: Tensor, width: int) -> Laten
 
 
 def _offsets_from_rows(rows: Tensor, batch_size: int) -> Tensor:
-    counts = torch.bincount(rows, minlength=batch_size)
+    counts = index_counts(rows, batch_size)
     return torch.cumsum(counts, 0) - counts
 
 
@@ -124,7 +134,8 @@ def fused_encode_topk(x_centered: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
     computed chunk by chunk into one reused buffer, so no [B, M] tensor is ever allocated."""
     batch, width = x_centered.shape[0], W_enc.shape[1]
     if chunk_rows is None:
-        chunk_rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // width)
+        elements = CUDA_CHUNK_ELEMENTS if x_centered.is_cuda else CHUNK_ELEMENTS
+        chunk_rows = max(MIN_CHUNK_ROWS, elements // width)
     n_chunks = -(-batch // max(1, chunk_rows))
     chunk_rows = -(-batch // n_chunks)  # equal chunks: no small last product
     values = torch.empty(batch, k, dtype=x_centered.dtype, device=x_centered.device)

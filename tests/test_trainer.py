@@ -157,6 +157,27 @@ def test_resampling_revives_dead_latents():
     assert member.dictionary.W_enc[:, :10].norm(dim=0).min() > 0
 
 
+def test_skipped_dead_checks_never_hide_a_dead_latent():
+    """The step skips reading the dead counters back while none can have reached dead_tokens; on
+    every step the skip must agree with the counters themselves."""
+    from saekit.training.member import SweepMember
+
+    data = ToyData(ToyConfig(d_in=16, n_features=16, mean_active=2, seed=4), chunk_size=128)
+    cfg = saekit.DictionaryConfig(method="topk", d_in=16, d_sae=64, k=2, dead_tokens=128 * 5 + 17)
+    member = SweepMember(cfg, total_steps=60)
+    batches = iter(data)
+    member.start(next(batches))
+    with torch.no_grad():
+        member.dictionary.b_enc[:8] = -100.0  # eight latents that cannot fire: dead from step 5
+    skipped = 0
+    for step in range(40):
+        may = member._may_have_dead(step, 128)
+        skipped += not may
+        assert may or not member.dead_mask().any(), step
+        member.step(next(batches), step)
+    assert member.dead_mask()[:8].all() and skipped >= 4
+
+
 @pytest.mark.parametrize("method", saekit.METHODS)
 def test_bfloat16_autocast_trains_with_fp32_master_weights(method, device):
     data = ToyData(ToyConfig(d_in=16, n_features=32, mean_active=3, seed=2), chunk_size=64)

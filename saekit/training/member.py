@@ -60,6 +60,7 @@ class SweepMember:
         self.scale_in = torch.ones(cfg.d_in, device=self.device)
         self.scale_out = torch.ones(cfg.d_out, device=self.device)
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
+        self.no_dead_before = 0  # steps before this one cannot have dead latents (see _may_have_dead)
         # Firing counts over the current and the previous statistics window -> sparsity.safetensors.
         self.window_counts = torch.zeros(2, cfg.d_sae, dtype=torch.float64, device=self.device)
         self.window_tokens = [0, 0]
@@ -94,7 +95,9 @@ class SweepMember:
         warmup_steps = cfg.sparsity_warmup * self.total_steps
         coefficient = cfg.sparsity_coefficient * (min(1.0, (step + 1) / warmup_steps)
                                                   if warmup_steps > 0 else 1.0)
-        dead_mask = self.dead_mask() if (cfg.aux_k > 0 or cfg.ghost_grads) else None
+        dead_mask = self.dead_mask() if (cfg.aux_k > 0 or cfg.ghost_grads) and \
+            self._may_have_dead(step, x.shape[0] * (self.dist.world if self.dist is not None else 1)) \
+            else None
 
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             result = training_loss(d, x, coefficient, dead_mask, target)
@@ -128,6 +131,19 @@ class SweepMember:
 
     def dead_mask(self) -> Tensor:
         return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    def _may_have_dead(self, step: int, global_batch: int) -> bool:
+        """Whether any latent can be dead at `step`. Reading the counters back is a host sync, which
+        on a GPU stalls every step; but a counter grows by at most one global batch per step, so one
+        read of the largest tells how many steps must pass before any can reach `dead_tokens`, and
+        those steps skip the check. The losses see exactly the dead masks they would otherwise."""
+        if step < self.no_dead_before:
+            return False
+        oldest = int(self.tokens_since_fired.max())
+        if oldest >= self.cfg.dead_tokens:
+            return True
+        self.no_dead_before = step + -(-(self.cfg.dead_tokens - oldest) // max(global_batch, 1))
+        return False
 
     @torch.no_grad()
     def _update_statistics(self, enc: Encoding, batch: int, step: int) -> None:
@@ -255,6 +271,7 @@ class SweepMember:
         self.scale_in = state["scale_in"].to(self.device)
         self.scale_out = state["scale_out"].to(self.device)
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
+        self.no_dead_before = 0
         self.window_counts.copy_(state["window_counts"])
         self.window_tokens = list(state["window_tokens"])
         self.fired_since_resample.copy_(state["fired_since_resample"])
