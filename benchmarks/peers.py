@@ -143,6 +143,8 @@ def main() -> None:
         " (sparsify's forward is bf16 autocast on this GPU whatever the precision)"
         if args.device != "cpu" else ""))
     print(f"saekit options: {args.saekit_options} (peers: their defaults, see benchmarks/peer_train.py)")
+    print(f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')} for every library (importing saekit "
+          "sets it in this process; the runs inherit it)")
     print(f"load average during runs: min {min(loads):.1f}, median {statistics.median(loads):.1f}, "
           f"max {max(loads):.1f} ({os.cpu_count()} CPUs)")
     print(f"matmul peak ({peak_dtype}) [{args.batch}x{d_in}]@[{d_in}x{d_sae}]: {peak / 1e9:.0f} GFLOP/s (median of "

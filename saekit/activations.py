@@ -75,6 +75,9 @@ class _JumpReLUWithL0(torch.autograd.Function):
         ctx.save_for_backward(active, window, threshold)
         ctx.bandwidth = bandwidth
         ctx.mark_non_differentiable(active)
+        # The active mask gets no gradient: without this autograd fills a [B, d_sae] zero tensor for it
+        # every step.
+        ctx.set_materialize_grads(False)
         l0 = column_sums(active).sum() / z.shape[0]
         return z * active, l0, active
 
@@ -82,6 +85,10 @@ class _JumpReLUWithL0(torch.autograd.Function):
     def backward(ctx, grad_f: Tensor, grad_l0: Tensor, _grad_active: Tensor):  # type: ignore[override]
         active, window, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
+        if grad_f is None:
+            grad_f = torch.zeros_like(active)
+        if grad_l0 is None:
+            grad_l0 = torch.zeros((), dtype=active.dtype, device=active.device)
         in_window = column_sums(grad_f * window)
         window_count = column_sums(window)
         grad_threshold = -(threshold / eps) * in_window - (grad_l0 / (eps * active.shape[0])) * window_count

@@ -33,7 +33,9 @@ class Encoding:
     # Encoder pre-activations [B, d_sae] (π_mag for Gated). Detached on the sparse path, and None for
     # per-row TopK there, which fuses product and selection so as never to hold a [B, d_sae] tensor.
     pre: Tensor | None
-    gate_pre: Tensor | None = None  # π_gate for Gated
+    # Gated: ReLU(π_gate), computed once for both the L1 term and the auxiliary reconstruction (one
+    # ReLU backward over [B, d_sae] instead of two)
+    gate_activation: Tensor | None = None
     codes: SparseCodes | None = None
     l0: Tensor | None = None  # JumpReLU in training: differentiable (STE) mean L0
     _active: Tensor | None = None
@@ -165,9 +167,10 @@ class Dictionary(nn.Module):
             shared = self._encoder_product(x)
             gate_pre = shared + self.b_gate
             mag_pre = shared * self.r_mag.exp() + self.b_mag
-            gate = float_mask(torch.gt, gate_pre.detach(), 0.0)
+            gate_activation = gate_pre.relu()
+            gate = float_mask(torch.gt, gate_activation.detach(), 0.0)
             latents = gate * mag_pre.relu()
-            return Encoding(latents, mag_pre, gate_pre)
+            return Encoding(latents, mag_pre, gate_activation=gate_activation)
         pre = self._encoder_product(x, self.b_enc)
         if method == "relu":
             latents = pre.relu()

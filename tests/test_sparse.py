@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from saekit import DictionaryConfig
+from saekit import DictionaryConfig, losses
 from saekit.dictionary import Dictionary
 from saekit.losses import training_loss
 from saekit.sparse import (SparseCodes, fused_encode_topk, select_batch_topk, sparse_decode,
@@ -25,8 +25,14 @@ def pair(method: str, seed: int = 0) -> tuple[Dictionary, Dictionary]:
 
 
 @pytest.mark.parametrize("method", ["topk", "batchtopk", "matryoshka"])
-@pytest.mark.parametrize("with_dead", [False, True])
-def test_sparse_and_dense_paths_agree(method, with_dead, generator, device):
+@pytest.mark.parametrize("with_dead", [False, "aux sparse kernels", "aux dense over dead latents"])
+def test_sparse_and_dense_paths_agree(method, with_dead, generator, device, monkeypatch):
+    # 32 dead latents, k_aux 12: the ratio picks which AuxK form the sparse-kernel dictionary uses.
+    monkeypatch.setattr(losses, "AUX_DENSE_RATIO", 1 if with_dead == "aux sparse kernels" else 4)
+    kernel_calls = []
+    kernel = losses.sparse_topk_of_columns
+    monkeypatch.setattr(losses, "sparse_topk_of_columns",
+                        lambda *a, **k: kernel_calls.append(1) or kernel(*a, **k))
     dense, sparse = (d.to(device) for d in pair(method))
     x = torch.randn(64, 24, generator=generator).to(device)
     dead = None
@@ -44,6 +50,7 @@ def test_sparse_and_dense_paths_agree(method, with_dead, generator, device):
     for name, p_dense in dense.named_parameters():
         p_sparse = dict(sparse.named_parameters())[name]
         assert torch.allclose(p_dense.grad, p_sparse.grad, rtol=1e-4, atol=1e-5), name
+    assert len(kernel_calls) == (with_dead == "aux sparse kernels")
     counts = [r.encoding.firing_counts(96) for r in results]
     assert torch.equal(counts[0], counts[1])
     assert results[0].encoding.mean_l0() == pytest.approx(results[1].encoding.mean_l0())
