@@ -9,7 +9,7 @@ import os
 # Large CPU tensors on transparent huge pages (PyTorch's own switch, read at the process's first
 # allocation, so it is set before anything allocates). A training step allocates several fresh
 # [batch, d_sae] tensors; on 4 KiB pages the kernel's page faults for a 100 MB tensor cost ~40 ms on
-# one core, 9x the time to fill it (benchmarks/dense_peak.py: dense steps ~25% faster). A user's own
+# one core, 9x the time to fill it (benchmarks/dense_peak.py: dense steps 17-38% faster). A user's own
 # setting wins; `THP_MEM_ALLOC_ENABLE=0` turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

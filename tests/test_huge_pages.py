@@ -1,6 +1,7 @@
 """saekit puts large CPU tensors on transparent huge pages (saekit/__init__.py): fresh [batch, d_sae]
 tensors then cost a few hundred page faults instead of tens of thousands."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 FAULTS_PER_TENSOR = """
-import resource, sys
+import resource
 import saekit, torch
 start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
@@ -18,8 +19,6 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 4)
 
 
 def _faults(env_value: str | None) -> float:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     if env_value is not None:
         env["THP_MEM_ALLOC_ENABLE"] = env_value
