@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 import torch
 
 from saekit.data.cache import open_cache
-from saekit.data.cache_writer import write_cache
+from saekit.data.cache.writer import write_cache
 
 D = 576
 BATCH = 4096

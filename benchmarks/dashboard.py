@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import saekit
-from saekit.data.model_loading import load_model
+from saekit.models.loading import load_model
 from saekit.data.stream import ActivationStream
 from saekit.data.tokens import TokenStream
 from saekit.inspect.dashboard import build_dashboards

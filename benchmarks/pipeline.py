@@ -18,7 +18,7 @@ import torch
 
 import saekit
 from saekit.data.cache import open_cache, write_cache
-from saekit.data.model_loading import load_model
+from saekit.models.loading import load_model
 from saekit.data.stream import ActivationStream
 from saekit.data.tokens import TokenStream
 

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saekit.data.sites import resolve_hookpoints  # noqa: E402
+from saekit.models.sites import resolve_hookpoints  # noqa: E402
 from saekit.data.stream import capture  # noqa: E402
 
 CONTEXT = 128
@@ -53,7 +53,7 @@ def activations(model: torch.nn.Module, hookpoint: str, ids: torch.Tensor, mask:
 def pack(args: argparse.Namespace) -> None:
     from transformers import AutoModel
 
-    from saekit.data.model_loading import load_model
+    from saekit.models.loading import load_model
     from saekit.data.tokens import TokenStream
 
     layer = layer_of(args.hookpoint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from saekit.data.model_loading import load_model
+from saekit.models.loading import load_model
 from saekit.data.stream import ActivationStream
 from saekit.data.tokens import TokenStream
 

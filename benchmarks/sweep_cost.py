@@ -18,7 +18,7 @@ import time
 import torch
 
 import saekit
-from saekit.evaluation.toy import ToyConfig, ToyData
+from saekit.data.toy import ToyConfig, ToyData
 
 
 def configs(d_in: int, d_sae: int) -> list[saekit.DictionaryConfig]:

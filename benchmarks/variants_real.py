@@ -21,7 +21,7 @@ import torch
 
 import saekit
 from real_data import activations, offline_model
-from saekit.data.sites import resolve_hookpoints
+from saekit.models.sites import resolve_hookpoints
 from saekit.data.tokens import TokenStream
 from saekit.evaluation.splice import spliced_evaluation
 from saekit.training.e2e import E2EConfig, train_e2e

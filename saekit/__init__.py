@@ -1,7 +1,8 @@
 """saekit: sparse dictionary learning on the internals of neural networks.
 
 Public API (a contract for notebooks and outside tools):
-    DictionaryConfig, TrainConfig, Dictionary, train, save, load, evaluate, SaekitError
+    DictionaryConfig, TrainingConfig, Provenance, DictionarySpec, RunConfig, Dictionary, train, save,
+    load, evaluate, method_names, SaekitError
 """
 
 import os
@@ -13,24 +14,29 @@ import os
 # setting wins; `THP_MEM_ALLOC_ENABLE=0` turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from saekit.config import METHODS, DictionaryConfig, TrainConfig
+from saekit.config import DictionaryConfig, DictionarySpec, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.evaluation.metrics import evaluate
 from saekit.formats.detect import load_any as load  # any format, local or Hugging Face Hub
 from saekit.formats.native import save
+from saekit.methods import method_names
+from saekit.training.config import RunConfig, TrainingConfig
 from saekit.training.trainer import train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS",
     "Dictionary",
     "DictionaryConfig",
+    "DictionarySpec",
+    "Provenance",
+    "RunConfig",
     "SaekitError",
-    "TrainConfig",
+    "TrainingConfig",
     "evaluate",
     "load",
+    "method_names",
     "save",
     "train",
 ]

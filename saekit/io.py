@@ -93,3 +93,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def member_path(folder: str | Path, name: Any, what: str = "file") -> Path:
+    """`folder / name` for a name read from a file, refusing anything that could leave the folder: the
+    name must be one plain path component (no separator, no `..`, not absolute, not hidden)."""
+    from saekit.errors import SaekitError
+
+    if not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") or \
+            "/" in name or "\\" in name or "\0" in name or os.path.isabs(name):
+        raise SaekitError(f"{folder}: refusing {what} name {name!r} (it must be a plain file name inside "
+                          "the folder); the file that names it is corrupted or hostile")
+    return Path(folder) / name

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from saekit.commands.sources import activation_stream, add_model_arguments, source_metadata
+from saekit.commands.sources import (activation_stream, add_model_arguments, model_config,
+                                     source_metadata, text_config)
 from saekit.errors import SaekitError
 
 
@@ -53,24 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=run_verify)
 
 
-def cache_summary(path: Path) -> dict[str, Any]:
-    """What `saekit cache info` prints: the manifest without the per-shard lists."""
-    from saekit.data.cache import open_cache
-
-    cache = open_cache(path, verify="none", require_complete=False)
-    m = cache.manifest
-    size = sum(f["bytes"] for s in m["shards"] for f in s["files"].values())
-    return {
-        "path": str(path), "model": cache.model, "complete": cache.complete, "dtype": cache.dtype,
-        "hookpoints": {h["name"]: {"d": h["d"], "dir": h["dir"]} for h in m["hookpoints"]},
-        "total_tokens": cache.total_tokens, "shards": len(m["shards"]),
-        "shard_tokens": cache.shard_tokens, "bytes": size, "format_version": m["version"],
-        "metadata": cache.metadata,
-    }
-
-
 def run_info(args: argparse.Namespace) -> int:
-    print(json.dumps(cache_summary(args.path), indent=2))
+    from saekit.data.cache.reader import summary
+
+    print(json.dumps(summary(args.path), indent=2))
     return 0
 
 
@@ -88,11 +75,6 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cache_metadata(args: argparse.Namespace) -> dict[str, Any]:
-    """Facts recorded in the manifest; a resumed build must give the same ones."""
-    return source_metadata(args)
-
-
 def run(args: argparse.Namespace) -> int:
     from saekit.data.cache import open_cache, write_cache
 
@@ -101,13 +83,15 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise SaekitError(f"saekit cache needs {', '.join(missing)} to build a cache (or use "
                           "`saekit cache info DIR` / `saekit cache verify DIR`)")
-    stream, widths, _, _ = activation_stream(args)
+    text = text_config(args)
+    stream, widths, _, _ = activation_stream(args, text)
     # A resumed build skips the tokens already cached: the token stream is deterministic, so it is
     # re-tokenised up to that point without running the model on it.
     manifest = write_cache(lambda skip: stream.resume_from(skip) if skip else stream, args.out,
                            hookpoints=list(widths), model=args.model, dtype=args.dtype,
                            shard_tokens=args.shard_tokens, max_tokens=args.tokens,
-                           metadata=cache_metadata(args), overwrite=args.overwrite, progress=True)
+                           metadata=source_metadata(model_config(args), text), overwrite=args.overwrite,
+                           progress=True)
     cache = open_cache(args.out, verify="none")
     print(f"cache {args.out}: {manifest['total_tokens']} tokens at {', '.join(cache.hookpoints)} "
           f"({len(cache.shard_sizes)} shards, {cache.dtype})")

@@ -98,17 +98,9 @@ def build(cls: type, values: dict[str, Any], what: str) -> Any:
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A plain aligned text table (returned and printed)."""
-    def fmt(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
-        return str(value)
+    """Print a plain aligned text table and return it."""
+    from saekit.inspect.tables import format_table
 
-    cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
-    table = "\n".join(lines)
+    table = format_table(rows, columns)
     print(table)
     return table

@@ -10,7 +10,7 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from saekit.formats.detect import FORMATS, WRITABLE
+    from saekit.formats.registry import formats, writable
 
     parser = subparsers.add_parser(
         "convert", help="Convert a dictionary between SAELens, sparsify, dictionary_learning, Gemma "
@@ -20,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "exactly; anything a target format cannot hold is reported.")
     parser.add_argument("source", help="Dictionary directory or file, or a Hugging Face repo id.")
     parser.add_argument("output", type=Path, help="Directory to write.")
-    parser.add_argument("--to", required=True, choices=WRITABLE, help="Format to write.")
-    parser.add_argument("--from", dest="source_format", choices=FORMATS, default=None,
+    parser.add_argument("--to", required=True, choices=writable(), help="Format to write.")
+    parser.add_argument("--from", dest="source_format", choices=[fmt.name for fmt in formats()], default=None,
                         help="Format of the source (default: recognised from its files).")
     parser.add_argument("--subfolder", default=None,
                         help="Folder inside the source or repo holding one dictionary (e.g. layers.6).")

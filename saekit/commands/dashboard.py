@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from saekit.commands.sources import add_model_arguments, open_model, token_stream
+from saekit.commands.sources import add_model_arguments, open_model, text_config
 from saekit.errors import SaekitError
 
 
@@ -51,12 +51,12 @@ def run(args: argparse.Namespace) -> int:
     if args.hookpoints:
         raise SaekitError("dashboards read the dictionary's own hookpoint; drop --hookpoints")
     d = saekit.load(args.dictionary, device=args.device)
-    args.model = args.model or d.cfg.model_name
-    if not args.model:
+    name = args.model or d.provenance.model_name
+    if not name:
         raise SaekitError("the dictionary does not record its model: pass --model")
     names = _read_names(args.names)
-    model, tokenizer = open_model(args)
-    batches = token_stream(args, tokenizer, split=args.split, max_tokens=args.tokens)
+    model, tokenizer = open_model(args, model=name)
+    batches = text_config(args).token_stream(tokenizer, split=args.split, max_tokens=args.tokens)
     summary = build_dashboards(d, model, tokenizer, batches, args.out, top_examples=args.top_examples,
                                names=names, progress=args.progress)
     print(f"dashboards for {summary['latents']} latents ({summary['alive']} fired on "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.commands.common import print_table
-from saekit.commands.sources import add_model_arguments, open_model, token_stream
+from saekit.commands.sources import add_model_arguments, open_model, text_config
 from saekit.errors import SaekitError
 
 TABLE = ["name", "method", "l0", "fvu", "explained_variance", "ce_loss_score", "kl_score",
@@ -29,44 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "encoder over its decoder (needs --l0).")
     parser.add_argument("--l0", type=int, default=None, help="Atoms per token for --encoder.")
     parser.add_argument("--out", type=Path, default=None, help="Write results JSON here.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     add_model_arguments(parser, hookpoints=False)
     parser.set_defaults(func=run)
 
 
-def evaluate_dictionaries(model: Any, tokenizer: Any, dictionaries: dict[str, Any], args: Any,
-                          tokens: int, encoder: str = "dictionary", l0: int | None = None
-                          ) -> list[dict[str, Any]]:
-    """Rows of metrics, one per dictionary, on `tokens` held-out tokens (the test split of the text
-    options in `args`), grouping dictionaries that share a hookpoint so each group shares its
-    clean and zero-ablated forwards."""
-    from saekit.data.sites import resolve_hookpoints
-    from saekit.encoders import make_encoder
-    from saekit.evaluation.splice import spliced_evaluation
-    from tqdm.auto import tqdm
-
-    groups: dict[tuple[str, str | None], dict[str, Any]] = {}
-    for name, d in dictionaries.items():
-        if not d.cfg.hookpoint:
-            raise SaekitError(f"dictionary {name} does not record its hookpoint: it cannot be spliced")
-        groups.setdefault((d.cfg.hookpoint, d.cfg.target_hookpoint), {})[name] = d
-    # Tokenised once: every group evaluates on the same held-out windows.
-    held_out = list(token_stream(args, tokenizer, split="test", max_tokens=tokens))
-    rows = []
-    for (hookpoint, target), members in groups.items():
-        point = resolve_hookpoints(model, [hookpoint])[0]
-        target_point = resolve_hookpoints(model, [target])[0] if target else None
-        batches = tqdm(held_out, desc=f"evaluating at {hookpoint}", unit="batch",
-                       disable=getattr(args, "no_progress", False))
-        encoders = {name: make_encoder(d, encoder, l0) for name, d in members.items()}
-        results = spliced_evaluation(model, batches, point, members, encoders, target_point)
-        for name, metrics in results.items():
-            rows.append({"name": name, "method": members[name].cfg.method, "hookpoint": hookpoint,
-                         "encoder": encoder, **metrics})
-    return rows
-
-
 def run(args: argparse.Namespace) -> int:
     import saekit
+    from saekit.evaluation.splice import evaluate_on_text
 
     if args.tokens <= 0:
         raise SaekitError("--tokens must be positive")
@@ -75,12 +45,13 @@ def run(args: argparse.Namespace) -> int:
         names = [f"{path.parent.name}/{path.name}" for path in args.dictionaries]
     dictionaries = {name: saekit.load(path) for name, path in zip(names, args.dictionaries)}
     if args.model is None:
-        recorded = {d.cfg.model_name for d in dictionaries.values()}
+        recorded = {d.provenance.model_name for d in dictionaries.values()}
         if len(recorded) != 1 or None in recorded:
             raise SaekitError("pass --model: the dictionaries do not record one common model")
         args.model = recorded.pop()
     model, tokenizer = open_model(args)
-    rows = evaluate_dictionaries(model, tokenizer, dictionaries, args, args.tokens, args.encoder, args.l0)
+    rows = evaluate_on_text(model, tokenizer, dictionaries, text_config(args), args.tokens, args.encoder,
+                            args.l0, progress=not args.no_progress)
     print_table(rows, TABLE)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

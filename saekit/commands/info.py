@@ -19,7 +19,8 @@ def run(args: argparse.Namespace) -> int:
     import saekit
 
     d = saekit.load(args.path)
-    summary = {"path": str(args.path), "config": d.cfg.to_dict(), "meta": d.meta,
-               "weights": {k: list(v.shape) for k, v in d.weights().items()}}
+    summary = {"path": str(args.path), "dictionary": d.cfg.to_dict(), "provenance": d.provenance.to_dict(),
+               "training": d.training_config.to_dict() if d.training_config is not None else None,
+               "meta": d.meta, "weights": {k: list(v.shape) for k, v in d.weights().items()}}
     print(json.dumps(summary, indent=2))
     return 0

@@ -17,6 +17,8 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
                              "SmolLM2-135M-Instruct).")
     parser.add_argument("--device", default="cpu", help="Device for the model and dictionary.")
     parser.add_argument("--model-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="Allow model repositories to run their own code (off unless asked).")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,15 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _open(args: argparse.Namespace, check=None):
     """(dictionary, model, tokenizer); `check(d)` runs before the (slow) model load."""
     import saekit
-    from saekit.data.model_loading import load_model
+    from saekit.data.config import ModelConfig
 
     d = saekit.load(args.dictionary, device=args.device)
     if check is not None:
         check(d)
-    name = args.model or d.cfg.model_name
+    name = args.model or d.provenance.model_name
     if not name:
         raise SaekitError("the dictionary does not record its model: pass --model")
-    model, tokenizer = load_model(name, dtype=args.model_dtype, device=args.device)
+    model, tokenizer = ModelConfig(name, args.model_dtype, args.trust_remote_code).load(args.device)
     return d, model, tokenizer
 
 
@@ -124,7 +126,7 @@ def run_vector(args: argparse.Namespace) -> int:
     else:
         positive, negative = _prompts(args.positive, "--positive"), _prompts(args.negative, "--negative")
         d, model, tokenizer = _open(args)
-        vector = mean_activation_difference(model, tokenizer, d.cfg.hookpoint, positive, negative,
+        vector = mean_activation_difference(model, tokenizer, d.provenance.hookpoint, positive, negative,
                                             args.position)
     if args.save_vector is not None:
         np.save(args.save_vector, vector.cpu().numpy())

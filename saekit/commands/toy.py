@@ -8,7 +8,8 @@ from pathlib import Path
 
 from saekit.commands.common import add_dataclass_arguments, build, dataclass_values, print_table
 from saekit.errors import SaekitError
-from saekit.evaluation.toy import TOY_PRESETS, ToyConfig, run_toy
+from saekit.data.toy import ToyConfig
+from saekit.experiments.toy import TOY_PRESETS, run_toy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,11 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "then print MMCS against the true features, L0, FVU and the dead fraction on "
                     f"held-out data. Per-method settings used: {presets}.")
     parser.add_argument("--methods", nargs="+", default=list(TOY_PRESETS),
-                        help="Methods to train (default: all six).")
+                        help="Methods to train (default: all of them).")
     parser.add_argument("--total-tokens", type=int, default=2_000_000, help="Training tokens.")
     parser.add_argument("--batch-size", type=int, default=1024, help="Tokens per step.")
     parser.add_argument("--d-sae", type=int, default=None, help="Dictionary width (default: G).")
-    parser.add_argument("--k", type=int, default=None, help="Override k for the TopK family.")
+    parser.add_argument("--k", type=int, default=None, help="Override k for the TopK family and matching pursuit.")
     parser.add_argument("--sparsity-coefficient", type=float, default=None,
                         help="Override λ for relu, gated and jumprelu.")
     parser.add_argument("--out", type=Path, default=None, help="Write results.json here.")
@@ -38,11 +39,13 @@ def run(args: argparse.Namespace) -> int:
     toy = build(ToyConfig, dataclass_values(args, ToyConfig), "toy")
     if args.total_tokens <= 0 or args.batch_size <= 0:
         raise SaekitError("--total-tokens and --batch-size must be positive")
+    from saekit.methods import get_method
+
     overrides: dict[str, dict] = {}
     for method in args.methods:
-        if args.k is not None and method in ("topk", "batchtopk", "matryoshka"):
+        if args.k is not None and get_method(method).uses_k:
             overrides[method] = {"k": args.k}
-        if args.sparsity_coefficient is not None and method in ("relu", "gated", "jumprelu"):
+        if args.sparsity_coefficient is not None and get_method(method).uses_sparsity_coefficient:
             overrides[method] = {"sparsity_coefficient": args.sparsity_coefficient}
     rows = run_toy(toy, args.methods, total_tokens=args.total_tokens, batch_size=args.batch_size,
                    d_sae=args.d_sae, progress=not args.no_progress, overrides=overrides)

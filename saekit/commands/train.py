@@ -11,9 +11,14 @@ import torch
 
 from saekit.commands.common import (add_dataclass_arguments, build, dataclass_values,
                                     load_config_file)
-from saekit.commands.sources import activation_stream, add_model_arguments
-from saekit.config import DictionaryConfig, TrainConfig
+from saekit.commands.sources import activation_stream, add_model_arguments, text_config
+from saekit.config import DictionaryConfig, DictionarySpec, Provenance
+from saekit.data.config import TextConfig
 from saekit.errors import SaekitError
+from saekit.training.config import RunConfig, TrainingConfig
+
+# Provenance fields the text options fill in (their flags are --dataset and --context-size).
+FROM_TEXT = ("dataset", "context_size")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True,
                         help="Output directory: one folder per dictionary, checkpoints, log.jsonl.")
     add_model_arguments(parser)
-    add_dataclass_arguments(parser, TrainConfig, exclude=("checkpoint_dir",), group_title="training")
-    add_dataclass_arguments(parser, DictionaryConfig, group_title="dictionary")
+    add_dataclass_arguments(parser, RunConfig, exclude=("checkpoint_dir", "device"), group_title="run")
+    add_dataclass_arguments(parser, DictionaryConfig, group_title="dictionary: what it computes")
+    add_dataclass_arguments(parser, TrainingConfig, group_title="dictionary: how it is trained")
+    add_dataclass_arguments(parser, Provenance, exclude=FROM_TEXT, group_title="dictionary: where its data "
+                            "comes from")
     parser.set_defaults(func=run)
 
 
@@ -88,23 +96,30 @@ def _per_hookpoint(entries: list[dict[str, Any]], flags: dict[str, Any], widths:
     return expanded
 
 
-def sweep_configs(file_values: dict[str, Any], args: argparse.Namespace, widths: dict[Any, int]
-                  ) -> tuple[TrainConfig, list[DictionaryConfig]]:
-    """Training options and one DictionaryConfig per [[dictionaries]] entry, with d_in (and d_out)
-    filled in from the widths of the hookpoints each dictionary reads."""
-    train_values = dict(file_values.get("train", {}))
-    train_values.update(dataclass_values(args, TrainConfig))
-    train_values["checkpoint_dir"] = str(args.out / "checkpoints")
-    train_config = build(TrainConfig, train_values, "training")
-    entries = file_values.get("dictionaries") or [{}]
-    if not isinstance(entries, list):
-        raise SaekitError("'dictionaries' in the config file must be a list of tables")
+def dictionary_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-dictionary options passed as flags (they apply to every dictionary of the sweep)."""
+    return {**dataclass_values(args, DictionaryConfig), **dataclass_values(args, TrainingConfig),
+            **dataclass_values(args, Provenance)}
+
+
+def sweep_specs(file_values: dict[str, Any], args: argparse.Namespace, widths: dict[Any, int],
+                source: dict[str, Any]) -> tuple[RunConfig, list[DictionarySpec]]:
+    """The run's options and one DictionarySpec per [[dictionaries]] entry, with d_in (and d_out)
+    filled in from the widths of the hookpoints each dictionary reads, and `source` (model, dataset,
+    context size) recorded as each dictionary's provenance unless the entry says otherwise."""
     unknown_sections = sorted(set(file_values) - {"train", "dictionaries", "data"})
     if unknown_sections:
         raise SaekitError(f"unknown config section(s): {', '.join(unknown_sections)}; "
                           "use [train], [data] and [[dictionaries]]")
-    flags = dataclass_values(args, DictionaryConfig)
-    configs = []
+    run_values = dict(file_values.get("train") or {})
+    run_values.update(dataclass_values(args, RunConfig))
+    run_values.update(checkpoint_dir=str(args.out / "checkpoints"), device=args.device)
+    run = build(RunConfig, run_values, "training")
+    entries = file_values.get("dictionaries") or [{}]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise SaekitError("'dictionaries' in the config file must be a list of tables")
+    flags = dictionary_flags(args)
+    specs = []
     for entry in _per_hookpoint(entries, flags, widths):
         values = {**entry, **flags}
         sources = values.get("source_hookpoints") or [values.get("hookpoint")]
@@ -115,43 +130,50 @@ def sweep_configs(file_values: dict[str, Any], args: argparse.Namespace, widths:
         values.setdefault("d_in", sum(widths[name] for name in sources))
         if values.get("target_hookpoint"):
             values.setdefault("d_out", widths[values["target_hookpoint"]])
-        configs.append(build(DictionaryConfig, values, "dictionary"))
-    return train_config, configs
+        for key, value in source.items():
+            if value is not None:
+                values.setdefault(key, value)
+        specs.append(DictionarySpec.from_options(**values))
+    return run, specs
+
+
+def _source(model: str | None, text: TextConfig | None, dataset: str | None = None) -> dict[str, Any]:
+    return {"model_name": model, "dataset": dataset or (text.dataset if text else None),
+            "context_size": text.context_size if text else None}
 
 
 def run(args: argparse.Namespace) -> int:
     import saekit
+    from saekit.training.trainer import unique_names
 
     file_values = load_config_file(args.config) if args.config else {}
+    text = text_config(args, file_values)
     given = [name for name in ("activations", "from_cache", "model") if getattr(args, name) is not None]
     if len(given) != 1:
         raise SaekitError("give exactly one activation source: --model M --hookpoints H, "
                           "--from-cache DIR or --activations FILE")
+    stream: Iterable[Any]
     if args.model is not None:
-        stream, widths, _, _ = activation_stream(args)
-        train_config, configs = sweep_configs(file_values, args, widths)
-        for cfg in configs:
-            cfg.model_name = cfg.model_name or args.model
+        stream, widths, _, _ = activation_stream(args, text)
+        run_config, specs = sweep_specs(file_values, args, widths, _source(args.model, text))
     elif args.activations is not None:
         activations = _load_activation_file(args.activations)
         widths = {None: activations.shape[1]}
-        train_config, configs = sweep_configs(file_values, args, widths)
-        stream: Iterable[Any] = _chunks(activations)
+        run_config, specs = sweep_specs(file_values, args, widths, _source(None, None))
+        stream = _chunks(activations)
     else:
         from saekit.data.cache import open_cache
 
         cache = open_cache(args.from_cache)
-        train_config, configs = sweep_configs(file_values, args, dict(cache.d))
-        for cfg in configs:
-            cfg.model_name = cfg.model_name or cache.model
-        stream = cache.stream_many(None, train_config.batch_size, shuffle=args.shuffle,
-                                   seed=configs[0].seed)
-    dictionaries = saekit.train(stream, configs, train_config=train_config)
-    from saekit.training.trainer import unique_names
-
-    by_hookpoint = len({cfg.hookpoint for cfg in configs}) > 1
-    for cfg, d, name in zip(configs, dictionaries, unique_names(configs)):
-        target = args.out / (f"{cfg.hookpoint}/{name}" if by_hookpoint else name)
+        recorded = cache.metadata or {}
+        run_config, specs = sweep_specs(file_values, args, dict(cache.d), {
+            "model_name": cache.model, "dataset": recorded.get("dataset"),
+            "context_size": recorded.get("context_size")})
+        stream = cache.stream_many(None, run_config.batch_size, shuffle=args.shuffle, seed=text.data_seed)
+    dictionaries = saekit.train(stream, specs, run=run_config)
+    by_hookpoint = len({spec.source.hookpoint for spec in specs}) > 1
+    for spec, d, name in zip(specs, dictionaries, unique_names(specs)):
+        target = args.out / (f"{spec.source.hookpoint}/{name}" if by_hookpoint else name)
         saekit.save(d, target)
-        print(f"saved {cfg.display_name} -> {target}")
+        print(f"saved {spec.name} -> {target}")
     return 0

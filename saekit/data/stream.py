@@ -1,99 +1,22 @@
-"""Model activations at hookpoints: one forward per batch for all hookpoints, stopped early.
+"""The trainer's stream from a live model: one forward per batch for all hookpoints, stopped early.
 
-`capture` runs the model once and records every hookpoint (module outputs by forward hooks, inputs by
-pre-hooks). When nothing after the last hookpoint is needed, its hook raises a private exception that
-ends the forward pass there, so later layers are never computed. `splice` replaces a hookpoint's value
-during a forward instead (spliced evaluation, steering). `ActivationStream` turns a `TokenStream`
-into the trainer's stream of `{hookpoint: [n_tokens, d]}` batches, special tokens removed, resumable at
-any token without re-running the model on what came before.
+`ActivationStream` turns a `TokenStream` into the trainer's stream of `{hookpoint: [n_tokens, d]}`
+batches (`saekit.models.hooks.capture` runs each forward and stops it after the last hookpoint), special
+tokens removed, resumable at any token without re-running the model on what came before.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saekit.data.sites import Hookpoint, resolve_hookpoints
 from saekit.data.tokens import TokenStream
-
-
-class _StopForward(Exception):
-    """Raised by the last needed hook to end the forward pass early."""
-
-
-def _first_tensor(args: tuple, kwargs: dict) -> Tensor:
-    if args and isinstance(args[0], Tensor):
-        return args[0]
-    for value in kwargs.values():
-        if isinstance(value, Tensor):
-            return value
-    raise RuntimeError("the hooked module received no tensor input")
-
-
-@contextlib.contextmanager
-def hooks(model: nn.Module, hookpoints: list[Hookpoint], store: dict[str, Tensor] | None = None,
-          replace: dict[str, Callable[[Tensor], Tensor]] | None = None,
-          stop_after_last: bool = False) -> Iterator[None]:
-    """Record hookpoint values into `store` and/or replace them by `replace[name](value)`."""
-    replace = replace or {}
-    handles = []
-    last = hookpoints[-1].name if hookpoints else None
-
-    def finish(point: Hookpoint, value: Tensor) -> Tensor:
-        if point.name in replace:
-            value = replace[point.name](value)
-        if store is not None:
-            store[point.name] = value
-        if stop_after_last and point.name == last:
-            raise _StopForward
-        return value
-
-    for point in hookpoints:
-        module = model.get_submodule(point.module)
-        if point.capture_input:
-            def pre_hook(_module, args, kwargs, point=point):
-                value = finish(point, _first_tensor(args, kwargs))
-                if point.name in replace:
-                    if args and isinstance(args[0], Tensor):
-                        return (value,) + tuple(args[1:]), kwargs
-                    key = next(k for k, v in kwargs.items() if isinstance(v, Tensor))
-                    return args, {**kwargs, key: value}
-                return None
-
-            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        else:
-            def hook(_module, _args, output, point=point):
-                value = finish(point, output[0] if isinstance(output, tuple) else output)
-                if point.name in replace:
-                    return (value,) + tuple(output[1:]) if isinstance(output, tuple) else value
-                return None
-
-            handles.append(module.register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@torch.no_grad()
-def capture(model: nn.Module, input_ids: Tensor, hookpoints: list[Hookpoint],
-            attention_mask: Tensor | None = None) -> dict[str, Tensor]:
-    """{hookpoint name: activations [B, T, d]} from one forward, stopped after the last hookpoint."""
-    store: dict[str, Tensor] = {}
-    device = next(model.parameters()).device
-    with hooks(model, hookpoints, store, stop_after_last=True):
-        try:
-            model(input_ids=input_ids.to(device),
-                  attention_mask=None if attention_mask is None else attention_mask.to(device))
-        except _StopForward:
-            pass
-    return store
+from saekit.models.hooks import capture
+from saekit.models.sites import Hookpoint, resolve_hookpoints
 
 
 class ActivationStream:

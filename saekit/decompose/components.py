@@ -66,18 +66,14 @@ def swapped_forwards(root: nn.Module, replacements: Mapping[str, LayerForward]) 
 
 @contextmanager
 def recorded_inputs(root: nn.Module, names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
-    """Record the input activation a^l of each named layer during forwards inside the block."""
+    """Record the input activation a^l of each named layer during forwards inside the block (through
+    the one hook layer, `saekit.models.hooks`)."""
+    from saekit.models.hooks import hooks
+    from saekit.models.sites import Hookpoint
+
     recorded: dict[str, Tensor] = {}
-    handles = []
-    for name in names:
-        def hook(_module: nn.Module, args: tuple, _name: str = name) -> None:
-            recorded[_name] = args[0]
-        handles.append(root.get_submodule(name).register_forward_pre_hook(hook))
-    try:
+    with hooks(root, [Hookpoint(name, name, capture_input=True) for name in names], recorded):
         yield recorded
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager

@@ -138,14 +138,12 @@ def _logits(output: object) -> Tensor:
 
 
 def learning_rate(step: int, steps: int, base_lr: float, schedule: str, warmup_fraction: float) -> float:
-    """Linear warmup over `warmup_fraction` of the steps, then constant or half-cosine decay to 0."""
-    warmup_steps = int(steps * warmup_fraction)
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return base_lr
-    progress = (step - warmup_steps) / max(steps - warmup_steps - 1, 1)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    """Linear warmup over `warmup_fraction` of the steps, then constant or half-cosine decay to 0
+    (`saekit.training.schedules.lr_factor`)."""
+    from saekit.training.schedules import lr_factor
+
+    shape = "cosine" if schedule == "cosine" else "linear"
+    return base_lr * lr_factor(step, steps, int(steps * warmup_fraction), 0.0, shape)
 
 
 class SPDDecomposition(FrozenTargetWeights):

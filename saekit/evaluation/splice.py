@@ -16,27 +16,17 @@ and its output replaces the target hookpoint.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saekit.data.sites import Hookpoint
-from saekit.data.stream import hooks
 from saekit.dictionary import Dictionary
 from saekit.evaluation.metrics import MetricsAccumulator
-
-
-def _next_token_terms(logits: Tensor, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(per-position CE [B, T-1], target mask [B, T-1])."""
-    ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
-    return ce.view(ids.shape[0], -1), mask[:, 1:].float()
-
-
-def _kl(clean_logp: Tensor, logits: Tensor) -> Tensor:
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+from saekit.models.hooks import hooks, splice
+from saekit.models.outputs import kl_per_position, next_token_loss
+from saekit.models.sites import Hookpoint
 
 
 class _Sums:
@@ -71,17 +61,15 @@ def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
         store: dict[str, Tensor] = {}
         with hooks(model, points, store):
             clean_logits = model(input_ids=ids).logits
-        ce_clean, target_mask = _next_token_terms(clean_logits, ids, mask)
+        ce_clean, target_mask = next_token_loss(clean_logits, ids, mask)
         clean_logp = F.log_softmax(clean_logits[:, :-1].float(), dim=-1)
         clean.add(ce_clean, None, target_mask)
         targets += float(target_mask.sum())
 
-        def zero_fn(value: Tensor) -> Tensor:
-            return torch.where(keep[..., None], torch.zeros_like(value), value)
-
-        with hooks(model, [out_point], replace={out_point.name: zero_fn}):
+        with splice(model, out_point, torch.zeros_like, positions=keep):
             logits = model(input_ids=ids).logits
-        zero.add(_next_token_terms(logits, ids, mask)[0], _kl(clean_logp, logits), target_mask)
+        zero.add(next_token_loss(logits, ids, mask)[0], kl_per_position(clean_logp, logits[:, :-1]),
+                 target_mask)
 
         x = store[hookpoint.name][keep].float()
         truth = store[out_point.name][keep].float()
@@ -91,15 +79,10 @@ def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
             reconstruction = d.decode(latents, x)
             accumulators[name].update(truth, reconstruction, latents)
 
-            def splice_fn(value: Tensor, reconstruction=reconstruction) -> Tensor:
-                value = value.clone()
-                value[keep] = reconstruction.to(value.dtype)
-                return value
-
-            with hooks(model, [out_point], replace={out_point.name: splice_fn}):
+            with splice(model, out_point, lambda _rows, r=reconstruction: r, positions=keep):
                 logits = model(input_ids=ids).logits
-            spliced[name].add(_next_token_terms(logits, ids, mask)[0], _kl(clean_logp, logits),
-                              target_mask)
+            spliced[name].add(next_token_loss(logits, ids, mask)[0],
+                              kl_per_position(clean_logp, logits[:, :-1]), target_mask)
 
     ce_clean_mean, ce_zero_mean = clean.ce / targets, zero.ce / targets
     kl_zero_mean = zero.kl / targets
@@ -120,3 +103,35 @@ def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
             "eval_targets": targets,
         }
     return results
+
+
+def evaluate_on_text(model: nn.Module, tokenizer: Any, dictionaries: dict[str, Dictionary], text: Any,
+                     tokens: int, encoder: str = "dictionary", l0: int | None = None,
+                     progress: bool = True) -> list[dict[str, Any]]:
+    """Rows of metrics, one per dictionary, on `tokens` held-out tokens (the test split of `text`, a
+    `TextConfig`), grouping dictionaries that share a hookpoint so each group shares its clean and
+    zero-ablated forwards."""
+    from tqdm.auto import tqdm
+
+    from saekit.encoders import make_encoder
+    from saekit.errors import SaekitError
+    from saekit.models.sites import resolve_hookpoints
+
+    groups: dict[tuple[str, str | None], dict[str, Dictionary]] = {}
+    for name, d in dictionaries.items():
+        if not d.provenance.hookpoint:
+            raise SaekitError(f"dictionary {name} does not record its hookpoint: it cannot be spliced")
+        groups.setdefault((d.provenance.hookpoint, d.provenance.target_hookpoint), {})[name] = d
+    # Tokenised once: every group evaluates on the same held-out windows.
+    held_out = list(text.token_stream(tokenizer, split="test", max_tokens=tokens))
+    rows = []
+    for (hookpoint, target), members in groups.items():
+        point = resolve_hookpoints(model, [hookpoint])[0]
+        target_point = resolve_hookpoints(model, [target])[0] if target else None
+        batches = tqdm(held_out, desc=f"evaluating at {hookpoint}", unit="batch", disable=not progress)
+        encoders = {name: make_encoder(d, encoder, l0) for name, d in members.items()}
+        results = spliced_evaluation(model, batches, point, members, encoders, target_point)
+        for name, metrics in results.items():
+            rows.append({"name": name, "method": members[name].cfg.method, "hookpoint": hookpoint,
+                         "encoder": encoder, **metrics})
+    return rows

@@ -10,7 +10,9 @@
 
 A name that is not a local path but looks like `org/repo` is fetched from the Hugging Face Hub first.
 A folder holding several dictionaries (a sparsify run, a dictionary_learning sweep) is refused with the
-list of its members, so the caller picks one with `subfolder=`.
+list of its members, so the caller picks one with `subfolder=`. That listing looks at most two levels
+down, never follows symbolic links and stops after `MAX_SCANNED` folders, so a link cycle or a huge
+tree (`saekit info /usr`) ends at once. The formats themselves live in `saekit.formats.registry`.
 """
 
 from __future__ import annotations
@@ -22,56 +24,63 @@ import torch
 
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
+from saekit.formats.registry import formats, get_format, writable
 
-FORMATS = ("saekit", "saelens", "sparsify", "dictionary_learning", "gemma_scope")
-WRITABLE = ("saekit", "saelens", "sparsify", "dictionary_learning")
 # Files that only make sense inside their folder (ae.pt and params.npz load on their own).
 MEMBER_FILES = ("cfg.json", "config.json", "sae_weights.safetensors", "sae.safetensors",
-                "sparsity.safetensors", "params.safetensors")
+                "sparsity.safetensors", "params.safetensors", "manifest.json")
+MAX_SCANNED = 2000  # folders looked at when listing the dictionaries inside a folder
+
+
+def _detect(path: Path) -> str | None:
+    for fmt in formats():
+        if fmt.detect(path):
+            return fmt.name
+    return None
 
 
 def detect_format(path: str | Path) -> str:
-    """The format of the dictionary at `path` (one of FORMATS), from its files alone."""
-    from saekit.formats import dictionary_learning, gemma_scope, sparsify
-
+    """The format of the dictionary at `path` (a registered format's name), from its files alone."""
     path = Path(path)
     if not path.exists():
         raise SaekitError(f"no such dictionary file or directory: {path}")
-    if path.is_dir() and (path / "cfg.json").is_file():
-        if (path / "sae_weights.safetensors").is_file():
-            import json
-
-            try:
-                has_native = "saekit" in json.loads((path / "cfg.json").read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                has_native = False  # let the loader report the corrupted file
-            return "saekit" if has_native else "saelens"
-        if sparsify.is_sparsify_dir(path):
-            return "sparsify"
-    if gemma_scope.is_gemma_scope(path):
-        return "gemma_scope"
-    if dictionary_learning.is_dictionary_learning(path):
-        return "dictionary_learning"
+    found = _detect(path)
+    if found is not None:
+        return found
     members = _members(path) if path.is_dir() else []
     if members:
         shown = ", ".join(members[:8]) + (", ..." if len(members) > 8 else "")
         raise SaekitError(f"{path} holds {len(members)} dictionaries ({shown}): pass one of them, "
                           f"e.g. subfolder={members[0]!r} (command line: --subfolder {members[0]})")
-    raise SaekitError(f"{path} is not a saekit dictionary nor one in a known format ({', '.join(FORMATS)}): "
+    names = ", ".join(fmt.name for fmt in formats())
+    raise SaekitError(f"{path} is not a saekit dictionary nor one in a known format ({names}): "
                       "expected cfg.json + sae_weights.safetensors, cfg.json + sae.safetensors, ae.pt or "
                       "params.npz; pass the folder that holds them")
 
 
 def _members(path: Path, depth: int = 2) -> list[str]:
-    """Sub-folders (up to `depth` deep) that hold a dictionary in a known format."""
-    found = []
-    for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    """Sub-folders (up to `depth` deep, no symbolic links, at most MAX_SCANNED looked at) that hold a
+    dictionary in a known format."""
+    found: list[str] = []
+    budget = [MAX_SCANNED]
+
+    def walk(folder: Path, prefix: str, depth: int) -> None:
         try:
-            detect_format(child)
-            found.append(child.name)
-        except SaekitError:
-            if depth > 1:
-                found += [f"{child.name}/{m}" for m in _members(child, depth - 1)]
+            children = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        except OSError:
+            return
+        for child in children:
+            if budget[0] <= 0:
+                return
+            if child.is_symlink() or not child.is_dir():
+                continue
+            budget[0] -= 1
+            if _detect(child) is not None:
+                found.append(prefix + child.name)
+            elif depth > 1:
+                walk(child, f"{prefix}{child.name}/", depth - 1)
+
+    walk(path, "", depth)
     return found
 
 
@@ -100,87 +109,37 @@ def load_any(path_or_repo: str | Path, *, subfolder: str | None = None, revision
         path = path / subfolder
     if path.is_file() and path.name in MEMBER_FILES:  # a file of a dictionary folder names the folder
         path = path.parent
-    fmt = format or detect_format(path)
-    d = _load(fmt, path, dtype=dtype, repo_id=repo_id, subfolder=subfolder, dict_class=dict_class)
+    fmt = get_format(format or detect_format(path))
+    d = fmt.load(path, dtype=dtype, repo_id=repo_id, subfolder=subfolder, dict_class=dict_class)
+    if dtype is not None and d.W_dec.dtype != dtype:
+        d = d.to(dtype)
     if repo_id is not None:
         source = d.meta.setdefault("source", {})
         source.update({"repo_id": repo_id, "subfolder": subfolder, "revision": revision})
         source["path"] = str(path)
     if hookpoint is not None:
-        d.cfg.hookpoint = hookpoint
+        d.provenance.hookpoint = hookpoint
     if model_name is not None:
-        d.cfg.model_name = model_name
+        d.provenance.model_name = model_name
     return d.to(device)
 
 
-def _load(fmt: str, path: Path, *, dtype: torch.dtype | None, repo_id: str | None,
-          subfolder: str | None, dict_class: str | None) -> Dictionary:
-    if fmt == "saekit":
-        from saekit.formats import native
-
-        d = native.load(path)
-        return d.to(dtype) if dtype is not None else d
-    if fmt == "saelens":
-        from saekit.formats import saelens
-
-        return saelens.load(path, dtype=dtype)
-    if fmt == "sparsify":
-        from saekit.formats import sparsify
-
-        return sparsify.load(path, dtype=dtype)
-    if fmt == "dictionary_learning":
-        from saekit.formats import dictionary_learning
-
-        return dictionary_learning.load(path, dtype=dtype, dict_class=dict_class)
-    if fmt == "gemma_scope":
-        from saekit.formats import gemma_scope
-
-        return gemma_scope.load(path, dtype=dtype, repo_id=repo_id, subfolder=subfolder)
-    raise SaekitError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
-
-
 def save_as(d: Dictionary, path: str | Path, to: str) -> Path:
-    """Write `d` in format `to` (one of WRITABLE)."""
-    if to == "saekit":
-        from saekit.formats import native
-
-        return native.save(d, path)
-    if to == "saelens":
-        from saekit.formats import saelens
-
-        return saelens.save(d, path)
-    if to == "sparsify":
-        from saekit.formats import sparsify
-
-        return sparsify.save(d, path)
-    if to == "dictionary_learning":
-        from saekit.formats import dictionary_learning
-
-        return dictionary_learning.save(d, path)
-    raise SaekitError(f"cannot write format {to!r}: choose one of {', '.join(WRITABLE)}")
+    """Write `d` in format `to` (one of `writable()`)."""
+    fmt = get_format(to)
+    if fmt.save is None:
+        raise SaekitError(f"cannot write format {to!r}: choose one of {', '.join(writable())}")
+    return fmt.save(d, Path(path))
 
 
 def export_notes(d: Dictionary, to: str) -> list[str]:
     """What a reader of format `to` will not get from `d` (saekit reads everything back)."""
-    notes = []
-    if to == "saelens" and d.cfg.method in ("batchtopk", "matryoshka"):
-        notes.append(f"SAELens loads this {d.cfg.method} dictionary as the JumpReLU it computes at "
-                     "inference (shared threshold); k and the batch-level training rule live only in "
-                     "metadata['saekit']")
-    if to == "dictionary_learning" and d.cfg.method == "relu" and d.cfg.apply_b_dec_to_input:
-        notes.append("dictionary_learning's load_dictionary rescales AutoEncoder decoder columns to unit "
-                     "norm on load: reconstructions are unchanged, latents scale by the column norms")
-    if to == "dictionary_learning" and d.cfg.method in ("jumprelu", "batchtopk", "matryoshka", "topk"):
-        notes.append("encoder biases may be re-expressed for dictionary_learning's b_dec convention "
-                     "(same outputs up to float rounding)")
-    if to in ("sparsify", "dictionary_learning") and d.log_feature_density is not None:
-        notes.append(f"{to} has no place for firing densities (sparsity.safetensors): not written")
-    return notes
+    return get_format(to).notes(d)
 
 
 def convert(src: str | Path, dst: str | Path, to: str, **load_kwargs: Any) -> tuple[Dictionary, Path]:
     """Load `src` (any format, local or Hub) and write it to `dst` in format `to`."""
-    if to not in WRITABLE:
-        raise SaekitError(f"cannot write format {to!r}: choose one of {', '.join(WRITABLE)}")
+    if get_format(to).save is None:
+        raise SaekitError(f"cannot write format {to!r}: choose one of {', '.join(writable())}")
     d = load_any(src, **load_kwargs)
     return d, save_as(d, dst, to)

@@ -33,20 +33,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.config import DictionaryConfig
+from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.formats.native import _read_json
-from saekit.formats.saelens import (clamp_threshold, make_dictionary, restore_config, source_meta,
-                                    translate_hookpoint)
+from saekit.formats.core import (clamp_threshold, make_dictionary, read_json, restore, source_meta, stash,
+                                 translate_hookpoint)
 from saekit.io import atomic_directory
 
 WEIGHTS_FILE = "ae.pt"
 CFG_FILE = "config.json"
 
+# dictionary_learning class -> the saekit method computing the same thing (and back, for writing).
 CLASS_METHOD = {"AutoEncoder": "relu", "AutoEncoderNew": "relu", "GatedAutoEncoder": "gated",
                 "AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk", "JumpReluAutoEncoder": "jumprelu",
                 "MatryoshkaBatchTopKSAE": "matryoshka"}
+# Classes whose encoder does not subtract b_dec first, and the TopK-family classes (buffers k, threshold).
+SUBTRACTS_B_DEC = {"AutoEncoderNew": False, "JumpReluAutoEncoder": False}
+K_CLASSES = ("AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE")
 TRAINER_CLASS = {"AutoEncoder": "StandardTrainer", "AutoEncoderNew": "StandardTrainerAprilUpdate",
                  "GatedAutoEncoder": "GatedSAETrainer", "AutoEncoderTopK": "TopKTrainer",
                  "BatchTopKSAE": "BatchTopKTrainer", "JumpReluAutoEncoder": "JumpReluTrainer",
@@ -97,13 +100,13 @@ def _scalar(t: Tensor) -> float:
     return float(t.reshape(-1)[0])
 
 
-def load(path: str | Path, *, dtype: torch.dtype | None = None, dict_class: str | None = None
-         ) -> Dictionary:
+def load(path: str | Path, *, dtype: torch.dtype | None = None, dict_class: str | None = None,
+         **_: Any) -> Dictionary:
     """Load a dictionary_learning trainer directory (`ae.pt` + `config.json`) or a bare `.pt` file."""
     path = Path(path)
     weights_path = path / WEIGHTS_FILE if path.is_dir() else path
     cfg_path = (path if path.is_dir() else path.parent) / CFG_FILE
-    config = _read_json(cfg_path) if cfg_path.is_file() else {}
+    config = read_json(cfg_path) if cfg_path.is_file() else {}
     trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
     state = read_state_dict(weights_path)
     dict_class = dict_class or trainer.get("dict_class") or infer_class(state)
@@ -120,28 +123,31 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, dict_class: str 
     meta.update(source_meta("dictionary_learning", path, dict_class=dict_class,
                             trainer_class=trainer.get("trainer_class"), layer=trainer.get("layer")))
     if trainer.get("norm_factor") is not None:
-        meta.update(activation_scale=1.0 / float(trainer["norm_factor"]),
-                    normalize_activations="mean_squared_norm_1")
+        meta["normalization"] = {"method": "mean_squared_norm_1", "folded": True,
+                                 "input_scale": 1.0 / float(trainer["norm_factor"])}
     if extra.get("topk_threshold") is not None:
         meta["topk_threshold"] = extra["topk_threshold"]
     clamp_threshold(tensors, meta)
     saekit_info = config.get("saekit") if isinstance(config.get("saekit"), dict) else {}
-    kwargs: dict[str, Any] = dict(
-        method=method, d_in=int(d_in), d_sae=int(d_sae),
-        hookpoint=saekit_info.get("hookpoint") or translate_hookpoint(trainer.get("submodule_name"), meta),
-        model_name=saekit_info.get("model_name") or trainer.get("lm_name"),
-        apply_b_dec_to_input=dict_class not in ("AutoEncoderNew", "JumpReluAutoEncoder"),
-        normalize_activations="mean_squared_norm_1" if trainer.get("norm_factor") else "none")
-    if method in ("topk", "batchtopk", "matryoshka"):
+    kwargs: dict[str, Any] = dict(method=method, d_in=int(d_in), d_sae=int(d_sae),
+                                  apply_b_dec_to_input=SUBTRACTS_B_DEC.get(dict_class, True))
+    if "k" in extra or trainer.get("k"):
         kwargs["k"] = int(trainer.get("k") or extra["k"])
-    if method == "matryoshka":
+    if "prefixes" in extra:
         kwargs["matryoshka_prefixes"] = extra["prefixes"]
     try:
-        dict_cfg = restore_config(DictionaryConfig(**kwargs), saekit_info)
+        dict_cfg = DictionaryConfig(**kwargs)
     except SaekitError as error:
         raise SaekitError(f"{path}: {error}") from None
-    meta = {**dict(saekit_info.get("meta") or {}), **meta}
-    return make_dictionary(dict_cfg, tensors, source=str(weights_path), dtype=dtype, meta=meta)
+    restored = restore(dict_cfg, saekit_info.get("stash", saekit_info), str(path))
+    if restored is not None:
+        return make_dictionary(restored.dictionary, tensors, source=str(weights_path), dtype=dtype,
+                               meta={**restored.meta, **meta}, provenance=restored.provenance,
+                               training=restored.training)
+    source = Provenance(model_name=trainer.get("lm_name"),
+                        hookpoint=translate_hookpoint(trainer.get("submodule_name"), meta))
+    return make_dictionary(dict_cfg, tensors, source=str(weights_path), dtype=dtype, meta=meta,
+                           provenance=source)
 
 
 def _to_saekit(dict_class: str, s: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -161,7 +167,7 @@ def _to_saekit(dict_class: str, s: dict[str, Tensor]) -> tuple[dict[str, Tensor]
     d_sae = out["W_enc"].shape[1]
     if dict_class == "JumpReluAutoEncoder":
         out["threshold"] = s["threshold"]
-    if "k" in s and dict_class in ("AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
+    if "k" in s and dict_class in K_CLASSES:
         extra["k"] = int(_scalar(s["k"]))
         threshold = _scalar(s["threshold"])
         if dict_class == "AutoEncoderTopK":
@@ -179,16 +185,20 @@ def _class_for(d: Dictionary) -> str:
     if cfg.is_transcoder or cfg.n_sources > 1:
         raise SaekitError("dictionary_learning has no transcoders or crosscoders: save this dictionary "
                           "in saekit's format")
-    if cfg.method == "relu":
-        return "AutoEncoder" if cfg.apply_b_dec_to_input else "AutoEncoderNew"
-    return {v: k for k, v in CLASS_METHOD.items() if k not in ("AutoEncoder", "AutoEncoderNew")}[cfg.method]
+    classes = [name for name, method in CLASS_METHOD.items() if method == cfg.method]
+    if not classes:
+        raise SaekitError(f"dictionary_learning has no {cfg.method} class: save this dictionary in saekit's "
+                          "format or as SAELens")
+    # Two ReLU classes: the 2023 AutoEncoder subtracts b_dec first, the April-2024 one does not.
+    return next((name for name in classes if SUBTRACTS_B_DEC.get(name, True) == cfg.apply_b_dec_to_input),
+                classes[0])
 
 
 def export_state_dict(d: Dictionary) -> tuple[str, dict[str, Tensor]]:
     """(dict_class, state_dict) computing what `d` computes."""
     dict_class = _class_for(d)
     w = {k: v.detach().cpu() for k, v in d.weights().items()}
-    subtracts = dict_class not in ("JumpReluAutoEncoder", "AutoEncoderNew")
+    subtracts = SUBTRACTS_B_DEC.get(dict_class, True)
     shift = w["b_dec"] @ w["W_enc"]
     if subtracts and not d.cfg.apply_b_dec_to_input:  # x·W + b = (x − b_dec)·W + (b + b_dec·W)
         for name in ("b_enc", "b_gate"):
@@ -210,7 +220,7 @@ def export_state_dict(d: Dictionary) -> tuple[str, dict[str, Tensor]]:
         state[bias_name] = w["b_dec"]
     if dict_class == "JumpReluAutoEncoder":
         state["threshold"] = w["threshold"]
-    if d.cfg.method in ("topk", "batchtopk", "matryoshka"):
+    if dict_class in K_CLASSES:
         state["k"] = torch.tensor(d.cfg.k, dtype=torch.int)
         state["threshold"] = torch.tensor(_shared_threshold(d), dtype=torch.float32)
     if dict_class == "MatryoshkaBatchTopKSAE":
@@ -220,7 +230,7 @@ def export_state_dict(d: Dictionary) -> tuple[str, dict[str, Tensor]]:
 
 
 def _shared_threshold(d: Dictionary) -> float:
-    if d.cfg.method == "topk":
+    if "threshold" not in d.weights():  # per-token TopK: the threshold is an optional shortcut
         value = d.meta.get("topk_threshold")
         return float(value) if value is not None else -1.0
     threshold = d.threshold.detach()
@@ -240,16 +250,29 @@ def save(d: Dictionary, directory: str | Path) -> Path:
     dict_class, state = export_state_dict(d)
     trainer: dict[str, Any] = {"dict_class": dict_class, "trainer_class": TRAINER_CLASS[dict_class],
                                "activation_dim": d.cfg.d_in, "dict_size": d.cfg.d_sae,
-                               "lm_name": d.cfg.model_name, "submodule_name": d.cfg.hookpoint,
+                               "lm_name": d.provenance.model_name, "submodule_name": d.provenance.hookpoint,
                                "layer": None}
     if "k" in state:
         trainer["k"] = d.cfg.k
     if dict_class == "MatryoshkaBatchTopKSAE":
         trainer["group_sizes"] = state["group_sizes"].tolist()
     config = {"trainer": trainer, "buffer": {"d_submodule": d.cfg.d_in},
-              "saekit": {"hookpoint": d.cfg.hookpoint, "model_name": d.cfg.model_name,
-                         "config": d.cfg.to_dict(), "meta": d.meta}}
+              "saekit": {"stash": stash(d)}}
     with atomic_directory(directory) as tmp:
         torch.save(state, tmp / WEIGHTS_FILE)
         (tmp / CFG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def notes(d: Dictionary) -> list[str]:
+    """What dictionary_learning will not get from `d`."""
+    out = []
+    if _class_for(d) == "AutoEncoder":
+        out.append("dictionary_learning's load_dictionary rescales AutoEncoder decoder columns to unit "
+                   "norm on load: reconstructions are unchanged, latents scale by the column norms")
+    if SUBTRACTS_B_DEC.get(_class_for(d), True) != d.cfg.apply_b_dec_to_input:
+        out.append("encoder biases are re-expressed for dictionary_learning's b_dec convention "
+                   "(same outputs up to float rounding)")
+    if d.log_feature_density is not None:
+        out.append("dictionary_learning has no place for firing densities (sparsity.safetensors): not written")
+    return out

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.config import DictionaryConfig
+from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.formats.native import _load_tensors, _read_json
-from saekit.formats.saelens import _output_of, clamp_threshold, make_dictionary, source_meta
+from saekit.formats.core import (clamp_threshold, load_tensors, make_dictionary, output_of, read_json,
+                                 source_meta)
 
 NPZ_FILE = "params.npz"
 SAFETENSORS_FILE = "params.safetensors"
@@ -92,7 +92,7 @@ def _site(repo_id: str | None, folder: str) -> tuple[str | None, str | None, dic
 
 def _hf_hook(name: str | None) -> str | None:
     """Gemma Scope 2 names `model.layers.5.output` and `...o_proj.input`; saekit hooks a module's output
-    by its name and its input as `<name>:input` (saekit.data.sites)."""
+    by its name and its input as `<name>:input` (saekit.models.sites)."""
     if name is None:
         return None
     if name.endswith(".output"):
@@ -103,7 +103,7 @@ def _hf_hook(name: str | None) -> str | None:
 
 
 def load(path: str | Path, *, dtype: torch.dtype | None = None, repo_id: str | None = None,
-         subfolder: str | None = None) -> Dictionary:
+         subfolder: str | None = None, **_: Any) -> Dictionary:
     """Load a Gemma Scope `params.npz` (file or folder) or a Gemma Scope 2 `params.safetensors` folder."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
@@ -115,8 +115,8 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, repo_id: str | N
     else:
         weights_path = path / SAFETENSORS_FILE
         if (path / CFG_FILE).is_file():
-            config = _read_json(path / CFG_FILE)
-    raw = _read_npz(weights_path) if weights_path.suffix == ".npz" else _load_tensors(weights_path)
+            config = read_json(path / CFG_FILE)
+    raw = _read_npz(weights_path) if weights_path.suffix == ".npz" else load_tensors(weights_path)
     tensors = _canonical(raw)
     missing = [k for k in REQUIRED if k not in tensors]
     if missing:
@@ -143,12 +143,11 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, repo_id: str | N
     if match:  # a block's output is the residual stream: saekit's named site
         hookpoint = f"resid_post.{match.group(1)}"
     target = _hf_hook(config.get("hf_hook_point_out"))
-    kwargs: dict[str, Any] = dict(method="jumprelu", d_in=int(d_in), d_sae=int(d_sae),
-                                  model_name=model_name, hookpoint=hookpoint,
-                                  normalize_activations="none")
+    kwargs: dict[str, Any] = dict(method="jumprelu", d_in=int(d_in), d_sae=int(d_sae))
+    source = Provenance(model_name=model_name, hookpoint=hookpoint)
     if target is not None or d_out != d_in or skip is not None:
-        kwargs.update(d_out=int(d_out), target_hookpoint=target or _output_of(hookpoint),
-                      skip_connection=skip is not None)
+        kwargs.update(d_out=int(d_out), transcoder=True, skip_connection=skip is not None)
+        source.target_hookpoint = target or output_of(hookpoint)
         if skip is not None:
             weights["W_skip"] = skip.T.contiguous()
     else:
@@ -161,13 +160,17 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, repo_id: str | N
         cfg = DictionaryConfig(**kwargs)
     except SaekitError as error:
         raise SaekitError(f"{path}: {error}") from None
-    return make_dictionary(cfg, weights, source=str(weights_path), dtype=dtype, meta=meta)
+    return make_dictionary(cfg, weights, source=str(weights_path), dtype=dtype, meta=meta, provenance=source)
+
+
+# The saekit method Gemma Scope's params.npz holds.
+GEMMA_SCOPE_METHODS = ("jumprelu",)
 
 
 def save(d: Dictionary, path: str | Path) -> Path:
     """Write `d` (a JumpReLU that does not subtract b_dec, as Gemma Scope's) as `params.npz`."""
     cfg = d.cfg
-    if cfg.method != "jumprelu" or cfg.is_transcoder or cfg.n_sources > 1:
+    if cfg.method not in GEMMA_SCOPE_METHODS or cfg.is_transcoder or cfg.n_sources > 1:
         raise SaekitError("Gemma Scope's params.npz holds plain JumpReLU SAEs only")
     w = {k: v.detach().float().cpu() for k, v in d.weights().items()}
     if cfg.apply_b_dec_to_input:

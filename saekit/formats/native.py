@@ -1,10 +1,22 @@
-"""saekit's on-disk format: SAELens's layout and key names, plus what only saekit knows.
+"""saekit's on-disk format: SAELens's files and cfg.json, plus what only saekit knows, under a manifest.
 
-A directory holds `cfg.json`, `sae_weights.safetensors` and (when firing statistics are known)
-`sparsity.safetensors` with key `sparsity` = log10 firing density per latent. cfg.json carries SAELens's
-inference fields at the top level (so SAELens/SAEBench can read our dictionaries) and saekit's full
-config, recorded facts and file checksums under the `saekit` key (so a load is exact and a corrupted
-file is detected before it is used).
+A directory holds
+- `cfg.json`: exactly what SAELens's writer produces for the dictionary (`saekit.formats.saelens.
+  export_cfg` and `save`), so SAELens and SAEBench load every variant SAELens knows (SAEs, transcoders,
+  skip and JumpReLU transcoders, BatchTopK as JumpReLU, matching pursuit). Its `metadata.saekit` holds
+  the format version and saekit's three configs (what it computes, how it was trained, where its data
+  came from) and recorded facts; SAELens keeps that key when it re-saves. The top-level
+  `saekit_format_version` marks the directory as saekit's own (SAELens drops it when it re-saves, and the
+  copy is then an SAELens directory that still restores saekit's configs). Dictionaries SAELens cannot
+  hold (crosscoders, TopK/Gated transcoders, BatchTopK before its threshold exists) get architecture
+  `saekit:<method>`, which SAELens refuses by name rather than misreading;
+- `sae_weights.safetensors` (SAELens's tensor names and layout) and, when firing statistics are known,
+  `sparsity.safetensors` (key `sparsity` = log10 firing density per latent);
+- `manifest.json`: the sha256 of every other file, cfg.json included, so a flipped byte anywhere (a
+  changed k, a hookpoint, a weight) is detected before anything is used.
+
+Format 1 (saekit ≤ stop 12: a top-level `saekit` section with one flat `config`, checksums of the weight
+files inside cfg.json, no manifest) still loads.
 """
 
 from __future__ import annotations
@@ -14,51 +26,42 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from saekit.config import DictionaryConfig
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.io import atomic_directory, sha256_file
+from saekit.formats.core import load_tensors, make_dictionary, read_json, stash, unstash
+from saekit.io import atomic_directory, member_path, sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSITY_FILE = "sparsity.safetensors"
-
-# saekit method -> SAELens architecture. BatchTopK and Matryoshka are exported as JumpReLU with a shared
-# threshold, as SAELens does for its own BatchTopK/Matryoshka SAEs.
-SAELENS_ARCHITECTURE = {
-    "relu": "standard",
-    "gated": "gated",
-    "jumprelu": "jumprelu",
-    "topk": "topk",
-    "batchtopk": "jumprelu",
-    "matryoshka": "jumprelu",
-}
+MANIFEST_FILE = "manifest.json"
+MANIFEST_KIND = "saekit-dictionary"
+VERSION_KEY = "saekit_format_version"  # top level: this directory is saekit's own
 
 
-def saelens_cfg(d: Dictionary) -> dict[str, Any]:
-    cfg = d.cfg
-    out: dict[str, Any] = {
-        "architecture": SAELENS_ARCHITECTURE[cfg.method],
-        "d_in": cfg.d_in,
-        "d_sae": cfg.d_sae,
-        "dtype": str(d.W_dec.dtype).removeprefix("torch."),
-        "device": "cpu",
-        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": {
-            "model_name": cfg.model_name,
-            "hook_name": cfg.hookpoint,
-        },
-    }
-    if cfg.method == "topk":
-        out["k"] = cfg.k
-        out["rescale_acts_by_decoder_norm"] = False
-    return out
+def native_cfg(d: Dictionary) -> dict[str, Any]:
+    """SAELens's cfg.json for `d` (or the same fields under `saekit:<method>`) plus the saekit section."""
+    from saekit.formats import saelens
+
+    try:
+        saelens.export_weights(d)  # what SAELens would misread (an unset threshold) is not SAELens's
+        cfg = saelens.export_cfg(d)
+    except SaekitError:
+        cfg = saelens.export_cfg(d, architecture=f"saekit:{d.cfg.method}")
+    cfg["metadata"]["saekit"] = {"format_version": FORMAT_VERSION, **stash(d)}
+    cfg[VERSION_KEY] = FORMAT_VERSION
+    return cfg
+
+
+def saekit_section(raw: dict[str, Any]) -> Any:
+    """The saekit section of a cfg.json: `metadata.saekit` (format 2) or top-level `saekit` (format 1)."""
+    metadata = raw.get("metadata")
+    if isinstance(metadata, dict) and "saekit" in metadata:
+        return metadata["saekit"]
+    return raw.get("saekit")
 
 
 def save(d: Dictionary, directory: str | Path) -> Path:
@@ -67,74 +70,99 @@ def save(d: Dictionary, directory: str | Path) -> Path:
     weights = {name: t.contiguous().cpu() for name, t in d.weights().items()}
     with atomic_directory(directory) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
-        checksums = {WEIGHTS_FILE: sha256_file(tmp / WEIGHTS_FILE)}
         if d.log_feature_density is not None:
             save_file({"sparsity": d.log_feature_density.detach().float().contiguous().cpu()},
                       str(tmp / SPARSITY_FILE))
-            checksums[SPARSITY_FILE] = sha256_file(tmp / SPARSITY_FILE)
-        cfg = saelens_cfg(d)
-        cfg["saekit"] = {
-            "format_version": FORMAT_VERSION,
-            "config": d.cfg.to_dict(),
-            "meta": d.meta,
-            "sha256": checksums,
-        }
-        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+        (tmp / CFG_FILE).write_text(json.dumps(native_cfg(d), indent=2) + "\n", encoding="utf-8")
+        files = sorted(p.name for p in tmp.iterdir())
+        manifest = {"kind": MANIFEST_KIND, "format_version": FORMAT_VERSION,
+                    "sha256": {name: sha256_file(tmp / name) for name in files}}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return directory
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def is_native_dir(path: Path) -> bool:
+    """A saekit dictionary: a saekit manifest, or (format 1) cfg.json with a `saekit` section."""
+    if not (path.is_dir() and (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):
+        return False
+    if (path / MANIFEST_FILE).is_file():
+        return True  # whatever is wrong inside, loading it as saekit's reports it
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SaekitError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): "
-                          "the file is corrupted; re-save or re-download the dictionary") from None
-    if not isinstance(data, dict):
-        raise SaekitError(f"{path} does not hold a JSON object: not a dictionary config")
-    return data
+        raw = json.loads((path / CFG_FILE).read_text(encoding="utf-8"))
+        return isinstance(raw, dict) and (VERSION_KEY in raw or "saekit" in raw)  # format 2 or 1
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False  # let whoever loads it report the corrupted file
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise SaekitError(f"cannot read {path}: {error}; the file is corrupted or not safetensors, "
-                          "re-save or re-download it") from None
+def verify(directory: Path) -> dict[str, Any]:
+    """Check every file against the manifest (format 2) or cfg.json's checksums (format 1); return the
+    parsed cfg.json. Raises a one-line SaekitError naming the first file that fails."""
+    manifest_path = directory / MANIFEST_FILE
+    if manifest_path.is_file():
+        manifest = read_json(manifest_path)
+        checksums = manifest.get("sha256")
+        if manifest.get("kind") != MANIFEST_KIND or not isinstance(checksums, dict) or CFG_FILE not in checksums:
+            raise SaekitError(f"{manifest_path} is not a saekit dictionary manifest: the directory is "
+                              "corrupted; re-save or re-download the dictionary")
+        _check_files(directory, checksums)
+        raw = read_json(directory / CFG_FILE)
+        section = saekit_section(raw)
+        version = section.get("format_version") if isinstance(section, dict) else None
+        if version != manifest.get("format_version"):
+            raise SaekitError(f"{directory / CFG_FILE} says format version {version!r} but its manifest "
+                              f"says {manifest.get('format_version')!r}: the directory is corrupted")
+        return raw
+    raw = read_json(directory / CFG_FILE)
+    native = saekit_section(raw)
+    version = raw.get(VERSION_KEY, native.get("format_version") if isinstance(native, dict) else None)
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise SaekitError(f"{directory / CFG_FILE} has format version {version}; this saekit reads versions "
+                          f"1 to {FORMAT_VERSION}: upgrade saekit")
+    if version != 1:
+        raise SaekitError(f"{directory} has no {MANIFEST_FILE} (format {version!r}): the dictionary is "
+                          "incomplete or was edited; re-save or re-download it")
+    checksums = native.get("sha256")
+    if not isinstance(checksums, dict) or WEIGHTS_FILE not in checksums:
+        raise SaekitError(f"{directory / CFG_FILE} (format 1) has no checksums for its weights: the file "
+                          "is corrupted or was edited; re-save or re-download the dictionary")
+    _check_files(directory, checksums)
+    return raw
 
 
-def load(directory: str | Path, device: str | torch.device = "cpu") -> Dictionary:
-    """Load a dictionary saved by `save`, verifying file checksums first."""
+def _check_files(directory: Path, checksums: dict[str, Any]) -> None:
+    for name, expected in checksums.items():
+        path = member_path(directory, name)
+        if not path.is_file():
+            raise SaekitError(f"{path} is missing or not a regular file: the dictionary directory is "
+                              "incomplete; re-save or re-download it")
+        if sha256_file(path) != expected:
+            raise SaekitError(f"{path} fails its checksum: the file is corrupted or was edited; re-save "
+                              "or re-download the dictionary")
+
+
+def load(directory: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+         **_: Any) -> Dictionary:
+    """Load a dictionary saved by `save` (or by saekit ≤ stop 12), verifying every file first."""
     directory = Path(directory)
     if not directory.exists():
         raise SaekitError(f"no such dictionary directory: {directory}")
-    cfg_path = directory / CFG_FILE
-    if not directory.is_dir() or not cfg_path.exists():
+    if not directory.is_dir() or not (directory / CFG_FILE).exists():
         raise SaekitError(f"{directory} is not a saekit dictionary (no {CFG_FILE}); pass the directory "
                           "that `saekit.save` or `saekit train` wrote")
-    raw = _read_json(cfg_path)
-    native = raw.get("saekit")
-    if not isinstance(native, dict) or "config" not in native:
-        raise SaekitError(f"{cfg_path} has no saekit section: this is not a saekit dictionary "
+    raw = verify(directory)
+    native = saekit_section(raw)
+    if not isinstance(native, dict):
+        raise SaekitError(f"{directory / CFG_FILE} has no saekit section: this is not a saekit dictionary "
                           "(foreign formats need a converter)")
-    if native.get("format_version") != FORMAT_VERSION:
-        raise SaekitError(f"{cfg_path} has format version {native.get('format_version')!r}; this "
-                          f"saekit reads version {FORMAT_VERSION}: upgrade saekit")
-    for name, expected in native.get("sha256", {}).items():
-        path = directory / name
-        if not path.exists():
-            raise SaekitError(f"{path} is missing: the dictionary directory is incomplete")
-        if sha256_file(path) != expected:
-            raise SaekitError(f"{path} fails its checksum: the file is corrupted; re-save or "
-                              "re-download the dictionary")
-    cfg = DictionaryConfig.from_dict(native["config"])
-    tensors = _load_tensors(directory / WEIGHTS_FILE)
-    dtype = tensors["W_dec"].dtype if "W_dec" in tensors else torch.float32
-    d = Dictionary(cfg, dtype=dtype)
-    try:
-        d.load_weights(tensors)
-    except (KeyError, ValueError) as error:
-        raise SaekitError(f"{directory / WEIGHTS_FILE} does not match its config: {error}") from None
-    d.meta = dict(native.get("meta", {}))
-    if (directory / SPARSITY_FILE).exists():
-        d.log_feature_density = _load_tensors(directory / SPARSITY_FILE)["sparsity"]
-    return d.to(device).eval()
+    if native.get("format_version") not in (1, FORMAT_VERSION):
+        raise SaekitError(f"{directory / CFG_FILE} has format version {native.get('format_version')!r}; "
+                          f"this saekit reads versions 1 and {FORMAT_VERSION}: upgrade saekit")
+    found = unstash(native, str(directory / CFG_FILE))
+    tensors = load_tensors(directory / WEIGHTS_FILE)
+    d = make_dictionary(found.dictionary, tensors, source=str(directory / WEIGHTS_FILE), dtype=dtype,
+                        meta=found.meta, provenance=found.provenance, training=found.training)
+    for param in d.parameters():  # a native dictionary is yours to fine-tune
+        param.requires_grad_(True)
+    if (directory / SPARSITY_FILE).is_file():
+        d.log_feature_density = load_tensors(directory / SPARSITY_FILE)["sparsity"]
+    return d.to(device)

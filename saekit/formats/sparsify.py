@@ -25,11 +25,11 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from saekit.config import DictionaryConfig
+from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.formats.native import _load_tensors, _read_json
-from saekit.formats.saelens import make_dictionary, named_site, restore_config, source_meta
+from saekit.formats.core import (load_tensors, make_dictionary, named_site, read_json, restore,
+                                 source_meta, stash)
 from saekit.io import atomic_directory
 
 CFG_FILE = "cfg.json"
@@ -37,21 +37,25 @@ WEIGHTS_FILE = "sae.safetensors"
 UNIT_NORM_TOLERANCE = 1e-4
 
 
+# The saekit methods sparsify computes (its only activation is per-token TopK).
+SPARSIFY_METHODS = ("topk",)
+
+
 def is_sparsify_dir(path: Path) -> bool:
-    return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+    return path.is_dir() and (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
-def load(directory: str | Path, *, dtype: torch.dtype | None = None) -> Dictionary:
+def load(directory: str | Path, *, dtype: torch.dtype | None = None, **_: Any) -> Dictionary:
     """Load one sparsify sparse coder (SAE or transcoder) folder."""
     directory = Path(directory)
-    cfg = _read_json(directory / CFG_FILE)
+    cfg = read_json(directory / CFG_FILE)
     where = directory / CFG_FILE
     if cfg.get("activation", "topk") != "topk":
         raise SaekitError(f"{where}: sparsify activation {cfg.get('activation')!r} has no saekit "
                           "equivalent (only 'topk' is supported)")
     if cfg.get("signed"):
         raise SaekitError(f"{where}: signed sparsify SAEs are not supported")
-    tensors = _load_tensors(directory / WEIGHTS_FILE)
+    tensors = load_tensors(directory / WEIGHTS_FILE)
     missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(tensors)
     if missing:
         raise SaekitError(f"{directory / WEIGHTS_FILE} lacks {', '.join(sorted(missing))}: not a "
@@ -67,40 +71,36 @@ def load(directory: str | Path, *, dtype: torch.dtype | None = None) -> Dictiona
 
     saekit_info = cfg.get("saekit") if isinstance(cfg.get("saekit"), dict) else {}
     name = saekit_info.get("hookpoint_name") or directory.name
-    kwargs: dict[str, Any] = dict(method="topk", d_in=d_in, d_sae=n_latents, k=int(cfg["k"]),
-                                  normalize_activations="none", model_name=saekit_info.get("model_name"))
-    if transcode:
-        kwargs.update(hookpoint=f"{name}:input", target_hookpoint=f"{name}:output",
-                      skip_connection=skip)
-    else:
-        kwargs.update(hookpoint=named_site(name) or name)
-    if saekit_info.get("hookpoint"):
-        kwargs["hookpoint"] = saekit_info["hookpoint"]
-        if transcode:
-            kwargs["target_hookpoint"] = saekit_info.get("target_hookpoint") or kwargs["target_hookpoint"]
     try:
-        dict_cfg = restore_config(DictionaryConfig(**kwargs), saekit_info)
-    except SaekitError as error:
+        dict_cfg = DictionaryConfig(method="topk", d_in=d_in, d_sae=n_latents, k=int(cfg["k"]),
+                                    transcoder=transcode, skip_connection=skip)
+    except (SaekitError, KeyError, TypeError, ValueError) as error:
         raise SaekitError(f"{where}: {error}") from None
-
+    if transcode:
+        source = Provenance(hookpoint=f"{name}:input", target_hookpoint=f"{name}:output")
+    else:
+        source = Provenance(hookpoint=named_site(name) or name)
     weights = {"W_enc": tensors["encoder.weight"].T.contiguous(), "b_enc": tensors["encoder.bias"],
                "W_dec": tensors["W_dec"], "b_dec": tensors["b_dec"]}
     if skip:
         weights["W_skip"] = tensors["W_skip"]
-    meta = dict(saekit_info.get("meta") or {})
-    meta.update(source_meta("sparsify", directory, multi_topk=cfg.get("multi_topk"),
-                            normalize_decoder=cfg.get("normalize_decoder")))
-    if not saekit_info.get("hookpoint"):
-        meta["source"]["hook_name"] = name
-        meta["hookpoint_relative_to"] = "model.base_model"
+    meta = source_meta("sparsify", directory, multi_topk=cfg.get("multi_topk"),
+                       normalize_decoder=cfg.get("normalize_decoder"))
+    restored = restore(dict_cfg, saekit_info.get("stash", saekit_info), str(where))
+    if restored is not None:
+        return make_dictionary(restored.dictionary, weights, source=str(directory / WEIGHTS_FILE),
+                               dtype=dtype, meta={**restored.meta, **meta}, provenance=restored.provenance,
+                               training=restored.training)
+    meta["source"]["hook_name"] = name
+    meta["hookpoint_relative_to"] = "model.base_model"
     return make_dictionary(dict_cfg, weights, source=str(directory / WEIGHTS_FILE), dtype=dtype,
-                           meta=meta)
+                           meta=meta, provenance=source)
 
 
 def export_tensors(d: Dictionary) -> dict[str, Tensor]:
     """sparsify's state dict for `d`; refuses what sparsify cannot compute."""
     cfg = d.cfg
-    if cfg.method != "topk":
+    if cfg.method not in SPARSIFY_METHODS:
         raise SaekitError(f"sparsify has only per-token TopK sparse coders; a {cfg.method} dictionary "
                           "cannot be written in its format (use --to saelens or dictionary_learning)")
     if cfg.n_sources > 1:
@@ -120,7 +120,7 @@ def export_tensors(d: Dictionary) -> dict[str, Tensor]:
 
 
 def _hookpoint_name(d: Dictionary) -> str | None:
-    hookpoint = d.cfg.hookpoint
+    hookpoint = d.provenance.hookpoint
     if hookpoint and d.cfg.is_transcoder and hookpoint.endswith(":input"):
         return hookpoint.removesuffix(":input")
     return hookpoint
@@ -145,11 +145,14 @@ def save(d: Dictionary, directory: str | Path) -> Path:
         "transcode": d.cfg.is_transcoder,
         "d_in": d.cfg.d_in,
         # sparsify drops unknown fields on load; saekit reads these back.
-        "saekit": {"hookpoint": d.cfg.hookpoint, "target_hookpoint": d.cfg.target_hookpoint,
-                   "hookpoint_name": _hookpoint_name(d), "model_name": d.cfg.model_name,
-                   "config": d.cfg.to_dict(), "meta": d.meta},
+        "saekit": {"hookpoint_name": _hookpoint_name(d), "stash": stash(d)},
     }
     with atomic_directory(directory) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     return directory
+
+
+def notes(d: Dictionary) -> list[str]:
+    return ["sparsify has no place for firing densities (sparsity.safetensors): not written"] \
+        if d.log_feature_density is not None else []

@@ -57,7 +57,7 @@ def build_dashboards(d: Dictionary, model: nn.Module, tokenizer: Any,
     started = time.perf_counter()
     with atomic_directory(Path(out)) as tmp:
         summary = write_site(record, d, TokenText(tokenizer), tmp, lens, near, names or {},
-                             title or f"{d.cfg.display_name} @ {d.cfg.hookpoint}",
+                             title or f"{d.cfg.display_name} @ {d.provenance.hookpoint}",
                              top_examples, bands, per_band)
     timings["write_s"] = time.perf_counter() - started
     return {**summary, **timings, "tokens": record.n_tokens, "d_sae": d.d_sae}

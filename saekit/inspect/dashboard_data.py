@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from saekit.data.sites import resolve_hookpoints
-from saekit.data.stream import capture
+from saekit.models.sites import resolve_hookpoints
+from saekit.models.hooks import capture
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 
@@ -49,14 +49,14 @@ class Activations:
 def gather_activations(model: nn.Module, d: Dictionary, batches: Iterable[tuple[Tensor, Tensor]],
                        progress: bool = False) -> Activations:
     """Run the model once over `batches` (input_ids, mask) and record the dictionary's non-zero
-    latents on counted tokens. The input is read at `d.cfg.hookpoint` (a transcoder's input site)."""
+    latents on counted tokens. The input is read at `d.provenance.hookpoint` (a transcoder's input site)."""
     if d.cfg.n_sources > 1:
         raise SaekitError("dashboards for crosscoders are not supported: build them per source "
                           "dictionary instead")
-    if not d.cfg.hookpoint:
+    if not d.provenance.hookpoint:
         raise SaekitError("the dictionary does not record its hookpoint; dashboards need it to read "
                           "activations from the model")
-    point = resolve_hookpoints(model, [d.cfg.hookpoint])[0]
+    point = resolve_hookpoints(model, [d.provenance.hookpoint])[0]
     device = d.W_dec.device
     ids_parts, mask_parts, pos_parts, lat_parts, val_parts = [], [], [], [], []
     offset = 0

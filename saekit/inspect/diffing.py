@@ -63,7 +63,7 @@ def diffing_summary(d: Dictionary, alive: Tensor | None = None, bins: int = 20) 
     kept = r if alive is None else r[alive]
     histogram = torch.histc(kept, bins=bins, min=0.0, max=1.0)
     cosines = shared_decoder_cosines(d, masks["shared"])
-    names = d.cfg.source_hookpoints or ["first", "second"]
+    names = d.provenance.source_hookpoints or ["first", "second"]
     return {
         "sources": names,
         "counts": {key: int(mask.sum()) for key, mask in masks.items()},

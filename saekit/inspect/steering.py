@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from saekit.data.sites import resolve_hookpoints
-from saekit.data.stream import capture, hooks
+from saekit.models.sites import resolve_hookpoints
+from saekit.models.hooks import capture, splice
 from saekit.dictionary import Dictionary
 from saekit.encoders import gradient_pursuit
 from saekit.errors import SaekitError
@@ -71,11 +71,11 @@ def steering(model: nn.Module, d: Dictionary, latent: int, scale: float | None =
     """Within the block every forward of `model` is steered, e.g.
     `with steering(model, d, 123, scale=8): model.generate(...)`. The edit goes where the dictionary's
     decoder writes: its hookpoint (for transcoders, the target hookpoint)."""
-    name = d.cfg.target_hookpoint or d.cfg.hookpoint
+    name = d.provenance.write_site
     if not name:
         raise SaekitError("the dictionary does not record its hookpoint: cannot steer")
     point = resolve_hookpoints(model, [name])[0]
-    with hooks(model, [point], replace={point.name: steering_edit(d, latent, scale, clamp)}):
+    with splice(model, point, steering_edit(d, latent, scale, clamp)):
         yield
 
 

@@ -1,29 +1,33 @@
-"""End-to-end SAEs (Braun et al. 2024; METHODS.md §9): train through the model's output distribution.
+"""End-to-end SAEs (Braun et al. 2024; docs/methods.md "End-to-end SAEs"): train through the model's
+output distribution.
 
-The dictionary's reconstruction replaces the activation at one module's output during the forward
-pass, and the loss is KL(p_clean ‖ p_spliced) over the vocabulary (averaged over non-special tokens)
-plus φ·||f||₁ / d_in. The "e2e + downstream" variant adds the MSE between later modules' spliced and
-clean outputs, β_ds/|L'| each. The model is frozen; gradients flow through it into the dictionary.
-Per the paper the decoder is unit-norm and there is no pre-encoder bias: we use the relu method with
+This is an objective of the one trainer, not a second training loop: the stream yields batches of
+sequences (`input_ids`, `mask`), and for each the dictionary's reconstruction replaces the activation
+at one module's output during the forward pass (`saekit.models.hooks.splice`, counted positions only),
+with loss KL(p_clean ‖ p_spliced) over the vocabulary (averaged over non-special tokens) plus
+φ·||f||₁ / d_in. The "e2e + downstream" variant adds the MSE between later modules' spliced and clean
+outputs, β_ds/|L'| each. The model is frozen; gradients flow through it into the dictionary. Per the
+paper the decoder is unit-norm and there is no pre-encoder bias: the relu method with
 `unit_norm_decoder=True` (so the norm-weighted L1 is the plain L1) and no input normalisation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from saekit.config import TOPK_FAMILY, DictionaryConfig
-from saekit.data.sites import resolve_hookpoints
-from saekit.data.stream import hooks
+from saekit.config import DictionaryConfig, DictionarySpec, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.training.member import lr_factor
+from saekit.methods import Encoding
+from saekit.models.hooks import capture, hooks, splice
+from saekit.models.outputs import kl_per_position, masked_mean
+from saekit.models.sites import resolve_hookpoints
+from saekit.training.config import RunConfig, TrainingConfig
+from saekit.training.objective import LossResult
 
 
 @dataclass
@@ -45,105 +49,112 @@ class E2EConfig:
 
 def kl_clean_to_spliced(clean_logits: Tensor, spliced_logits: Tensor, mask: Tensor) -> Tensor:
     """KL(p_clean ‖ p_spliced) summed over the vocabulary, averaged over the masked-in positions."""
-    clean = F.log_softmax(clean_logits.float(), dim=-1)
-    spliced = F.log_softmax(spliced_logits.float(), dim=-1)
-    per_token = (clean.exp() * (clean - spliced)).sum(-1)
-    return (per_token * mask).sum() / mask.sum().clamp_min(1)
+    clean = torch.log_softmax(clean_logits.float(), dim=-1)
+    return masked_mean(kl_per_position(clean, spliced_logits), mask)
 
 
-class _Splice(nn.Module):
-    """Replace activations [B, T, d] by the dictionary's reconstruction at the counted positions only
-    (`keep`, set per batch), keeping the latents. BOS and other special tokens keep their clean values,
-    as in spliced evaluation: their residuals are outliers (attention sinks) that no dictionary is
-    trained on, and replacing them would dominate the KL."""
+class E2EObjective:
+    """The e2e loss of the dictionary spliced into `model` at `cfg.hookpoint` (see the module doc).
 
-    def __init__(self, d: Dictionary) -> None:
-        super().__init__()
-        self.d = d
-        self.latents: Tensor | None = None
-        self.keep: Tensor | None = None
+    `init`: start from a trained local dictionary of the same method and shape (raw-activation weights,
+    as saved) instead of from scratch: e2e fine-tuning, which reaches the KL regime in far fewer (costly)
+    steps."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        keep = self.keep  # set by train_e2e before each spliced forward
-        latents = self.d.encode_with_details(x[keep].float()).latents
-        self.latents = latents
-        out = x.clone()
-        out[keep] = self.d.decode(latents).to(x.dtype)
-        return out
+    def __init__(self, model: nn.Module, cfg: E2EConfig, init: Dictionary | None = None) -> None:
+        self.model, self.cfg, self.init = model, cfg, init
+        self.site = resolve_hookpoints(model, [cfg.hookpoint])[0]
+        self.downstream = resolve_hookpoints(model, list(cfg.downstream_hookpoints)) \
+            if cfg.downstream_hookpoints else []
+        self.device = next(model.parameters()).device
+
+    def start(self, member: Any, batch: dict[str, Tensor], _target: Any) -> None:
+        d = member.dictionary
+        if self.init is not None:
+            d.load_weights({k: v.to(d.W_dec.dtype) for k, v in self.init.weights().items()})
+            return
+        ids, mask = batch["input_ids"].to(self.device), batch["mask"].bool()
+        acts = capture(self.model, ids, [self.site])[self.site.name]
+        d.initialize(acts[mask.to(acts.device)].float().to(member.device), member.training, member.generator)
+
+    def loss(self, member: Any, batch: dict[str, Tensor], _target: Any, sparsity_coefficient: float,
+             dead_mask: Tensor | None) -> LossResult:
+        d, cfg = member.dictionary, self.cfg
+        ids, mask = batch["input_ids"].to(self.device), batch["mask"].to(self.device).float()
+        keep = mask.bool()
+        clean: dict[str, Tensor] = {}
+        with torch.no_grad(), hooks(self.model, self.downstream, clean):
+            clean_logits = self.model(input_ids=ids).logits
+        encodings: list[Encoding] = []
+
+        def reconstruct(rows: Tensor) -> Tensor:
+            # BOS and other special tokens keep their clean values, as in spliced evaluation: their
+            # residuals are outliers (attention sinks) that no dictionary is trained on.
+            enc = d.encode_with_details(rows.float().to(member.device))
+            encodings.append(enc)
+            return d.decode_encoding(enc).to(self.device)
+
+        spliced: dict[str, Tensor] = {}
+        with splice(self.model, self.site, reconstruct, positions=keep), \
+                hooks(self.model, self.downstream, spliced):
+            spliced_logits = self.model(input_ids=ids).logits
+        kl = kl_clean_to_spliced(clean_logits, spliced_logits, mask)
+        enc = encodings[-1]
+        assert enc.latents is not None
+        l1 = enc.latents.abs().sum(-1).mean() / d.d_in  # latents exist at counted positions only
+        total = cfg.kl_coefficient * kl + sparsity_coefficient * l1
+        parts = {"kl": kl.detach(), "l1": l1.detach()}
+        for point in self.downstream:
+            error = (spliced[point.name].float() - clean[point.name].float()).pow(2).mean(-1)
+            term = masked_mean(error, mask)
+            total = total + cfg.downstream_coefficient / len(self.downstream) * term
+            parts[f"downstream_mse.{point.name}"] = term.detach()
+        return LossResult(total, enc, enc.latents, parts)
+
+
+def e2e_spec(cfg: E2EConfig, d_in: int, init: Dictionary | None = None) -> DictionarySpec:
+    """The dictionary an e2e run trains: cfg's method and width, the paper's training recipe."""
+    if init is not None and (init.cfg.method, init.d_in, init.d_sae) != (cfg.method, d_in, cfg.d_sae):
+        raise SaekitError(f"init dictionary is a {init.cfg.method} {init.d_in}x{init.d_sae}; the e2e SAE is a "
+                          f"{cfg.method} {d_in}x{cfg.d_sae}: pass a dictionary of the same method and shape")
+    from saekit.methods import get_method
+
+    uses_l1 = get_method(cfg.method).uses_sparsity_coefficient
+    name = f"e2e{'-ds' if cfg.downstream_hookpoints else ''}-{cfg.method}-{cfg.d_sae}"
+    dictionary = DictionaryConfig(method=cfg.method, d_in=d_in, d_sae=cfg.d_sae, k=cfg.k, name=name)
+    training = TrainingConfig(
+        lr=cfg.lr, adam_betas=(0.9, 0.999), lr_warmup=cfg.lr_warmup, lr_decay=cfg.lr_decay,
+        sparsity_coefficient=cfg.sparsity_coefficient if uses_l1 else 0.0, sparsity_warmup=0.0,
+        grad_clip=cfg.grad_clip, normalize_activations="none", b_dec_init="zeros",
+        # a local dictionary's folded decoder rows are not unit norm: keep them
+        unit_norm_decoder=init is None, decoder_init_norm=1.0, aux_k=0, sparse_kernels=False, seed=cfg.seed)
+    return DictionarySpec(dictionary, training, Provenance(hookpoint=cfg.hookpoint))
 
 
 def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E2EConfig,
               total_steps: int, progress: bool = True, init: Dictionary | None = None) -> Dictionary:
-    """Train an e2e (or e2e+ds) SAE. `batches` yields (input_ids [B, T], mask [B, T]) where the mask
-    selects the tokens that count in the KL (special tokens excluded).
-
-    `init`: start from a trained local dictionary of the same shape (raw-activation weights, as saved)
-    instead of from scratch: e2e fine-tuning, which reaches the KL regime in far fewer (costly) steps."""
+    """Train an e2e (or e2e+ds) SAE with the one trainer. `batches` yields (input_ids [B, T], mask
+    [B, T]) where the mask selects the tokens that count in the KL (special tokens excluded)."""
+    if total_steps < 1:
+        raise SaekitError(f"total_steps must be at least 1, got {total_steps}")
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
+    objective = E2EObjective(model, cfg, init)
     iterator = iter(batches)
     first_ids, first_mask = next(iterator)
-    site = resolve_hookpoints(model, [cfg.hookpoint])[0]
-    downstream = resolve_hookpoints(model, list(cfg.downstream_hookpoints)) if cfg.downstream_hookpoints else []
-    store: dict[str, Tensor] = {}
-    with torch.no_grad(), hooks(model, [site], store):
-        model(input_ids=first_ids)
-    d_in = store[site.name].shape[-1]
-    topk = cfg.method in TOPK_FAMILY
-    dict_cfg = DictionaryConfig(method=cfg.method, d_in=d_in, d_sae=cfg.d_sae, lr=cfg.lr, k=cfg.k,
-                                sparsity_coefficient=0.0 if topk else cfg.sparsity_coefficient,
-                                # a local dictionary's folded decoder rows are not unit norm: keep them
-                                unit_norm_decoder=init is None, decoder_init_norm=1.0, b_dec_init="zeros",
-                                normalize_activations="none", hookpoint=cfg.hookpoint, seed=cfg.seed,
-                                name=f"e2e{'-ds' if downstream else ''}-{cfg.method}-{cfg.d_sae}")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    d = Dictionary(dict_cfg)
-    if init is None:
-        d.initialize(store[site.name][first_mask.bool()].float(), generator)
-    else:
-        if (init.d_in, init.d_sae) != (d_in, cfg.d_sae):
-            raise SaekitError(f"init dictionary is {init.d_in}x{init.d_sae}, the e2e SAE {d_in}x{cfg.d_sae}")
-        d.load_state_dict({k: v.clone() for k, v in init.state_dict().items()}, strict=False)
-    optimizer = torch.optim.Adam(d.parameters(), lr=cfg.lr)
-    splice = _Splice(d)
+    d_in = capture(model, first_ids[:1, :2], [objective.site])[objective.site.name].shape[-1]
+    spec = e2e_spec(cfg, d_in, init)
 
-    def all_batches():
-        yield first_ids, first_mask
-        yield from iterator
+    def sequences() -> Iterable[dict[str, Tensor]]:
+        yield {"input_ids": first_ids, "mask": first_mask}
+        for ids, mask in iterator:
+            yield {"input_ids": ids, "mask": mask}
 
-    bar = tqdm(total=total_steps, disable=not progress, desc="e2e", dynamic_ncols=True)
-    for step, (input_ids, mask) in enumerate(all_batches()):
-        if step >= total_steps:
-            break
-        mask = mask.float()
-        clean: dict[str, Tensor] = {}
-        with torch.no_grad(), hooks(model, downstream, clean):
-            clean_logits = model(input_ids=input_ids).logits
-        spliced: dict[str, Tensor] = {}
-        splice.keep = mask.bool()
-        with hooks(model, [site, *downstream], spliced, replace={site.name: splice}):
-            spliced_logits = model(input_ids=input_ids).logits
-        kl = kl_clean_to_spliced(clean_logits, spliced_logits, mask)
-        l1 = splice.latents.abs().sum(-1).mean() / d_in  # latents exist at counted positions only
-        loss = cfg.kl_coefficient * kl + dict_cfg.sparsity_coefficient * l1
-        for point in downstream:
-            error = (spliced[point.name].float() - clean[point.name].float()).pow(2).mean(-1) * mask
-            loss = loss + cfg.downstream_coefficient / len(downstream) * error.sum() / mask.sum()
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, total_steps, cfg.lr_warmup, cfg.lr_decay)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if dict_cfg.unit_norm_decoder:
-            d.remove_parallel_decoder_grad()
-        torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip)
-        optimizer.step()
-        if dict_cfg.unit_norm_decoder:
-            d.normalize_decoder()
-        bar.update(1)
-        bar.set_postfix({"kl": f"{float(kl.detach()):.4f}", "l0": f"{float((splice.latents.detach() > 0).sum(-1).float().mean()):.1f}"})
-    bar.close()
-    for param in d.parameters():
-        param.requires_grad_(False)
+    from saekit.training.trainer import train
+
+    n = first_ids.shape[0]
+    run = RunConfig(total_tokens=total_steps * n, batch_size=n, progress=progress)
+    (d,) = train(sequences(), [spec], run=run, objective=objective)
     d.meta.update(e2e=True, downstream_hookpoints=list(cfg.downstream_hookpoints))
-    return d.eval()
+    d.meta.pop("normalization", None)  # nothing was normalised
+    return d

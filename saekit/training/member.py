@@ -7,117 +7,100 @@ holds is in `state_dict()`, so a checkpoint restores it exactly.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from saekit.config import DictionaryConfig
-from saekit.dictionary import Dictionary, Encoding
-from saekit.losses import squared_error, training_loss
+from saekit.config import DictionarySpec
+from saekit.dictionary import Dictionary
+from saekit.methods import Encoding
+from saekit.methods.dead_latents import squared_error
+from saekit.training import normalization
 from saekit.training.distributed import Distributed
-
-
-def lr_factor(step: int, total_steps: int, warmup: float, decay: float) -> float:
-    """Linear warm-up from 0 over the first `warmup` fraction, linear decay to 0 over the last `decay`."""
-    warmup_steps = warmup * total_steps
-    decay_steps = decay * total_steps
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if decay_steps > 0 and step >= total_steps - decay_steps:
-        return max(0.0, (total_steps - step) / decay_steps)
-    return 1.0
-
-
-def activation_scale(method: str, x: Tensor, n_blocks: int = 1) -> Tensor:
-    """Per-dimension scale [d]: one scalar per block (crosscoder source), estimated on the batch x."""
-    blocks = x.float().reshape(x.shape[0], n_blocks, -1)
-    width = blocks.shape[-1]
-    norms = blocks.norm(dim=-1)  # [B, n_blocks]
-    if method == "mean_norm_sqrt_d":
-        scales = math.sqrt(width) / norms.mean(0).clamp_min(1e-12)
-    elif method == "mean_squared_norm_1":
-        scales = 1.0 / norms.pow(2).mean(0).sqrt().clamp_min(1e-12)
-    else:
-        scales = torch.ones(n_blocks)
-    return scales.repeat_interleave(width)
+from saekit.training.objective import LocalObjective, Objective
+from saekit.training.schedules import lr_factor, warmup_factor
 
 
 class SweepMember:
-    def __init__(self, cfg: DictionaryConfig, total_steps: int, device: str | torch.device = "cpu",
-                 dist: Distributed | None = None, autocast: str = "none"):
-        self.cfg = cfg
+    def __init__(self, spec: DictionarySpec, total_steps: int, device: str | torch.device = "cpu",
+                 dist: Distributed | None = None, autocast: str = "none",
+                 objective: Objective | None = None):
+        self.spec = spec
+        self.objective = objective or LocalObjective()
+        self.cfg = cfg = spec.dictionary
+        self.training = training = spec.training
         self.autocast = autocast == "bfloat16"
         self.dist = dist if dist is not None and dist.mode == "data" else None
         self.total_steps = total_steps
         self.device = torch.device(device)
-        self.dictionary = Dictionary(cfg, device=self.device)
-        self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=cfg.lr,
-                                          betas=cfg.adam_betas, eps=cfg.adam_eps,
-                                          fused=True)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.dictionary = Dictionary(cfg, device=self.device, training=training)
+        self.dictionary.provenance = spec.source
+        self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=training.lr,
+                                          betas=training.adam_betas, eps=training.adam_eps, fused=True)
+        self.generator = torch.Generator().manual_seed(training.seed)
         self.scale_in = torch.ones(cfg.d_in, device=self.device)
         self.scale_out = torch.ones(cfg.d_out, device=self.device)
+        self.normalization_tokens = 0
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
         self.no_dead_before = 0  # steps before this one cannot have dead latents (see _may_have_dead)
         # Firing counts over the current and the previous statistics window -> sparsity.safetensors.
         self.window_counts = torch.zeros(2, cfg.d_sae, dtype=torch.float64, device=self.device)
         self.window_tokens = [0, 0]
         self.fired_since_resample = torch.zeros(cfg.d_sae, dtype=torch.bool, device=self.device)
-        self.threshold_ema = 0.0  # BatchTopK: EMA of the batch's smallest selected activation
-        self.threshold_updates = 0
+        self.method_state = self.dictionary.method.new_state()
 
     # --------------------------------------------------------------------------------------- start
     def start(self, first_batch: Tensor, first_target: Tensor | None = None) -> None:
-        """Estimate the normalisation on the first batch and initialise the dictionary from it."""
-        cfg = self.cfg
+        """Estimate the normalisation on the first rows and initialise the dictionary from them."""
+        cfg, training = self.cfg, self.training
         x = first_batch.to(self.device, torch.float32)
-        self.scale_in = activation_scale(cfg.normalize_activations, x, cfg.n_sources).to(self.device)
+        self.normalization_tokens = x.shape[0]
+        self.scale_in = normalization.activation_scale(training.normalize_activations, x,
+                                                       cfg.n_sources).to(self.device)
         target = None
         if first_target is not None:
             target = first_target.to(self.device, torch.float32)
-            self.scale_out = activation_scale(cfg.normalize_activations, target).to(self.device)
+            self.scale_out = normalization.activation_scale(training.normalize_activations,
+                                                            target).to(self.device)
             target = target * self.scale_out
         else:
             self.scale_out = self.scale_in
-        self.dictionary.initialize(x * self.scale_in, self.generator, target)
+        self.dictionary.initialize(x * self.scale_in, training, self.generator, target)
 
     # ---------------------------------------------------------------------------------------- step
-    def step(self, x: Tensor, step: int, target: Tensor | None = None) -> dict[str, Tensor | float]:
-        cfg, d = self.cfg, self.dictionary
-        x = x.to(self.device, torch.float32) * self.scale_in
-        if target is not None:
-            target = target.to(self.device, torch.float32) * self.scale_out
-        lr = cfg.lr * lr_factor(step, self.total_steps, cfg.lr_warmup, cfg.lr_decay)
+    def step(self, x: Any, step: int, target: Tensor | None = None) -> dict[str, Tensor | float]:
+        training, d = self.training, self.dictionary
+        lr = training.lr * lr_factor(step, self.total_steps, training.lr_warmup * self.total_steps,
+                                     training.lr_decay * self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        warmup_steps = cfg.sparsity_warmup * self.total_steps
-        coefficient = cfg.sparsity_coefficient * (min(1.0, (step + 1) / warmup_steps)
-                                                  if warmup_steps > 0 else 1.0)
-        dead_mask = self.dead_mask() if (cfg.aux_k > 0 or cfg.ghost_grads) and \
-            self._may_have_dead(step, x.shape[0] * (self.dist.world if self.dist is not None else 1)) \
-            else None
+        coefficient = training.sparsity_coefficient * warmup_factor(
+            step, training.sparsity_warmup * self.total_steps)
+        cares = training.aux_k > 0 or training.ghost_grads
+        rows = self._rows(x)
+        global_batch = rows * (self.dist.world if self.dist is not None else 1)
+        dead_mask = self.dead_mask() if cares and self._may_have_dead(step, global_batch) else None
 
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            result = training_loss(d, x, coefficient, dead_mask, target)
+            result = self.objective.loss(self, x, target, coefficient, dead_mask)
         self.optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         if self.dist is not None:
             self.dist.average_gradients(list(d.parameters()))
-        if cfg.unit_norm_decoder:
+        if training.unit_norm_decoder:
             d.remove_parallel_decoder_grad()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip)
+        if training.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(d.parameters(), training.grad_clip)
         self.optimizer.step()
-        if cfg.unit_norm_decoder:
+        if training.unit_norm_decoder:
             d.normalize_decoder()
-        if cfg.method == "jumprelu":
-            with torch.no_grad():
-                d.threshold.clamp_(min=0.0)
+        d.method.after_step(d)
 
-        self._update_statistics(result.encoding, x.shape[0], step)
-        if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+        self._update_statistics(result.encoding, result.encoding.rows, step)
+        if training.resample_every and (step + 1) % training.resample_every == 0:
+            assert result.inputs is not None, "resampling needs the objective's normalised inputs"
+            x, target = result.inputs
             if self.dist is not None:  # every rank must make the same random choices
                 x = self.dist.gather_rows(x)
                 target = None if target is None else self.dist.gather_rows(target)
@@ -129,8 +112,15 @@ class SweepMember:
                      l0=result.encoding.mean_l0_tensor(), dead_fraction=self.dead_mask().float().mean())
         return parts
 
+    @staticmethod
+    def _rows(x: Any) -> int:
+        """Tokens in a batch: rows of activations, or the counted positions of a batch of sequences."""
+        if isinstance(x, Tensor):
+            return x.shape[0]
+        return int(x["mask"].sum()) if "mask" in x else int(next(iter(x.values())).shape[0])
+
     def dead_mask(self) -> Tensor:
-        return self.tokens_since_fired >= self.cfg.dead_tokens
+        return self.tokens_since_fired >= self.training.dead_tokens
 
     def _may_have_dead(self, step: int, global_batch: int) -> bool:
         """Whether any latent can be dead at `step`. Reading the counters back is a host sync, which
@@ -140,9 +130,9 @@ class SweepMember:
         if step < self.no_dead_before:
             return False
         oldest = int(self.tokens_since_fired.max())
-        if oldest >= self.cfg.dead_tokens:
+        if oldest >= self.training.dead_tokens:
             return True
-        self.no_dead_before = step + -(-(self.cfg.dead_tokens - oldest) // max(global_batch, 1))
+        self.no_dead_before = step + -(-(self.training.dead_tokens - oldest) // max(global_batch, 1))
         return False
 
     @torch.no_grad()
@@ -163,39 +153,17 @@ class SweepMember:
             self.window_tokens[1] = 0
         self.window_counts[1] += fired_counts.to(torch.float64)
         self.window_tokens[1] += batch
-        if self.cfg.method in ("batchtopk", "matryoshka") and \
-                step >= self.cfg.threshold_start * self.total_steps:
-            selected = enc.active_values()
-            scale = self.dictionary.selection_scale()
-            if scale is not None and enc.codes is not None:
-                selected = (enc.codes.values.detach() * scale[enc.codes.cols])
-                selected = selected[selected > 0]
-            smallest = float(selected.min()) if selected.numel() else math.inf
-            if self.dist is not None:
-                smallest = self.dist.min(smallest)
-            if math.isfinite(smallest):
-                # The EMA spans at most ~the last 10% of the run: a short run's activations drift, and
-                # a long horizon then averages in early thresholds (measured: inference L0 22 for k = 32
-                # after 137 steps with β = 0.999). Long runs keep the configured β.
-                beta = min(self.cfg.threshold_ema, 1.0 - 10.0 / max(self.total_steps, 20))
-                self.threshold_ema = beta * self.threshold_ema + (1 - beta) * smallest
-                self.threshold_updates += 1
-                # Bias-corrected EMA (as Adam does), so early steps are not pulled towards 0.
-                estimate = self.threshold_ema / (1 - beta ** self.threshold_updates)
-                scale = self.dictionary.selection_scale()
-                if scale is None:
-                    self.dictionary.threshold.fill_(estimate)
-                else:  # crosscoders select on f·norm, so each latent's own threshold is θ/norm
-                    self.dictionary.threshold.copy_(estimate / scale.clamp_min(1e-12))
+        self.method_state.update(self.dictionary, enc, step, self.total_steps, self.training,
+                                 None if self.dist is None else self.dist.min)
 
     # ---------------------------------------------------------------------------------- resampling
     @torch.no_grad()
     def resample_dead_latents(self, x: Tensor, target: Tensor | None = None) -> int:
-        """Anthropic's resampling (METHODS §1), using the current batch as the pool of inputs.
+        """Anthropic's resampling (docs/methods.md "Dead latents"), using the current batch as the pool.
 
         Latents silent since the last resample get a decoder row pointing at an input sampled with
         probability ∝ its squared reconstruction loss, an encoder column of that input scaled to 0.2 of
-        the mean alive encoder norm, a zero bias, and zeroed Adam moments.
+        the mean alive encoder norm, zero encoder biases, and zeroed Adam moments.
         """
         d = self.dictionary
         dead = ~self.fired_since_resample
@@ -215,11 +183,11 @@ class SweepMember:
         alive_norm = d.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else 1.0
         d.W_dec[dead] = directions * (d.W_dec[alive].norm(dim=-1).mean() if bool(alive.any()) else 1.0)
         d.W_enc[:, dead] = (directions * 0.2 * alive_norm).T
-        bias_names = ["b_gate", "b_mag", "r_mag"] if self.cfg.method == "gated" else ["b_enc"]
-        for name in bias_names:
+        biases = d.method.encoder_biases
+        for name in biases:
             getattr(d, name)[dead] = 0.0
         for param, index in [(d.W_dec, dead), (d.W_enc, (slice(None), dead))] + \
-                [(getattr(d, name), dead) for name in bias_names]:
+                [(getattr(d, name), dead) for name in biases]:
             state = self.optimizer.state.get(param, {})
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
@@ -238,9 +206,8 @@ class SweepMember:
         """A copy in raw activation space (normalisation folded in), ready to save or use."""
         d = copy.deepcopy(self.dictionary)
         d.fold_activation_scale(self.scale_in, self.scale_out)
-        d.meta.update(activation_scale=_compact(self.scale_in), training_tokens=tokens_seen,
-                      target_scale=_compact(self.scale_out),
-                      normalize_activations=self.cfg.normalize_activations)
+        d.meta.update(training_tokens=tokens_seen, normalization=normalization.record(
+            self.training.normalize_activations, self.scale_in, self.scale_out, self.normalization_tokens))
         density = self.firing_density()
         if density is not None:
             d.log_feature_density = density.clamp_min(1e-10).log10()
@@ -256,12 +223,12 @@ class SweepMember:
             "generator": self.generator.get_state(),
             "scale_in": self.scale_in,
             "scale_out": self.scale_out,
+            "normalization_tokens": self.normalization_tokens,
             "tokens_since_fired": self.tokens_since_fired,
             "window_counts": self.window_counts,
             "window_tokens": list(self.window_tokens),
             "fired_since_resample": self.fired_since_resample,
-            "threshold_ema": self.threshold_ema,
-            "threshold_updates": self.threshold_updates,
+            "method": self.method_state.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -270,16 +237,10 @@ class SweepMember:
         self.generator.set_state(state["generator"])
         self.scale_in = state["scale_in"].to(self.device)
         self.scale_out = state["scale_out"].to(self.device)
+        self.normalization_tokens = int(state["normalization_tokens"])
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
         self.no_dead_before = 0
         self.window_counts.copy_(state["window_counts"])
         self.window_tokens = list(state["window_tokens"])
         self.fired_since_resample.copy_(state["fired_since_resample"])
-        self.threshold_ema = float(state["threshold_ema"])
-        self.threshold_updates = int(state["threshold_updates"])
-
-
-def _compact(scale: Tensor) -> float | list[float]:
-    """A scale vector as recorded in the config: one number, or one per source block."""
-    blocks = torch.unique_consecutive(scale.cpu())
-    return float(blocks[0]) if blocks.numel() == 1 else [float(v) for v in blocks]
+        self.method_state.load_state_dict(state["method"])

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from saekit.config import DictionaryConfig
+from saekit.config import DictionarySpec
 from saekit.dictionary import Dictionary
 from saekit.evaluation.metrics import MetricsAccumulator
 from saekit.training.trainer import train
@@ -51,11 +51,11 @@ def train_meta_sae(d: Dictionary, d_meta: int | None = None, k: int = 4, epochs:
     n, width = rows.shape
     d_meta = d_meta or max(k + 1, round(n * 2304 / 49152))
     batch_size = min(batch_size, n)
-    cfg = DictionaryConfig(method="batchtopk", d_in=width, d_sae=d_meta, k=k, lr=lr,
-                           normalize_activations="none", aux_coefficient=aux_coefficient,
-                           dead_tokens=100 * batch_size, seed=seed, name=f"meta-k{k}-{d_meta}",
-                           hookpoint=f"decoder of {d.cfg.display_name}")
-    (meta,) = train(_epochs(rows, seed), [cfg], total_tokens=epochs * n, batch_size=batch_size,
+    spec = DictionarySpec.from_options(method="batchtopk", d_in=width, d_sae=d_meta, k=k, lr=lr,
+                                       normalize_activations="none", aux_coefficient=aux_coefficient,
+                                       dead_tokens=100 * batch_size, seed=seed, name=f"meta-k{k}-{d_meta}",
+                                       hookpoint=f"decoder of {d.cfg.display_name}")
+    (meta,) = train(_epochs(rows, seed), [spec], total_tokens=epochs * n, batch_size=batch_size,
                     progress=progress)
     with torch.no_grad():
         codes = meta.encode(rows)

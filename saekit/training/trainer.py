@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.config import DictionaryConfig, TrainConfig
+from saekit.config import DictionaryConfig, DictionarySpec
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.training.checkpoint import load_latest_checkpoint, write_checkpoint
+from saekit.training.config import RunConfig
 from saekit.training.distributed import Distributed
 from saekit.training.logs import RunLog
 from saekit.training.member import SweepMember
@@ -70,10 +71,10 @@ def rebatch(stream: Iterable[Any], batch_size: int, skip_tokens: int = 0) -> Ite
             chunks = [rest] if buffered else []
 
 
-def unique_names(configs: Sequence[DictionaryConfig]) -> list[str]:
+def unique_names(specs: Sequence[DictionarySpec]) -> list[str]:
     names: list[str] = []
-    for cfg in configs:
-        base = cfg.display_name.replace("/", "_")
+    for spec in specs:
+        base = spec.name.replace("/", "_")
         name, n = base, 1
         while name in names:
             n += 1
@@ -82,65 +83,89 @@ def unique_names(configs: Sequence[DictionaryConfig]) -> list[str]:
     return names
 
 
-def _lookup(batch: dict[str, Tensor], key: str | None, cfg: DictionaryConfig) -> Tensor:
+def _lookup(batch: dict[str, Tensor], key: str | None, spec: DictionarySpec) -> Tensor:
     if key in batch:
         return batch[key]
     if key is None and len(batch) == 1:
         return next(iter(batch.values()))
-    raise SaekitError(f"dictionary {cfg.display_name} needs activations of hookpoint {key!r} but the "
+    raise SaekitError(f"dictionary {spec.name} needs activations of hookpoint {key!r} but the "
                       f"stream has {', '.join(sorted(batch)) or 'plain tensors'}: set each config's "
                       "hookpoint (and target_hookpoint / source_hookpoints) to names in the stream")
 
 
-def member_inputs(cfg: DictionaryConfig, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+def member_inputs(spec: DictionarySpec, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
     """(input, target) of one dictionary from a batch: crosscoders concatenate their sources,
     transcoders read a separate target."""
-    if SINGLE in batch and not cfg.source_hookpoints and not cfg.is_transcoder:
+    cfg, source = spec.dictionary, spec.source
+    if SINGLE in batch and not source.source_hookpoints and not cfg.is_transcoder:
         x = batch[SINGLE].float()  # a plain-tensor stream feeds every dictionary, whatever its label
-    elif cfg.source_hookpoints:
-        x = torch.cat([_lookup(batch, key, cfg).float() for key in cfg.source_hookpoints], dim=-1)
+    elif source.source_hookpoints:
+        x = torch.cat([_lookup(batch, key, spec).float() for key in source.source_hookpoints], dim=-1)
     else:
-        x = _lookup(batch, cfg.hookpoint, cfg).float()
-    target = _lookup(batch, cfg.target_hookpoint, cfg).float() if cfg.is_transcoder else None
+        x = _lookup(batch, source.hookpoint, spec).float()
+    target = _lookup(batch, source.target_hookpoint, spec).float() if cfg.is_transcoder else None
     if x.shape[-1] != cfg.d_in:
-        raise SaekitError(f"activations have width {x.shape[-1]} but dictionary {cfg.display_name} "
+        raise SaekitError(f"activations have width {x.shape[-1]} but dictionary {spec.name} "
                           f"has d_in={cfg.d_in}")
     if target is not None and target.shape[-1] != cfg.d_out:
         raise SaekitError(f"target activations have width {target.shape[-1]} but dictionary "
-                          f"{cfg.display_name} has d_out={cfg.d_out}")
+                          f"{spec.name} has d_out={cfg.d_out}")
     return x, target
 
 
-def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | DictionaryConfig,
-          total_tokens: int | None = None, batch_size: int | None = None, *,
-          device: str | torch.device = "cpu", train_config: TrainConfig | None = None,
-          **train_options: Any) -> list[Dictionary]:
-    """Train every config in `configs` on one pass over `stream`; return the trained dictionaries.
+def as_specs(specs: Any) -> list[DictionarySpec]:
+    """A list of DictionarySpec from one or several specs or DictionaryConfigs (method defaults)."""
+    if isinstance(specs, (DictionarySpec, DictionaryConfig)):
+        specs = [specs]
+    out = []
+    for spec in specs:
+        if isinstance(spec, DictionaryConfig):
+            spec = DictionarySpec(spec)
+        if not isinstance(spec, DictionarySpec):
+            raise SaekitError(f"train takes DictionarySpec or DictionaryConfig objects, got "
+                              f"{type(spec).__name__}")
+        out.append(spec)
+    if not out:
+        raise SaekitError("train needs at least one dictionary")
+    return out
 
-    Keyword options are `TrainConfig` fields (checkpoint_dir, checkpoint_every, resume, log_file, ...).
-    The returned dictionaries take raw activations (normalisation folded in) and are in eval mode.
-    Under torchrun, `stream` yields this rank's shard: batch_size / world tokens per global batch.
+
+def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConfig] | DictionarySpec
+          | DictionaryConfig, total_tokens: int | None = None, batch_size: int | None = None, *,
+          run: RunConfig | None = None, objective: Any = None, **run_options: Any) -> list[Dictionary]:
+    """Train every dictionary in `specs` on one pass over `stream`; return the trained dictionaries.
+
+    Give the run either as `run=RunConfig(...)` or as keyword options (`RunConfig` fields: total_tokens,
+    batch_size, device, checkpoint_dir, checkpoint_every, resume, log_file, ...), not both. The returned
+    dictionaries take raw activations (normalisation folded in) and are in eval mode. Under torchrun,
+    `stream` yields this rank's shard: batch_size / world tokens per global batch. `objective` replaces
+    the local reconstruction loss for every member (e.g. `saekit.training.e2e.E2EObjective`, whose
+    stream yields sequences: batch_size and total_tokens then count sequences).
     """
-    if isinstance(configs, DictionaryConfig):
-        configs = [configs]
-    configs = list(configs)
-    if not configs:
-        raise SaekitError("train needs at least one DictionaryConfig")
-    if train_config is None:
-        options = dict(train_options)
+    specs = as_specs(specs)
+    if run is None:
+        options = dict(run_options)
         if total_tokens is not None:
             options["total_tokens"] = total_tokens
         if batch_size is not None:
             options["batch_size"] = batch_size
-        train_config = TrainConfig(**options)
-    tc = train_config
+        try:
+            run = RunConfig(**options)
+        except TypeError as error:
+            raise SaekitError(f"bad run options: {error}") from None
+    elif total_tokens is not None or batch_size is not None or run_options:
+        given = [n for n, v in (("total_tokens", total_tokens), ("batch_size", batch_size)) if v is not None]
+        raise SaekitError(f"train got run={type(run).__name__}(...) and also {', '.join(given + list(run_options))}: "
+                          "put every run option in the RunConfig")
+    tc = run
+    device = tc.device
     dist = Distributed.from_environment(tc.parallel, tc.collective_timeout_s)
     is_main = dist is None or dist.rank == 0
     local_batch = tc.batch_size if dist is None else dist.local_batch_size(tc.batch_size)
     total_steps = tc.total_steps
-    names = unique_names(configs)
-    members = {i: SweepMember(cfg, total_steps, device, dist, tc.autocast) for i, cfg in enumerate(configs)
-               if dist is None or dist.owns(i)}
+    names = unique_names(specs)
+    members = {i: SweepMember(spec, total_steps, device, dist, tc.autocast, objective)
+               for i, spec in enumerate(specs) if dist is None or dist.owns(i)}
 
     step, tokens_seen, resumed = 0, 0, False
     if tc.checkpoint_dir and tc.resume:
@@ -148,7 +173,7 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
         if loaded is not None:
             state, meta = loaded
             saved = meta.get("configs")
-            if saved != [cfg.to_dict() for cfg in configs] or meta.get("batch_size") != tc.batch_size \
+            if saved != [spec.to_dict() for spec in specs] or meta.get("batch_size") != tc.batch_size \
                     or meta.get("total_tokens") != tc.total_tokens:
                 raise SaekitError(f"checkpoint in {tc.checkpoint_dir} was made with different configs "
                                   "or token budget: use a new checkpoint_dir or resume=False")
@@ -168,8 +193,8 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
         Path(tc.checkpoint_dir) / "log.jsonl" if tc.checkpoint_dir else None)
     run_log = None
     if is_main:
-        run_log = RunLog(log_path, tc.loggers, tc.run_name, {"train": dataclasses.asdict(tc), "dictionaries":
-                         [cfg.to_dict() for cfg in configs]}, log_path.parent if log_path else None)
+        run_log = RunLog(log_path, tc.loggers, tc.run_name, {"run": dataclasses.asdict(tc), "dictionaries":
+                         [spec.to_dict() for spec in specs]}, log_path.parent if log_path else None)
 
     def all_member_objects(local: dict[int, Any]) -> list[Any]:
         """Every member's object (state or export), in config order, on every rank."""
@@ -178,7 +203,7 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
             for part in dist.gather_objects(local):
                 merged.update(part)
             local = merged
-        return [local[i] for i in range(len(configs))]
+        return [local[i] for i in range(len(specs))]
 
     def checkpoint() -> None:
         if not tc.checkpoint_dir:
@@ -189,7 +214,7 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
             state = {"members": states, "torch_rng": torch.get_rng_state()}
             meta = {"tokens_seen": tokens_seen, "total_tokens": tc.total_tokens,
                     "batch_size": tc.batch_size, "names": names,
-                    "configs": [cfg.to_dict() for cfg in configs]}
+                    "configs": [spec.to_dict() for spec in specs]}
             write_checkpoint(tc.checkpoint_dir, step, state, meta, dict(zip(names, exports)),
                              tc.keep_checkpoints)
         if dist is not None:
@@ -210,13 +235,13 @@ def train(stream: Iterable[Any], configs: Sequence[DictionaryConfig] | Dictionar
                 batch = {key: dist.gather_rows(value) for key, value in batch.items()}
             logs = []
             for i, member in members.items():
-                x, target = member_inputs(member.cfg, batch)
+                x, target = (batch, None) if objective is not None else member_inputs(member.spec, batch)
                 if step == 0:
                     if dist is not None and dist.mode == "data":  # initialise from the global batch
-                        member.start(dist.gather_rows(x),
-                                     None if target is None else dist.gather_rows(target))
+                        member.objective.start(member, dist.gather_rows(x),
+                                               None if target is None else dist.gather_rows(target))
                     else:
-                        member.start(x, target)
+                        member.objective.start(member, x, target)
                 logs.append((names[i], member.step(x, step, target)))
             step += 1
             tokens_seen += tc.batch_size

@@ -118,11 +118,23 @@ def create_saelens(root: Path, x: torch.Tensor) -> dict[str, dict]:
         _saelens_outputs(path, x, checkpoint)
         cases[f"{name}_checkpoint"] = {"path": str(checkpoint)}
 
-    # Architectures saekit has no module for: saekit must refuse them by name, not load them wrongly.
-    from sae_lens import AbsTopKSAE, AbsTopKSAEConfig, MatchingPursuitSAE, MatchingPursuitSAEConfig
+    # Matching pursuit (SAELens's defaults: residual threshold 1e-2, at most d_in steps); unit atoms as
+    # SAELens initialises them, and inputs whose residual can fall below the threshold.
+    from sae_lens import MatchingPursuitSAE, MatchingPursuitSAEConfig
 
-    for name, sae in [("abstopk", AbsTopKSAE(AbsTopKSAEConfig(**base, k=K, metadata=meta()))),
-                      ("matching_pursuit", MatchingPursuitSAE(MatchingPursuitSAEConfig(**base, metadata=meta())))]:
+    sae = MatchingPursuitSAE(MatchingPursuitSAEConfig(**base, metadata=meta()))
+    _randomize(sae, 70)
+    with torch.no_grad():
+        sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
+    path = root / "saelens_matching_pursuit"
+    sae.save_model(str(path))
+    _saelens_outputs(path, x, path)
+    cases["saelens_matching_pursuit"] = {"path": str(path)}
+
+    # Architectures saekit has no module for: saekit must refuse them by name, not load them wrongly.
+    from sae_lens import AbsTopKSAE, AbsTopKSAEConfig
+
+    for name, sae in [("abstopk", AbsTopKSAE(AbsTopKSAEConfig(**base, k=K, metadata=meta())))]:
         _randomize(sae, 90)
         sae.save_model(str(root.parent / "unsupported" / name))
 
@@ -242,10 +254,11 @@ def load_saekit_written(work: Path, x: torch.Tensor) -> None:
     for name, case in cases.items():
         path, out = Path(case["path"]), out_root / name
         out.mkdir(parents=True)
-        if case["format"] == "saelens":
+        if case["format"] in ("saelens", "saekit"):  # saekit's native cfg.json is SAELens's
             from sae_lens import SAE
 
             sae = SAE.load_from_disk(str(path), device="cpu")
+            (out / "architecture.txt").write_text(type(sae).__name__)
             with torch.no_grad():
                 _write(out, sae.encode(x), sae(x))
             # SAELens re-saving keeps unknown metadata (saekit's config) for the way back.

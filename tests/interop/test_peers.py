@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 import saekit
 from saekit.formats import detect
-from tests.interop.dictionaries import HOOK, LM, inputs, random_dictionary
+from tests.helpers import HOOK, LM, inputs, random_dictionary
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -42,7 +42,7 @@ PEER_CASES = {
     "saelens_matryoshka": "matryoshka", "saelens_matryoshka_checkpoint": "matryoshka",
     "saelens_transcoder": "relu", "saelens_skip_transcoder": "relu",
     "saelens_jumprelu_transcoder": "jumprelu", "saelens_jumprelu_skip_transcoder": "jumprelu",
-    "saelens_scaled_checkpoint": "relu",
+    "saelens_scaled_checkpoint": "relu", "saelens_matching_pursuit": "matching_pursuit",
     # sparsify: TopK SAE, transcoders with and without skip, a bf16 release-like file
     "sparsify_topk": "topk", "sparsify_transcoder": "topk", "sparsify_transcoder_skip": "topk",
     "sparsify_bf16": "topk",
@@ -69,6 +69,16 @@ SAEKIT_CASES = {
     "to_saelens_jumprelu_transcoder": ("saelens", "jumprelu", TRANSCODER, torch.float32),
     "to_saelens_jumprelu_skip_transcoder": ("saelens", "jumprelu", dict(TRANSCODER, skip_connection=True),
                                             torch.float32),
+    "to_saelens_matching_pursuit": ("saelens", "matching_pursuit", dict(residual_threshold=0.5), torch.float32),
+    # saekit's own directories (saekit.save): SAELens reads them as they are
+    "native_topk": ("saekit", "topk", {}, torch.float32),
+    "native_batchtopk": ("saekit", "batchtopk", {}, torch.float32),
+    "native_transcoder": ("saekit", "relu", TRANSCODER, torch.float32),
+    "native_skip_transcoder": ("saekit", "relu", dict(TRANSCODER, skip_connection=True), torch.float32),
+    "native_jumprelu_transcoder": ("saekit", "jumprelu", TRANSCODER, torch.float32),
+    "native_jumprelu_skip_transcoder": ("saekit", "jumprelu", dict(TRANSCODER, skip_connection=True),
+                                        torch.float32),
+    "native_matching_pursuit": ("saekit", "matching_pursuit", {}, torch.float32),
     "to_sparsify_topk": ("sparsify", "topk", {}, torch.float32),
     "to_sparsify_topk_bf16": ("sparsify", "topk", {}, torch.bfloat16),
     "to_sparsify_transcoder": ("sparsify", "topk", SQUARE, torch.float32),
@@ -148,13 +158,13 @@ def test_peer_dictionaries_load_in_saekit(work, name):
         _close(f"{name} recon", d(x), expected["recon"])
     assert d.cfg.method == PEER_CASES[name]
     if not name.startswith("sparsify"):  # sparsify does not record the model
-        assert d.cfg.model_name == LM, "model name recorded by the peer"
+        assert d.provenance.model_name == LM, "model name recorded by the peer"
     # Residual-stream hooks become saekit's site resid_post.3 (which resolves on the Hugging Face model);
     # the peer's own name is kept in meta. Transcoders keep the peer's names.
     if "transcoder" in name:
-        assert d.cfg.hookpoint in ("blocks.3.hook_resid_post", "layers.3:input")
+        assert d.provenance.hookpoint in ("blocks.3.hook_resid_post", "layers.3:input")
     else:
-        assert d.cfg.hookpoint == "resid_post.3"
+        assert d.provenance.hookpoint == "resid_post.3"
         assert d.meta["source"]["hook_name"] == {"saelens": HOOK, "sparsify": "layers.3",
                                                  "dl": "resid_post_layer_3"}[name.split("_")[0]]
     if name.startswith("sparsify"):
@@ -164,7 +174,9 @@ def test_peer_dictionaries_load_in_saekit(work, name):
     if d.cfg.method in ("topk", "batchtopk", "matryoshka"):
         assert d.cfg.k == 4
     if name == "saelens_scaled_checkpoint":
-        assert d.meta["activation_scale"] == 2.5
+        assert d.meta["normalization"]["input_scale"] == 2.5
+    if name == "saelens_matching_pursuit":  # SAELens's defaults: at most d_in steps, threshold 1e-2
+        assert d.cfg.k == 16 and d.cfg.residual_threshold == pytest.approx(1e-2)
     prefixes = {"saelens_matryoshka": [16, 32, 64], "saelens_matryoshka_checkpoint": [16, 32, 64],
                 "dl_matryoshka": [16, 64]}  # dictionary_learning: group_fractions [0.25, 0.75]
     if name in prefixes:
@@ -173,7 +185,7 @@ def test_peer_dictionaries_load_in_saekit(work, name):
         assert torch.allclose(d.threshold, torch.full_like(d.threshold, 0.2))
 
 
-@pytest.mark.parametrize("architecture", ["abstopk", "matching_pursuit"])
+@pytest.mark.parametrize("architecture", ["abstopk"])
 def test_peer_architectures_without_saekit_equivalent_are_refused(work, architecture):
     with pytest.raises(saekit.SaekitError, match=f"SAELens architecture '{architecture}' has no saekit "
                                                  "equivalent") as info:
@@ -191,6 +203,12 @@ def test_saekit_dictionaries_load_in_peers(work, name):
     with torch.no_grad():
         _close(f"{name} latents", d.encode(x), theirs["latents"])
         _close(f"{name} recon", d(x), theirs["recon"])
+    if fmt == "saekit":  # the class SAELens chose from saekit's cfg.json
+        classes = {"native_topk": "TopKSAE", "native_batchtopk": "JumpReLUSAE", "native_transcoder": "Transcoder",
+                   "native_skip_transcoder": "SkipTranscoder", "native_jumprelu_transcoder": "JumpReLUTranscoder",
+                   "native_jumprelu_skip_transcoder": "JumpReLUSkipTranscoder",
+                   "native_matching_pursuit": "MatchingPursuitSAE"}
+        assert (out / "architecture.txt").read_text() == classes[name]
     if fmt == "sparsify":
         assert (out / "dtype.txt").read_text() == str(SAEKIT_CASES[name][3]).removeprefix("torch.")
     if fmt == "dictionary_learning":  # the class the library itself instantiated
@@ -201,7 +219,7 @@ def test_saekit_dictionaries_load_in_peers(work, name):
         assert (out / "dict_class.txt").read_text() == expected
 
 
-@pytest.mark.parametrize("name", sorted(n for n in SAEKIT_CASES if SAEKIT_CASES[n][0] == "saelens"))
+@pytest.mark.parametrize("name", sorted(n for n in SAEKIT_CASES if SAEKIT_CASES[n][0] in ("saelens", "saekit")))
 def test_saekit_saelens_saekit_through_real_saelens_is_bit_identical(work, name):
     """SAELens loads saekit's directory and saves it again with its own code; saekit reads that back
     with the same config and the same bits."""

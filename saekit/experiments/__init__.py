@@ -1,0 +1,1 @@
+"""Named experiments built from the library: the demo, the toy ground-truth benchmark."""

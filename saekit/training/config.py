@@ -1,0 +1,189 @@
+"""How one dictionary learns (`TrainingConfig`) and how a run goes (`RunConfig`).
+
+Defaults that depend on the method (learning rate, sparsity coefficient, schedules, normalisation,
+init) are `None` in `TrainingConfig` and filled in by `resolved(dictionary_config)` from the method's
+`training_defaults` (each method's module cites docs/methods.md for its values). A resolved config
+holds the exact values a run used; it is recorded in the checkpoint and the saved dictionary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from saekit.config import DictionaryConfig, check_fields, help_field
+from saekit.errors import SaekitError
+
+NORMALIZATIONS = ("none", "mean_norm_sqrt_d", "mean_squared_norm_1")
+B_DEC_INITS = ("zeros", "mean", "geometric_median")
+
+
+@dataclass
+class TrainingConfig:
+    """How one dictionary of a sweep is trained: optimiser, schedules, init, normalisation, dead latents."""
+
+    lr: float | None = help_field("Adam learning rate. Default per method (TopK: 2e-4/sqrt(d_sae/2^14)).",
+                                  default=None)
+    adam_betas: tuple[float, float] | None = help_field("Adam (beta1, beta2).", default=None)
+    adam_eps: float = help_field("Adam epsilon.", default=1e-8)
+    lr_warmup: float | None = help_field("Fraction of steps for linear LR warm-up from 0.", default=None)
+    lr_decay: float | None = help_field("Fraction of final steps over which the LR decays linearly to 0.",
+                                        default=None)
+    sparsity_coefficient: float | None = help_field(
+        "λ: weight of the L1 term (relu: L1 of f·||d||; gated: L1 of the gate) or of the L0 term "
+        "(jumprelu). Unused by the TopK family and matching pursuit.", default=None)
+    sparsity_warmup: float | None = help_field("Fraction of steps over which λ warms up linearly from 0.",
+                                               default=None)
+    grad_clip: float = help_field("Clip the global gradient norm to this value (0 disables).", default=1.0)
+    normalize_activations: str | None = help_field(
+        "Scale inputs by one fixed scalar estimated at the start of training: 'mean_norm_sqrt_d' "
+        "(E||x|| = sqrt(d_in)), 'mean_squared_norm_1' (E||x||^2 = 1) or 'none'. The factor is recorded "
+        "in the config and folded into the saved weights, so saved dictionaries take raw activations.",
+        default=None)
+    b_dec_init: str | None = help_field("Decoder bias init: 'zeros', 'mean' or 'geometric_median' of the "
+                                        "first batch.", default=None)
+    unit_norm_decoder: bool | None = help_field("Keep decoder rows at unit norm (project the parallel "
+                                                "gradient, renormalise after each step).", default=None)
+    decoder_init_norm: float | None = help_field("Initial norm of each decoder row.", default=None)
+    aux_k: int | None = help_field("AuxK: latents used to reconstruct the residual from dead latents "
+                                   "(TopK family). Default min(512, d_in // 2); 0 disables.", default=None)
+    aux_coefficient: float = help_field("AuxK loss weight α.", default=1 / 32)
+    dead_tokens: int = help_field("A latent is dead once it has not fired for this many tokens.",
+                                  default=10_000_000)
+    ghost_grads: bool = help_field("Ghost grads on dead latents (relu, gated, jumprelu).", default=False)
+    resample_every: int = help_field("Resample dead latents every this many steps (0 disables).",
+                                     default=0)
+    jumprelu_bandwidth: float = help_field("JumpReLU straight-through bandwidth ε.", default=1e-3)
+    jumprelu_init_threshold: float = help_field("JumpReLU initial threshold θ0.", default=1e-3)
+    threshold_ema: float = help_field("BatchTopK/Matryoshka: EMA decay of the inference threshold.",
+                                      default=0.999)
+    threshold_start: float = help_field("BatchTopK/Matryoshka: fraction of steps before the inference "
+                                        "threshold starts being estimated.", default=0.1)
+    sparse_kernels: bool = help_field("TopK family: train with sparse decoder and encoder-gradient kernels "
+                                      "(same result as dense, much faster).", default=True)
+    seed: int = help_field("Random seed for initialisation.", default=0)
+
+    def resolved(self, dictionary: DictionaryConfig) -> "TrainingConfig":
+        """A copy with every method-dependent default filled in and every value checked."""
+        from saekit.methods import get_method
+
+        method = get_method(dictionary.method)
+        values = dataclasses.asdict(self)
+        for key, value in method.training_defaults(dictionary).items():
+            if values.get(key) is None:
+                values[key] = value
+        if values["adam_betas"] is not None:
+            values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
+        out = TrainingConfig(**values)
+        out._check(dictionary)
+        return out
+
+    def _check(self, dictionary: DictionaryConfig) -> None:
+        from saekit.methods import get_method
+
+        unresolved = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is None]
+        if unresolved:  # a method's defaults must cover every None field
+            raise SaekitError(f"no default for {', '.join(unresolved)} (method {dictionary.method!r})")
+        finite = all(math.isfinite(v) for v in (self.lr, self.adam_eps, self.sparsity_coefficient,
+                                                  self.grad_clip, self.decoder_init_norm,
+                                                  self.aux_coefficient, self.jumprelu_bandwidth,
+                                                  self.jumprelu_init_threshold))
+        checks = [
+            (finite, "learning rate, coefficients, eps, bandwidth and norms must be finite numbers"),
+            (self.normalize_activations in NORMALIZATIONS,
+             f"normalize_activations must be one of {', '.join(NORMALIZATIONS)}"),
+            (self.b_dec_init in B_DEC_INITS, f"b_dec_init must be one of {', '.join(B_DEC_INITS)}"),
+            (self.lr > 0, "lr must be positive"),
+            (self.adam_eps > 0, "adam_eps must be positive"),
+            (self.sparsity_coefficient >= 0, "sparsity_coefficient must be >= 0"),
+            (len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
+             "adam_betas must be two numbers in [0, 1)"),
+            (0.0 <= self.lr_warmup <= 1.0 and 0.0 <= self.lr_decay <= 1.0
+             and self.lr_warmup + self.lr_decay <= 1.0,
+             "lr_warmup and lr_decay are fractions of training that must sum to at most 1"),
+            (0.0 <= self.sparsity_warmup <= 1.0, "sparsity_warmup must be a fraction in [0, 1]"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0"),
+            (self.decoder_init_norm > 0, "decoder_init_norm must be positive"),
+            (self.aux_k >= 0, "aux_k must be >= 0"),
+            (self.aux_coefficient >= 0, "aux_coefficient must be >= 0"),
+            (self.dead_tokens > 0, "dead_tokens must be positive"),
+            (self.jumprelu_bandwidth > 0 and self.jumprelu_init_threshold > 0,
+             "jumprelu_bandwidth and jumprelu_init_threshold must be positive"),
+            (0.0 < self.threshold_ema < 1.0, "threshold_ema must be in (0, 1)"),
+            (0.0 <= self.threshold_start <= 1.0, "threshold_start must be a fraction in [0, 1]"),
+            (self.resample_every >= 0, "resample_every must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SaekitError(f"{message} (method {dictionary.method!r})")
+        get_method(dictionary.method).check_training(dictionary, self)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data["adam_betas"] is not None:
+            data["adam_betas"] = list(data["adam_betas"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+        check_fields(cls, data, "training config")
+        data = dict(data)
+        if data.get("adam_betas") is not None:
+            data["adam_betas"] = tuple(data["adam_betas"])
+        return cls(**data)
+
+
+@dataclass
+class RunConfig:
+    """How a run goes: token budget, batching, device, checkpoints and logging."""
+
+    total_tokens: int = help_field("Tokens to train on.", default=2_000_000)
+    batch_size: int = help_field("Tokens per optimisation step.", default=4096)
+    device: str = help_field("Device of the dictionaries and of every tensor of the step (cpu, cuda, "
+                             "cuda:N).", default="cpu")
+    checkpoint_dir: str | None = help_field("Directory for periodic checkpoints and exact resume.",
+                                            default=None)
+    checkpoint_every: int = help_field("Steps between checkpoints (0: only at the end).", default=0)
+    keep_checkpoints: int = help_field("How many recent checkpoints to keep.", default=2)
+    resume: bool = help_field("Resume from the latest checkpoint in checkpoint_dir if there is one.",
+                              default=True)
+    log_every: int = help_field("Steps between log lines.", default=50)
+    log_file: str | None = help_field("JSONL file for training logs (default: <checkpoint_dir>/log.jsonl).",
+                                      default=None)
+    loggers: list[str] = help_field("Extra log sinks besides the JSONL file: 'wandb' and/or 'tensorboard' "
+                                    "(install saekit[wandb] / saekit[tensorboard]).",
+                                    default_factory=list)
+    run_name: str | None = help_field("Run name for wandb / TensorBoard.", default=None)
+    progress: bool = help_field("Show a progress bar.", default=True)
+    autocast: str = help_field("Mixed precision for the forward pass: 'none' or 'bfloat16' (weights and "
+                               "optimiser state stay fp32).", default="none")
+    parallel: str = help_field("Under torchrun: 'data' (every rank trains every dictionary on its shard "
+                               "of each batch) or 'shard' (dictionaries dealt to ranks, activations "
+                               "gathered to their owner).", default="data")
+    collective_timeout_s: float = help_field("Under torchrun: seconds a rank waits for the others before "
+                                             "failing with an error.", default=120.0)
+
+    def __post_init__(self) -> None:
+        for name in ("total_tokens", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise SaekitError(f"{name} must be a positive integer, got {value!r}")
+        if self.total_tokens < self.batch_size:
+            raise SaekitError(f"total_tokens={self.total_tokens} is less than one batch "
+                              f"({self.batch_size}): raise total_tokens or lower batch_size")
+        if self.autocast not in ("none", "bfloat16"):
+            raise SaekitError(f"autocast must be 'none' or 'bfloat16', got {self.autocast!r}")
+        if self.parallel not in ("data", "shard"):
+            raise SaekitError(f"parallel must be 'data' or 'shard', got {self.parallel!r}")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.log_every < 1:
+            raise SaekitError("checkpoint_every must be >= 0, keep_checkpoints >= 1, log_every >= 1")
+        if not (isinstance(self.collective_timeout_s, (int, float)) and
+                math.isfinite(self.collective_timeout_s) and self.collective_timeout_s > 0):
+            raise SaekitError(f"collective_timeout_s must be a positive number of seconds, got "
+                              f"{self.collective_timeout_s!r}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_tokens // self.batch_size
