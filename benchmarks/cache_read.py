@@ -24,8 +24,8 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -84,7 +84,7 @@ def train_comparison(path: Path, x: torch.Tensor, steps: int) -> None:
     """The end-to-end claim: a TopK SAE trains as fast from the cache as from a tensor in RAM."""
     import saekit
 
-    cfg = saekit.DictionaryConfig(method="topk", d_in=D, d_sae=9216, k=32)
+    cfg = saekit.DictionarySpec.from_options(method="topk", d_in=D, d_sae=9216, k=32)
     tokens = steps * BATCH
     options = dict(total_tokens=tokens, batch_size=BATCH, progress=False)
     sources = {
@@ -144,10 +144,10 @@ def main() -> None:
         print(f"reads, batch {BATCH}, median of {args.runs}:")
         for shuffle in (False, True):
             kind = "shuffled" if shuffle else "sequential"
-            report(f"in-memory tensor, {kind}", median_time(lambda: consume(in_memory(x, shuffle, window)),
-                                                             args.runs))
+            report(f"in-memory tensor, {kind}",
+                   median_time(lambda shuffle=shuffle: consume(in_memory(x, shuffle, window)), args.runs))
             for verify in ("none", "lazy"):
-                def read() -> int:
+                def read(verify: str = verify, shuffle: bool = shuffle) -> int:
                     cache = open_cache(path, verify=verify)
                     return consume(cache.stream("resid", BATCH, shuffle=shuffle, seed=1))
                 assert read() == n

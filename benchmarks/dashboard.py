@@ -23,16 +23,16 @@ from pathlib import Path
 import torch
 
 import saekit
-from saekit.models.loading import load_model
 from saekit.data.stream import ActivationStream
 from saekit.data.tokens import TokenStream
 from saekit.inspect.dashboard import build_dashboards
+from saekit.models.loading import load_model
 
 
 def train_quick(model, tokenizer, tokens: int, out: Path) -> Path:
     stream = ActivationStream(model, TokenStream(tokenizer, context=128, batch_size=16, seed=1),
                               ["resid_post.6"])
-    cfg = saekit.DictionaryConfig(method="topk", d_in=576, d_sae=9216, k=32, hookpoint="resid_post.6",
+    cfg = saekit.DictionarySpec.from_options(method="topk", d_in=576, d_sae=9216, k=32, hookpoint="resid_post.6",
                                   model_name="offline-default")
     (d,) = saekit.train(stream, [cfg], total_tokens=tokens, batch_size=2048,
                         checkpoint_dir=str(out / "checkpoints"), log_every=5)

@@ -12,56 +12,10 @@ the fraction of the median peak.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import time
 
 import torch
-
-import saekit
-from saekit.training.member import SweepMember
-
-
-def matmul_peak(batch: int, d_in: int, d_sae: int, repeats: int = 10, device: str = "cpu",
-                dtype: torch.dtype = torch.float32) -> float:
-    """Median FLOP/s of [batch, d_in]×[d_in, d_sae] in this process (torch threads already set)."""
-    a = torch.randn(batch, d_in, device=device, dtype=dtype)
-    b = torch.randn(d_in, d_sae, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    a @ b
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        sync()
-        times.append(time.perf_counter() - start)
-    return 2 * batch * d_in * d_sae / statistics.median(times)
-
-
-def step_time(method: str, batch: int, d_in: int, d_sae: int, steps: int, device: str = "cpu",
-              autocast: str = "none", **options) -> float:
-    """Seconds per training step. CPU: the median of single steps (robust to a noisy neighbour).
-    GPU: the mean over `steps` queued back to back, synchronised once, as a training loop runs them."""
-    cfg = saekit.DictionaryConfig(method=method, d_in=d_in, d_sae=d_sae, lr=1e-4, **options)
-    member = SweepMember(cfg, total_steps=1000, device=device, autocast=autocast)
-    x = torch.randn(batch, d_in, device=device)
-    member.start(x)
-    for i in range(3):
-        member.step(x, i)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(steps):
-            member.step(x, i + 3)
-        torch.cuda.synchronize()
-        return (time.perf_counter() - start) / steps
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
-        member.step(x, i + 3)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from common import machine, matmul_peak, step_time  # benchmarks/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -74,8 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     products = {"relu": 5, "jumprelu": 5, "gated": 7}
-    print(f"threads={args.threads} load_avg={os.getloadavg()[0]:.2f} batch={args.batch} "
-          f"d_in={args.d_in} d_sae={args.d_sae} (medians of {args.steps} steps)")
+    print(f"{machine(args.threads)} batch={args.batch} d_in={args.d_in} d_sae={args.d_sae} "
+          f"(medians of {args.steps} steps)")
     peaks, seconds = [], {}
     for method in products:
         peaks.append(matmul_peak(args.batch, args.d_in, args.d_sae, 10))

@@ -16,9 +16,9 @@ import statistics
 import time
 
 import torch
+from common import activations, offline_model
 
 import saekit
-from real_data import activations, offline_model
 from saekit.encoders import make_encoder
 
 
@@ -46,9 +46,9 @@ def main() -> None:
     held_out = activations(model, tokenizer, [site], args.eval_tokens, split="test")[site]
     acts = train
     d_in = acts.shape[1]
-    configs = [saekit.DictionaryConfig(method="relu", d_in=d_in, d_sae=args.d_sae, lr=1e-3,
+    configs = [saekit.DictionarySpec.from_options(method="relu", d_in=d_in, d_sae=args.d_sae, lr=1e-3,
                                        sparsity_coefficient=2.0, name="relu"),
-               saekit.DictionaryConfig(method="topk", d_in=d_in, d_sae=args.d_sae, k=32, lr=1e-3,
+               saekit.DictionarySpec.from_options(method="topk", d_in=d_in, d_sae=args.d_sae, k=32, lr=1e-3,
                                        name="topk-k32")]
     dictionaries = saekit.train(train.split(4096), configs, total_tokens=train.shape[0] // 4096 * 4096,
                                 batch_size=4096, progress=False)

@@ -21,28 +21,19 @@ import subprocess
 import sys
 
 import torch
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from common import peak_rss_mib, rss_mib  # benchmarks/ is on sys.path when run as a script
 
 
 def child(width: int, batch: int, d_in: int, k: int, steps: int, sparse: bool) -> None:
     import saekit
-    from saekit.training.member import SweepMember
 
     torch.set_num_threads(int(os.environ.get("SAEKIT_BENCH_THREADS", "2")))
     x = torch.randn(batch, d_in)
-    cfg = saekit.DictionaryConfig(method="topk", d_in=d_in, d_sae=width, k=k, sparse_kernels=sparse)
+    spec = saekit.DictionarySpec.from_options(method="topk", d_in=d_in, d_sae=width, k=k, sparse_kernels=sparse)
     before = rss_mib()
-    member = SweepMember(cfg, total_steps=1000)
-    member.start(x)
-    for step in range(steps):
-        member.step(x, step)
-    with open("/proc/self/status") as f:  # VmHWM: ru_maxrss would survive exec from the parent
-        peak = int(next(line for line in f if line.startswith("VmHWM:")).split()[1]) / 1024
-    print(json.dumps({"before": before, "peak": peak}))
+    saekit.train((x for _ in range(steps)), [spec], total_tokens=steps * batch, batch_size=batch, progress=False,
+                 normalization_tokens=batch)
+    print(json.dumps({"before": before, "peak": peak_rss_mib()}))
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ DIR holds `train.npy` (training rows, already shuffled) and `heldout.npy`. Batch
 files with plain reads (no memory map), so the data never counts towards the peak RSS reported.
 
 Each library trains with its own defaults for a TopK SAE, as a user would get them:
-- saekit: `saekit.train` with `DictionaryConfig(method="topk")` (Adam, lr 2e-4/sqrt(M/2^14), LR decay
+- saekit: `saekit.train` with `DictionarySpec.from_options(method="topk")` (Adam, lr 2e-4/sqrt(M/2^14), LR decay
   over the last 20%, geometric-median b_dec, sparse kernels);
 - sparsify: its `Trainer`'s step, reproduced because `Trainer` only trains from hooks on a model: b_dec
   at the first batch's mean, unit-norm decoder, FVU loss, parallel-gradient removal, SignSGD under
@@ -28,11 +28,12 @@ import importlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from common import peak_rss_mib, rss_mib, synchronize  # benchmarks/ is on sys.path when run as a script
 
 D_SAE_MULTIPLE = 16
 
@@ -80,24 +81,6 @@ class DeviceRows:
             yield self.rows[start % per_pass:start % per_pass + batch]
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mib() -> float:
-    """VmHWM, this address space's RSS high-water mark. (getrusage's ru_maxrss survives exec, so a child
-    of a large parent would report the parent's peak.)"""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
 @torch.no_grad()
 def evaluate(reconstruct: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], heldout: RowReader,
              d_sae: int, device: str = "cpu", chunk: int = 4096) -> dict[str, float]:
@@ -125,8 +108,8 @@ def evaluate(reconstruct: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Ten
 def train_saekit(reader: RowReader | DeviceRows, args: argparse.Namespace, d_sae: int):
     import saekit
 
-    options = json.loads(args.saekit_options)  # e.g. {"lr": 1e-3}: DictionaryConfig fields
-    cfg = saekit.DictionaryConfig(method="topk", d_in=reader.width, d_sae=d_sae, k=args.k, **options)
+    options = json.loads(args.saekit_options)  # e.g. {"lr": 1e-3}: flat dictionary options
+    cfg = saekit.DictionarySpec.from_options(method="topk", d_in=reader.width, d_sae=d_sae, k=args.k, **options)
     started = time.perf_counter()
     d = saekit.train(reader.batches(args.batch, args.tokens), cfg, total_tokens=args.tokens,
                      batch_size=args.batch, progress=False, device=args.device,

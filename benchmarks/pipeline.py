@@ -18,13 +18,13 @@ import torch
 
 import saekit
 from saekit.data.cache import open_cache, write_cache
-from saekit.models.loading import load_model
 from saekit.data.stream import ActivationStream
 from saekit.data.tokens import TokenStream
+from saekit.models.loading import load_model
 
 
-def sweep(n: int, d_in: int, site: str, expansion: int) -> list[saekit.DictionaryConfig]:
-    return [saekit.DictionaryConfig(method="topk", d_in=d_in, d_sae=expansion * d_in, k=16 + 8 * (i % 4),
+def sweep(n: int, d_in: int, site: str, expansion: int) -> list[saekit.DictionarySpec]:
+    return [saekit.DictionarySpec.from_options(method="topk", d_in=d_in, d_sae=expansion * d_in, k=16 + 8 * (i % 4),
                                     hookpoint=site, seed=i, name=f"topk-{i}") for i in range(n)]
 
 

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saekit.models.sites import resolve_hookpoints  # noqa: E402
-from saekit.data.stream import capture  # noqa: E402
+from saekit.data.stream import capture
+from saekit.models.sites import resolve_hookpoints
 
 CONTEXT = 128
 
@@ -53,8 +53,8 @@ def activations(model: torch.nn.Module, hookpoint: str, ids: torch.Tensor, mask:
 def pack(args: argparse.Namespace) -> None:
     from transformers import AutoModel
 
-    from saekit.models.loading import load_model
     from saekit.data.tokens import TokenStream
+    from saekit.models.loading import load_model
 
     layer = layer_of(args.hookpoint)
     model, tokenizer = load_model(str(args.model), causal_lm=False)
@@ -98,9 +98,8 @@ def pack(args: argparse.Namespace) -> None:
 
 
 def unpack(args: argparse.Namespace) -> None:
-    from transformers import AutoModel
-
     from peers import save_split  # benchmarks/ is on sys.path when run as a script
+    from transformers import AutoModel
 
     meta = json.loads((args.bundle / "bundle.json").read_text())
     model = AutoModel.from_pretrained(args.bundle / "model", dtype=torch.float32).to(args.device).eval()

@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-
-from dense_peak import matmul_peak, step_time  # benchmarks/ is on sys.path when run as a script
+from common import matmul_peak, step_time  # benchmarks/ is on sys.path when run as a script
 
 VARIANTS = {
     "topk (sparse kernels)": ("topk", {}),

@@ -21,16 +21,16 @@ import saekit
 from saekit.data.toy import ToyConfig, ToyData
 
 
-def configs(d_in: int, d_sae: int) -> list[saekit.DictionaryConfig]:
+def configs(d_in: int, d_sae: int) -> list[saekit.DictionarySpec]:
     return [
-        saekit.DictionaryConfig(method="topk", d_in=d_in, d_sae=d_sae, k=8, lr=1e-3),
-        saekit.DictionaryConfig(method="batchtopk", d_in=d_in, d_sae=d_sae, k=8, lr=1e-3),
-        saekit.DictionaryConfig(method="jumprelu", d_in=d_in, d_sae=d_sae, lr=1e-3),
-        saekit.DictionaryConfig(method="relu", d_in=d_in, d_sae=d_sae, lr=1e-3),
+        saekit.DictionarySpec.from_options(method="topk", d_in=d_in, d_sae=d_sae, k=8, lr=1e-3),
+        saekit.DictionarySpec.from_options(method="batchtopk", d_in=d_in, d_sae=d_sae, k=8, lr=1e-3),
+        saekit.DictionarySpec.from_options(method="jumprelu", d_in=d_in, d_sae=d_sae, lr=1e-3),
+        saekit.DictionarySpec.from_options(method="relu", d_in=d_in, d_sae=d_sae, lr=1e-3),
     ]
 
 
-def timed_train(cfgs: list[saekit.DictionaryConfig], toy: ToyConfig, tokens: int, batch: int) -> float:
+def timed_train(cfgs: list[saekit.DictionarySpec], toy: ToyConfig, tokens: int, batch: int) -> float:
     start = time.perf_counter()
     saekit.train(ToyData(toy, chunk_size=batch), cfgs, total_tokens=tokens, batch_size=batch,
                  progress=False)

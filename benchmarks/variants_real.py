@@ -18,12 +18,12 @@ import os
 import time
 
 import torch
+from common import activations, offline_model
 
 import saekit
-from real_data import activations, offline_model
-from saekit.models.sites import resolve_hookpoints
 from saekit.data.tokens import TokenStream
 from saekit.evaluation.splice import spliced_evaluation
+from saekit.models.sites import resolve_hookpoints
 from saekit.training.e2e import E2EConfig, train_e2e
 
 
@@ -33,7 +33,7 @@ def transcoders(args: argparse.Namespace) -> None:
     train = activations(model, tokenizer, [source, target], args.tokens)
     held = activations(model, tokenizer, [source, target], args.eval_tokens, split="test")
     d_in, d_out = train[source].shape[1], train[target].shape[1]
-    configs = [saekit.DictionaryConfig(method="topk", d_in=d_in, d_out=d_out, d_sae=args.expansion * d_in,
+    configs = [saekit.DictionarySpec.from_options(method="topk", d_in=d_in, d_out=d_out, d_sae=args.expansion * d_in,
                                        k=args.k, lr=1e-3, hookpoint=source, target_hookpoint=target,
                                        skip_connection=skip, name="skip" if skip else "plain")
                for skip in (False, True)]
@@ -57,7 +57,7 @@ def e2e(args: argparse.Namespace) -> None:
     site = f"resid_post.{args.layer}"
     train = activations(model, tokenizer, [site], args.tokens)[site]
     d_in = train.shape[1]
-    local_cfg = saekit.DictionaryConfig(method="topk", d_in=d_in, d_sae=args.expansion * d_in, k=args.k,
+    local_cfg = saekit.DictionarySpec.from_options(method="topk", d_in=d_in, d_sae=args.expansion * d_in, k=args.k,
                                         lr=1e-3, hookpoint=site, name="local")
     local = saekit.train(train.split(1024), [local_cfg], total_tokens=train.shape[0] // 1024 * 1024,
                          batch_size=1024, progress=False)[0]

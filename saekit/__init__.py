@@ -14,13 +14,14 @@ import os
 # setting wins; `THP_MEM_ALLOC_ENABLE=0` turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from saekit.config import DictionaryConfig, DictionarySpec, Provenance
+from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.evaluation.metrics import evaluate
 from saekit.formats.detect import load_any as load  # any format, local or Hugging Face Hub
 from saekit.formats.native import save
 from saekit.methods import method_names
+from saekit.spec import DictionarySpec
 from saekit.training.config import RunConfig, TrainingConfig
 from saekit.training.trainer import train
 

@@ -18,13 +18,13 @@ def _rectangle(u: Tensor) -> Tensor:
 
 class _JumpReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
         ctx.save_for_backward(z, threshold)
         ctx.bandwidth = bandwidth
         return z * (z > threshold).to(z.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         z, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
         grad_z = grad_out * (z > threshold).to(z.dtype)
@@ -35,13 +35,13 @@ class _JumpReLU(torch.autograd.Function):
 
 class _Step(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
         ctx.save_for_backward(z, threshold)
         ctx.bandwidth = bandwidth
         return (z > threshold).to(z.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         z, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
         grad_threshold = -(1.0 / eps) * _rectangle((z - threshold) / eps) * grad_out
@@ -68,7 +68,7 @@ class _JumpReLUWithL0(torch.autograd.Function):
     and `heaviside_step` combined (tested). The active mask is returned for firing statistics."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float):  # type: ignore[override]
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float):
         active = float_mask(torch.gt, z, threshold)
         half = bandwidth / 2
         window = float_mask(torch.gt, z, threshold - half).sub_(float_mask(torch.gt, z, threshold + half))
@@ -82,7 +82,7 @@ class _JumpReLUWithL0(torch.autograd.Function):
         return z * active, l0, active
 
     @staticmethod
-    def backward(ctx, grad_f: Tensor, grad_l0: Tensor, _grad_active: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_f: Tensor, grad_l0: Tensor, _grad_active: Tensor):
         active, window, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
         if grad_f is None:

@@ -1,8 +1,9 @@
 """`saekit <command>`: a thin layer that parses arguments, calls the library, and prints clear errors.
 
 Each command lives in a module of `saekit.commands` with `register(subparsers)`, which adds its parser
-and sets `func=run` via `set_defaults`; modules are discovered, so adding a command touches no shared list. Errors a user can fix (`SaekitError`, bad files, bad values) are printed as
-one line on stderr with exit code 2; no traceback reaches the user unless SAEKIT_DEBUG=1.
+and sets `func=run` via `set_defaults`; modules are discovered, so adding a command touches no shared
+list. Errors a user can fix (`SaekitError`, bad files, bad values) are printed as one line on stderr with
+exit code 2; no traceback reaches the user unless SAEKIT_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import pkgutil
 import sys
 
 from saekit.errors import SaekitError
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"saekit {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # noqa: BLE001 - last line of defence for the CLI
+    except Exception as error:
         if os.environ.get("SAEKIT_DEBUG"):
             raise
         print(

@@ -9,10 +9,9 @@ saekit keeps four configurations, each saying one thing:
   normalisation, dead-latent care, seed. A dictionary loaded from Gemma Scope or SAELens has none.
 - `RunConfig` (`saekit.training.config`): how a run goes: token budget, batch, checkpoints, device.
 
-`DictionarySpec` bundles the first three for one member of a sweep; `DictionarySpec.from_options` builds
-one from a flat mapping (a `[[dictionaries]]` entry of a sweep file, or CLI flags), sending each key to
-the dataclass that owns it. Every field carries its help text in `metadata["help"]`: the CLI builds
-`--help` from it, so a field's documentation lives in exactly one place.
+`saekit.spec.DictionarySpec` bundles the first three for one member of a sweep. Every field carries its
+help text in `metadata["help"]`: the CLI builds `--help` from it, so a field's documentation lives in
+exactly one place.
 """
 
 from __future__ import annotations
@@ -110,7 +109,7 @@ class DictionaryConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DictionaryConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DictionaryConfig:
         check_fields(cls, data, "dictionary config")
         return cls(**data)
 
@@ -150,78 +149,6 @@ class Provenance:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Provenance":
+    def from_dict(cls, data: dict[str, Any]) -> Provenance:
         check_fields(cls, data, "provenance")
         return cls(**data)
-
-
-@dataclass
-class DictionarySpec:
-    """One dictionary of a sweep: what it computes, how it learns, where its data comes from.
-
-    The training config is completed from the method's defaults (`TrainingConfig.resolved`), so a spec
-    always holds the exact values a run uses."""
-
-    dictionary: DictionaryConfig
-    training: Any = None  # TrainingConfig (typed loosely: saekit.training.config imports this module)
-    source: Provenance = field(default_factory=Provenance)
-
-    def __post_init__(self) -> None:
-        from saekit.training.config import TrainingConfig
-
-        src, cfg = self.source, self.dictionary
-        if src.source_hookpoints is not None and cfg.n_sources != len(src.source_hookpoints):
-            raise SaekitError(f"the dictionary has n_sources={cfg.n_sources} but {len(src.source_hookpoints)} "
-                              "source_hookpoints were given: make them agree")
-        if (src.target_hookpoint is not None) != cfg.transcoder:
-            raise SaekitError("a transcoder needs a target_hookpoint and only a transcoder has one: set "
-                              "transcoder=True together with target_hookpoint")
-        if self.training is None:
-            self.training = TrainingConfig()
-        if not isinstance(self.training, TrainingConfig):
-            raise SaekitError(f"training must be a TrainingConfig, got {type(self.training).__name__}")
-        self.training = self.training.resolved(cfg)
-
-    @property
-    def name(self) -> str:
-        """The dictionary's name, else method, width and k or λ (e.g. `topk-k32-6144`, `relu-l5-6144`)."""
-        from saekit.methods import get_method
-
-        return self.dictionary.name or get_method(self.dictionary.method).display_name(self.dictionary,
-                                                                                       self.training)
-
-    @classmethod
-    def from_options(cls, **options: Any) -> "DictionarySpec":
-        """A spec from flat options, each sent to the dataclass that owns it (unknown keys: one-line error)."""
-        from saekit.training.config import TrainingConfig
-
-        parts: dict[type, dict[str, Any]] = {DictionaryConfig: {}, TrainingConfig: {}, Provenance: {}}
-        owners = {f.name: cls_ for cls_ in parts for f in dataclasses.fields(cls_)}
-        unknown = sorted(set(options) - set(owners))
-        if unknown:
-            raise SaekitError(f"unknown dictionary option(s) {', '.join(unknown)}; see `saekit train "
-                              "--help` for the valid names")
-        for key, value in options.items():
-            parts[owners[key]][key] = value
-        source = Provenance(**parts[Provenance])
-        dictionary_options = parts[DictionaryConfig]
-        if source.target_hookpoint is not None:
-            dictionary_options.setdefault("transcoder", True)
-        if source.source_hookpoints is not None:
-            dictionary_options.setdefault("n_sources", len(source.source_hookpoints))
-        try:
-            return cls(DictionaryConfig(**dictionary_options), TrainingConfig(**parts[TrainingConfig]),
-                       source)
-        except TypeError as error:  # a wrong type reaching a dataclass
-            raise SaekitError(f"bad dictionary options: {error}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"dictionary": self.dictionary.to_dict(), "training": self.training.to_dict(),
-                "source": self.source.to_dict()}
-
-
-def option_fields() -> list[dataclasses.Field]:
-    """Every flat dictionary option (the fields of the three per-dictionary configs), for the CLI."""
-    from saekit.training.config import TrainingConfig
-
-    return [f for cls in (DictionaryConfig, TrainingConfig, Provenance) for f in dataclasses.fields(cls)]

@@ -24,6 +24,16 @@ class Dictionary(nn.Module):
     # Set by `saekit.training` on the dictionaries it trains; None for dictionaries that were loaded
     # from another library (they carry no invented training fields).
     training_config: Any
+    # The weights (which exist depends on the method: see `Method.weight_names`).
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    W_skip: nn.Parameter
+    b_enc: nn.Parameter
+    b_gate: nn.Parameter
+    b_mag: nn.Parameter
+    r_mag: nn.Parameter
+    threshold: Tensor
 
     def __init__(self, cfg: DictionaryConfig, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", training: Any = None) -> None:
@@ -137,12 +147,14 @@ class Dictionary(nn.Module):
         the encoder gets its own random directions at the same norm, and b_dec is set from the target.
         W_skip starts at zero."""
         cfg = self.cfg
+        d_out = cfg.d_out
+        assert d_out is not None  # set by DictionaryConfig
 
         def random_rows(n: int, d: int) -> Tensor:
             rows = torch.randn(n, d, generator=generator, dtype=torch.float32)
             return rows / rows.norm(dim=-1, keepdim=True)
 
-        self.W_dec.copy_(random_rows(cfg.d_sae, cfg.d_out) * training.decoder_init_norm)
+        self.W_dec.copy_(random_rows(cfg.d_sae, d_out) * training.decoder_init_norm)
         if self.method.has_encoder:
             if cfg.is_transcoder:
                 self.W_enc.copy_(random_rows(cfg.d_sae, cfg.d_in).T * training.decoder_init_norm)
@@ -177,9 +189,9 @@ class Dictionary(nn.Module):
         """Make a dictionary trained on c·x (target c'·y) take raw x and return raw ŷ (see the method's
         `fold_activation_scale`). Scales are a scalar or one per input/output dimension."""
         scale_out = scale_in if scale_out is None else scale_out
-        like = dict(dtype=self.W_dec.dtype, device=self.W_dec.device)
-        self.method.fold_activation_scale(self, torch.as_tensor(scale_in, **like),
-                                          torch.as_tensor(scale_out, **like))
+        dtype, device = self.W_dec.dtype, self.W_dec.device
+        self.method.fold_activation_scale(self, torch.as_tensor(scale_in, dtype=dtype, device=device),
+                                          torch.as_tensor(scale_out, dtype=dtype, device=device))
 
     def fold_decoder_norms(self) -> None:
         """Give decoder rows unit norm and scale each latent by its old norm (f_i ← f_i·||d_i||).

@@ -1,4 +1,5 @@
-"""Inference-time encoders over a trained decoder (METHODS.md §5c): sparse approximation per input.
+"""Inference-time encoders over a trained decoder (docs/methods.md "Inference-time encoders"): sparse
+approximation per input.
 
 Both are batched over tokens and vectorised over the dictionary; the only loop is over the k atoms:
 - matching pursuit: add the atom with the largest positive correlation to the residual, with the
@@ -12,7 +13,7 @@ the same units as the dictionary's latents.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

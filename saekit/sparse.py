@@ -84,7 +84,7 @@ class SparseCodes:
         dense = torch.zeros(self.batch_size, d_sae, dtype=self.values.dtype, device=self.values.device)
         return dense.index_put((self.rows, self.cols), self.values)
 
-    def subset(self, mask: Tensor) -> "SparseCodes":
+    def subset(self, mask: Tensor) -> SparseCodes:
         rows = self.rows[mask]
         counts = index_counts(rows, self.batch_size)
         offsets = torch.cumsum(counts, 0) - counts
@@ -152,7 +152,7 @@ class _SelectedPreactivations(torch.autograd.Function):
     """pre[rows, cols] of pre = (x − b_dec)·W_enc + b_enc, with a sparse backward."""
 
     @staticmethod
-    def forward(ctx, selected: Tensor, x_centered: Tensor, codes: SparseCodes,  # type: ignore[override]
+    def forward(ctx, selected: Tensor, x_centered: Tensor, codes: SparseCodes,
                 W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None) -> Tensor:
         ctx.save_for_backward(x_centered, W_enc, codes.rows, codes.cols)
         ctx.orders = codes.orders
@@ -160,7 +160,7 @@ class _SelectedPreactivations(torch.autograd.Function):
         return selected
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         x_centered, W_enc, rows, cols = ctx.saved_tensors
         width = W_enc.shape[1]
         grad_W_enc = grad_b_enc = grad_b_dec = None
@@ -227,13 +227,13 @@ class _SparseDecode(torch.autograd.Function):
     indices into a dense [M, d] gradient by a slower path)."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, codes: SparseCodes, W_dec: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, values: Tensor, codes: SparseCodes, W_dec: Tensor) -> Tensor:
         ctx.save_for_backward(values, W_dec, codes.rows, codes.cols, codes.offsets)
         ctx.orders = codes.orders
         return F.embedding_bag(codes.cols, W_dec, codes.offsets, mode="sum", per_sample_weights=values)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         values, W_dec, rows, cols, offsets = ctx.saved_tensors
         grad = grad.contiguous()
         grad_values = grad_W_dec = None

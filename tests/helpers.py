@@ -9,17 +9,18 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast)
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
 import saekit
-from saekit.config import DictionaryConfig, DictionarySpec, Provenance
+from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.methods import get_method, method_names
+from saekit.spec import DictionarySpec
 
 METHODS = method_names()
 ENCODER_METHODS = [m for m in METHODS if get_method(m).has_encoder]
 
-WORDS = ("the a cat dog sat on mat and ran to park it was big small red blue happy sad day night "
+WORDS = ("the a cat dog sat on mat and ran to park it was big small red blue happy sad day night "  # noqa: SIM905
          "python code function class return value list dict loop if else print import module").split()
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 

@@ -14,10 +14,8 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
 
-from saekit.commands.sources import (activation_stream, add_model_arguments, model_config,
-                                     source_metadata, text_config)
+from saekit.commands.sources import activation_stream, add_model_arguments, model_config, source_metadata, text_config
 from saekit.errors import SaekitError
 
 

@@ -1,15 +1,17 @@
 """`saekit diff`: model diffing with a crosscoder over two models' activations at one hookpoint.
 
 Both models run on the same tokens; one dictionary reads their concatenated activations and keeps a
-decoder block per model (METHODS.md §6). The report classifies latents by relative decoder norm
-(saekit.inspect.diffing) and shows, for the most model-specific latents, the held-out contexts where
-they fire hardest, so a researcher can see what one model represents and the other does not.
+decoder block per model (docs/methods.md "Transcoders, crosscoders, meta-SAEs"). The report classifies
+latents by relative decoder norm (saekit.inspect.diffing) and shows, for the most model-specific
+latents, the held-out contexts where they fire hardest, so a researcher can see what one model
+represents and the other does not.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
 from saekit.commands.sources import add_model_arguments, text_config
 from saekit.errors import SaekitError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from saekit.commands.common import print_table
 from saekit.commands.sources import add_model_arguments, open_model, text_config

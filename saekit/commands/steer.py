@@ -112,8 +112,7 @@ def run_vector(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from saekit.inspect.steering import (decompose_vector, mean_activation_difference,
-                                         write_decomposition_page)
+    from saekit.inspect.steering import decompose_vector, mean_activation_difference, write_decomposition_page
 
     if args.vector is not None:
         import saekit

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from saekit.commands.common import add_dataclass_arguments, build, dataclass_values, print_table
-from saekit.errors import SaekitError
 from saekit.data.toy import ToyConfig
+from saekit.errors import SaekitError
 from saekit.experiments.toy import TOY_PRESETS, run_toy
 
 
@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "toy", help="Ground-truth benchmark: recover known sparse features (MMCS, L0, FVU, dead).",
         description="Train one dictionary per method on Sharkey et al.'s toy data (correlated, "
-                    "decaying-frequency features in superposition; METHODS.md §10) in a single sweep, "
+                    "decaying-frequency features in superposition; docs/methods.md, 'Toy ground truth') "
+                    "in a single sweep, "
                     "then print MMCS against the true features, L0, FVU and the dead fraction on "
                     f"held-out data. Per-method settings used: {presets}.")
     parser.add_argument("--methods", nargs="+", default=list(TOY_PRESETS),

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
-from saekit.commands.common import (add_dataclass_arguments, build, dataclass_values,
-                                    load_config_file)
+from saekit.commands.common import add_dataclass_arguments, build, dataclass_values, load_config_file
 from saekit.commands.sources import activation_stream, add_model_arguments, text_config
-from saekit.config import DictionaryConfig, DictionarySpec, Provenance
+from saekit.config import DictionaryConfig, Provenance
 from saekit.data.config import TextConfig
 from saekit.errors import SaekitError
+from saekit.spec import DictionarySpec
 from saekit.training.config import RunConfig, TrainingConfig
 
 # Provenance fields the text options fill in (their flags are --dataset and --context-size).
@@ -153,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise SaekitError("give exactly one activation source: --model M --hookpoints H, "
                           "--from-cache DIR or --activations FILE")
     stream: Iterable[Any]
+    widths: dict[Any, int]
     if args.model is not None:
         stream, widths, _, _ = activation_stream(args, text)
         run_config, specs = sweep_specs(file_values, args, widths, _source(args.model, text))
@@ -166,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
 
         cache = open_cache(args.from_cache)
         recorded = cache.metadata or {}
-        run_config, specs = sweep_specs(file_values, args, dict(cache.d), {
+        cache_widths: dict[Any, int] = {name: int(d or 0) for name, d in cache.d.items()}
+        run_config, specs = sweep_specs(file_values, args, cache_widths, {
             "model_name": cache.model, "dataset": recorded.get("dataset"),
             "context_size": recorded.get("context_size")})
         stream = cache.stream_many(None, run_config.batch_size, shuffle=args.shuffle, seed=text.data_seed)

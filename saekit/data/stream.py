@@ -8,7 +8,8 @@ tokens removed, resumable at any token without re-running the model on what came
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +53,7 @@ class ActivationStream:
         ids = torch.tensor([[self.tokens.bos if self.tokens.bos is not None else 0] * 2])
         return {name: value.shape[-1] for name, value in self._capture(ids).items()}
 
-    def resume_from(self, tokens: int) -> "ActivationStream":
+    def resume_from(self, tokens: int) -> ActivationStream:
         return ActivationStream(self.model, self.tokens.resume_from(tokens), self.requested, self.progress)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import glob
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,8 +56,8 @@ def _all_documents(source: str, text_column: str) -> Iterator[str]:
         if not files:
             raise SaekitError("the offline default text is not installed: run scripts/setup.sh "
                               "(it installs Debian's python3.11-doc)")
-        for file in files:
-            yield Path(file).read_text(encoding="utf-8", errors="replace")
+        for name in files:
+            yield Path(name).read_text(encoding="utf-8", errors="replace")
         return
     path = Path(source)
     if path.exists():
@@ -127,7 +128,7 @@ class TokenStream:
         special = torch.tensor(sorted(self.special), dtype=ids.dtype)
         return ~torch.isin(ids, special)
 
-    def resume_from(self, tokens: int) -> "TokenStream":
+    def resume_from(self, tokens: int) -> TokenStream:
         """The same stream, with its first `tokens` counted tokens masked out (see the module doc)."""
         clone = TokenStream(self.tokenizer, self.source, self.context, self.batch_size, self.split,
                             self.shuffle_buffer, self.seed, self.text_column, self.max_tokens)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -107,12 +108,14 @@ class APDDecomposition(FrozenTargetWeights):
                 raise SaekitError(f"cannot tie {name!r} to {source!r}: weight shapes "
                                   f"{tuple(layers[name].weight.shape)} and "
                                   f"{tuple(layers[source].weight.shape)} are not transposes")
-            self.tied_factors[name] = TransposedFactors(self.factors[source.replace(".", "__")])
+            self.tied_factors[name] = TransposedFactors(cast(LayerFactors, self.factors[source.replace(".", "__")]))
         self.target_weights = {name: layer.weight.detach().clone() for name, layer in layers.items()}
         self.biases = {name: layer.bias for name, layer in layers.items()}
 
     def layer_factors(self, name: str) -> Factors:
-        return self.tied_factors[name] if name in self.tied else self.factors[name.replace(".", "__")]
+        # nn.ModuleDict types its entries as plain Modules; every entry of `factors` is a LayerFactors
+        return self.tied_factors[name] if name in self.tied else \
+            cast(LayerFactors, self.factors[name.replace(".", "__")])
 
     def component_weights(self, name: str) -> Tensor:
         """[C, d_out, d_in]: P_{c,l} for layer `name`."""
@@ -133,18 +136,19 @@ class APDDecomposition(FrozenTargetWeights):
     def faithfulness_loss(self) -> Tensor:
         """(1/N) Σ_l ||W_l − Σ_c P_{c,l}||²; a tied layer repeats its source's error, so counting it
         in both numerator and N leaves the value unchanged."""
-        squared_error = sum((self.target_weights[name] - self.layer_factors(name).summed_weight())
-                            .pow(2).sum() for name in self.layer_names)
+        # A sum over the layers (at least one) is a Tensor: the cast drops typeshed's int start 0.
+        squared_error = cast(Tensor, sum((self.target_weights[name] - self.layer_factors(name).summed_weight())
+                                         .pow(2).sum() for name in self.layer_names))
         return squared_error / self.n_params
 
     def schatten_penalty(self, p: float) -> Tensor:
         """[C]: Σ_{l,m} (||U_{c,l,:,m}||² ||V_{c,l,m,:}||²)^{p/2}, the factorised Schatten-p proxy."""
-        total = 0.0
+        total: Tensor | float = 0.0
         for name in self.layer_names:
             factors = self.layer_factors(name)
             squared = factors.out_factor().pow(2).sum(1) * factors.in_factor().pow(2).sum(2)  # [C, m]
             total = total + (squared + 1e-16).pow(p / 2).sum(-1)
-        return total
+        return cast(Tensor, total)  # a Tensor after the first of the (at least one) layers
 
     def attributions(self, inputs: Tensor, attribute_at: str = "target") -> Tensor:
         """A_c(x) [..., C], computed without building a graph into the components.
@@ -193,8 +197,8 @@ class APDDecomposition(FrozenTargetWeights):
                                             retain_graph=start + chunk < n_outputs,
                                             is_grads_batched=True)
                 with torch.no_grad():
-                    per_output = sum((torch.einsum("o...d,cdm->o...cm", g, out_factors[n])
-                                      * inner[n]).sum(-1) for g, n in zip(grads, names))
+                    per_output = cast(Tensor, sum((torch.einsum("o...d,cdm->o...cm", g, out_factors[n])
+                                                   * inner[n]).sum(-1) for g, n in zip(grads, names)))
                     squared_sum += per_output.pow(2).sum(0)
         return (squared_sum / n_outputs).sqrt()
 
@@ -205,7 +209,9 @@ class APDDecomposition(FrozenTargetWeights):
     def normalise_in_factors(self) -> None:
         with torch.no_grad():
             for factors in self.factors.values():
-                factors.V /= factors.V.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                assert isinstance(factors, LayerFactors)  # for the type checker: ModuleDict holds Modules
+                # in place, so V stays the Parameter; torch types Tensor.__itruediv__ as returning a Tensor
+                factors.V /= factors.V.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # type: ignore[misc]
 
 
 def batch_topk_mask(attributions: Tensor, topk: float) -> Tensor:

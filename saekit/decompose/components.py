@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,19 +50,19 @@ def swapped_forwards(root: nn.Module, replacements: Mapping[str, LayerForward]) 
     Patching `forward` rather than adding an output-replacing forward hook means the original
     weight product is never computed, which matters once the layers are an LM's MLP.
     """
-    patched: list[tuple[nn.Module, object]] = []
+    patched: list[tuple[nn.Module, Callable[..., Any] | None]] = []
     try:
         for name, forward in replacements.items():
             module = root.get_submodule(name)
             patched.append((module, module.__dict__.get("forward")))
-            module.forward = forward  # type: ignore[method-assign]
+            module.forward = forward
         yield
     finally:
         for module, previous in reversed(patched):
             if previous is None:
                 del module.forward
             else:
-                module.forward = previous  # type: ignore[method-assign]
+                module.forward = previous
 
 
 @contextmanager
@@ -164,7 +165,7 @@ class FrozenTargetWeights(nn.Module):
 
     target_weights: dict[str, Tensor]
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> FrozenTargetWeights:
         self.target_weights = {name: fn(w) for name, w in self.target_weights.items()}
         return super()._apply(fn, recurse)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,9 @@ from saekit.decompose.metrics import (
 from saekit.decompose.plots import plot_importance_matrices, plot_tms_columns
 from saekit.decompose.spd import SPDConfig, SPDDecomposition, train_spd
 from saekit.decompose.toy_models import (
+    ResidMLP,
     ResidMLPTrainConfig,
+    TMSModel,
     TMSTrainConfig,
     monosemantic_baseline_loss,
     sparse_feature_batches,
@@ -36,6 +39,20 @@ from saekit.decompose.toy_models import (
 from saekit.errors import SaekitError
 
 METHODS = ("spd", "apd")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What differs between the two decompositions in an experiment. SPD's subcomponents belong to one
+    layer each (scored per layer, with its causal importances); APD's components span every layer (scored
+    as one set, with attributions and a batch-top-k mask)."""
+
+    name: str
+    per_layer: bool
+    importance_label: str
+
+
+KINDS = {"spd": Kind("spd", True, "causal importance g"), "apd": Kind("apd", False, "attribution / row max")}
 ONE_HOT_VALUE = 0.75  # the SPD paper's probe input for importance plots
 PERMUTATION_THRESHOLD = 0.1  # "on" importance; the reference configs' ci_alive_threshold
 
@@ -145,9 +162,9 @@ def get_toy(name: str) -> ToySpec:
     return TOYS[name]
 
 
-def train_target(spec: ToySpec, progress: bool = False) -> tuple[nn.Module, float]:
+def train_target(spec: ToySpec, progress: bool = False) -> tuple[TMSModel | ResidMLP, float]:
     """The toy's target model, trained from its fixed seed; returns (model, final training loss)."""
-    if spec.is_tms:
+    if isinstance(spec.target, TMSTrainConfig):  # spec.is_tms, spelled out so that the type narrows
         return train_tms(spec.target, progress=progress)
     return train_resid_mlp(spec.target, progress=progress)
 
@@ -222,12 +239,14 @@ def run_toy_decomposition(toy: str, method: str, *, published: bool = False, ste
     The target trains on the CPU from its seed (so it is the same model whatever `device`); the
     decomposition trains on `device` and is evaluated back on the CPU."""
     spec = get_toy(toy)
-    if method not in METHODS:
+    if method not in KINDS:
         raise SaekitError(f"unknown method {method!r}; choose spd or apd")
-    cfg = (spec.spd_published if published else spec.spd_default) if method == "spd" else \
+    kind = KINDS[method]
+    cfg = (spec.spd_published if published else spec.spd_default) if kind.per_layer else \
         (spec.apd_published if published else spec.apd_default)
-    overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("seed", seed))
-                 if v is not None}
+    # Any: mypy checks replace() on a config union field by field, which it cannot do for a ** dict.
+    overrides: dict[str, Any] = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("seed", seed))
+                                 if v is not None}
     cfg = replace(cfg, **overrides)
     start = time.perf_counter()
     target, target_loss = train_target(spec, progress=progress)
@@ -238,9 +257,12 @@ def run_toy_decomposition(toy: str, method: str, *, published: bool = False, ste
         cfg.batch_size, spec.n_features, spec.target.feature_probability, spec.value_range,
         seed=1000 + cfg.seed))
     start = time.perf_counter()
-    if method == "spd":
+    decomposition: SPDDecomposition | APDDecomposition
+    if kind.per_layer:
+        assert isinstance(cfg, SPDConfig)  # chosen by the kind above
         decomposition, log = train_spd(target, layer_names, batches, cfg, progress=progress)
     else:
+        assert isinstance(cfg, APDConfig)
         decomposition, log = train_apd(target, layer_names, batches, cfg, tied=spec.apd_tied,
                                        hidden_act_names=spec.apd_hidden_acts, progress=progress)
     seconds = time.perf_counter() - start
@@ -259,8 +281,10 @@ def one_hot_importances(spec: ToySpec, method: str,
     """[n_features, C] per layer: g(x) for SPD; for APD the attributions, scaled so each row's max is 1
     (APD components span all layers, so its one matrix is reported under the key "components")."""
     probes = torch.eye(spec.n_features) * ONE_HOT_VALUE
-    if method == "spd":
+    if KINDS[method].per_layer:
+        assert isinstance(decomposition, SPDDecomposition)  # the method names the decomposition's kind
         return decomposition.causal_importances(probes)
+    assert isinstance(decomposition, APDDecomposition)
     attributions = decomposition.attributions(probes, "target")
     return {"components": attributions / attributions.max(1, keepdim=True).values.clamp_min(1e-12)}
 
@@ -270,22 +294,31 @@ def evaluate_decomposition(spec: ToySpec, method: str, target: nn.Module,
                            cfg: SPDConfig | APDConfig, out_dir: Path | None) -> DecompositionReport:
     """Ground-truth metrics, component counts, importance checks, output error and plots."""
     names = decomposition.layer_names
-    weights = {n: (decomposition.subcomponent_weights(n) if method == "spd"
-                   else decomposition.component_weights(n)).detach() for n in names}
+    per_layer = KINDS[method].per_layer
+    # The method names the decomposition's kind (and its config's): the asserts below say so to the type
+    # checker, branch by branch.
+    if per_layer:
+        assert isinstance(decomposition, SPDDecomposition)
+        weights = {n: decomposition.subcomponent_weights(n).detach() for n in names}
+    else:
+        assert isinstance(decomposition, APDDecomposition)
+        weights = {n: decomposition.component_weights(n).detach() for n in names}
     mmcs = ml2r = None
     if spec.is_tms:
+        assert isinstance(target, TMSModel)  # what train_target builds for a TMS spec
         mmcs, ml2r = mmcs_ml2r(target.linear1.weight, weights["linear1"])
-    if method == "spd":
+    if per_layer:
         norms = {n: component_norms(w) for n, w in weights.items()}
     else:  # an APD component's size is its norm over every layer it spans (tied layers count once)
+        assert isinstance(decomposition, APDDecomposition)
         untied = [n for n in names if n not in decomposition.tied]
         norms = {"components": torch.stack([component_norms(weights[n]) for n in untied]).norm(dim=0)}
     keep = {n: non_negligible_mask(v) for n, v in norms.items()}
     importances = one_hot_importances(spec, method, decomposition)
-    check_layers = spec.feature_layers if method == "spd" else ("components",)
+    check_layers = spec.feature_layers if per_layer else ("components",)
     checks = {n: permutation_check(importances[n], PERMUTATION_THRESHOLD) for n in check_layers}
     dense_on, kept_error = {}, {}
-    if method == "spd":
+    if per_layer:
         for name in spec.identity_layers:
             on = importances[name][:, keep[name]] > PERMUTATION_THRESHOLD
             dense_on[name] = on.float().mean().item() if on.numel() else 0.0
@@ -296,23 +329,26 @@ def evaluate_decomposition(spec: ToySpec, method: str, target: nn.Module,
     with torch.no_grad():
         x = _eval_batch(spec)
         target_out = target(x)
-        if method == "spd":
+        if per_layer:
+            assert isinstance(decomposition, SPDDecomposition)
             masks = decomposition.causal_importances(x)
             approx = decomposition.masked_output(x, dict(masks))
         else:
+            assert isinstance(decomposition, APDDecomposition) and isinstance(cfg, APDConfig)
             mask = batch_topk_mask(decomposition.attributions(x, cfg.attribute_at), cfg.topk)
             approx = decomposition.sparse_forward(x, mask)
         recon = F.mse_loss(approx, target_out).item()
-    baseline = None if spec.is_tms else monosemantic_baseline_loss(
+    baseline = None if isinstance(spec.target, TMSTrainConfig) else monosemantic_baseline_loss(
         spec.n_features, spec.target.d_mlp * spec.target.n_layers, spec.target.feature_probability)
     plots: list[Path] = []
     if out_dir is not None:
         title = f"{spec.description}: {method.upper()} importance on one-hot inputs x_i = {ONE_HOT_VALUE}"
-        label = "causal importance g" if method == "spd" else "attribution / row max"
+        label = KINDS[method].importance_label
         plots.append(plot_importance_matrices(importances, out_dir / f"{spec.name}-{method}-importance.png",
                                               title, label))
-        if spec.is_tms and spec.target.n_hidden == 2:
-            kept = keep["linear1"] if method == "spd" else keep["components"]
+        if isinstance(spec.target, TMSTrainConfig) and spec.target.n_hidden == 2:  # spec.is_tms and ...
+            assert isinstance(target, TMSModel)
+            kept = keep["linear1"] if per_layer else keep["components"]
             plots.append(plot_tms_columns(target.linear1.weight, weights["linear1"], kept,
                                           out_dir / f"{spec.name}-{method}-columns.png",
                                           f"{spec.description}: {method.upper()} components of W"))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 import torch
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure  # no pyplot: writes files without touching the user's backend
 from torch import Tensor
 
@@ -51,7 +53,9 @@ def plot_tms_columns(target_weight: Tensor, component_weights: Tensor, keep: Ten
     fig = Figure(figsize=(2.2 * len(panels), 2.4))
     axes = fig.subplots(1, len(panels), squeeze=False)
     limit = 1.15 * max(target.norm(dim=0).max().item(), 1e-6)
-    colors = matplotlib.colormaps["tab10"].colors
+    tab10 = matplotlib.colormaps["tab10"]
+    assert isinstance(tab10, ListedColormap)  # a qualitative map: a fixed list of ten colours
+    colors = cast(Sequence[tuple[float, float, float]], tab10.colors)  # RGB tuples; typed as any array
     for ax, (name, matrix) in zip(axes[0], panels):
         for j in range(matrix.shape[1]):
             ax.annotate("", xy=(matrix[0, j].item(), matrix[1, j].item()), xytext=(0, 0),

@@ -22,10 +22,9 @@ paper appendix), so neither saturated side has a dead gradient.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -167,7 +166,8 @@ class SPDDecomposition(FrozenTargetWeights):
         self.biases = {name: layer.bias for name, layer in layers.items()}
 
     def layer_factors(self, name: str) -> LayerFactors:
-        return self.factors[name.replace(".", "__")]
+        # nn.ModuleDict is untyped (its items are Modules); every entry of `factors` is a LayerFactors
+        return cast(LayerFactors, self.factors[name.replace(".", "__")])
 
     def subcomponent_weights(self, name: str) -> Tensor:
         """[C, d_out, d_in]: the rank-one matrices U_{:,c} V_{c,:} of layer `name`."""
@@ -185,7 +185,7 @@ class SPDDecomposition(FrozenTargetWeights):
         raw = {}
         for name in self.layer_names:
             key = name.replace(".", "__")
-            inner = inner_activations(self.factors[key], layer_inputs[name]).squeeze(-1)
+            inner = inner_activations(self.layer_factors(name), layer_inputs[name]).squeeze(-1)
             raw[name] = self.importance_fns[key](inner)
         return raw
 
@@ -195,7 +195,7 @@ class SPDDecomposition(FrozenTargetWeights):
         _, acts = self.target_forward(inputs)
         return {name: hard_sigmoid(raw) for name, raw in self.raw_importances(acts).items()}
 
-    def masked_output(self, inputs: Tensor, masks: dict[str, Tensor | None]) -> Tensor:
+    def masked_output(self, inputs: Tensor, masks: Mapping[str, Tensor | None]) -> Tensor:
         """The module's output with the layers in `masks` replaced by masked subcomponent sums."""
         replacements = {name: masked_forward(self.layer_factors(name), self.biases[name], mask)
                         for name, mask in masks.items()}
@@ -203,8 +203,9 @@ class SPDDecomposition(FrozenTargetWeights):
             return _logits(self.target[0](inputs))
 
     def faithfulness_loss(self) -> Tensor:
-        squared_error = sum((self.target_weights[name] - self.layer_factors(name).summed_weight())
-                            .pow(2).sum() for name in self.layer_names)
+        # A sum over the layers (linear_layers refuses none) is a Tensor: the cast drops typeshed's int start 0.
+        squared_error = cast(Tensor, sum((self.target_weights[name] - self.layer_factors(name).summed_weight())
+                                         .pow(2).sum() for name in self.layer_names))
         n_params = sum(w.numel() for w in self.target_weights.values())
         return squared_error / n_params
 
@@ -222,8 +223,9 @@ def spd_losses(decomposition: SPDDecomposition, inputs: Tensor, cfg: SPDConfig,
     """All SPD loss terms on one batch, plus their weighted sum under key "total"."""
     target_output, acts = decomposition.target_forward(inputs)
     raw = decomposition.raw_importances(acts)
-    importance_loss = sum((upper_leaky_hard_sigmoid(r) + 1e-12).pow(cfg.importance_p).sum(-1).mean()
-                          for r in raw.values())
+    # Sums over the decomposed layers (at least one) are Tensors: the casts drop typeshed's int start 0.
+    importance_loss = cast(Tensor, sum((upper_leaky_hard_sigmoid(r) + 1e-12).pow(cfg.importance_p).sum(-1).mean()
+                                       for r in raw.values()))
     masks = {}
     for name, r in raw.items():
         noise = torch.rand(r.shape, generator=generator, device=generator.device)
@@ -231,8 +233,8 @@ def spd_losses(decomposition: SPDDecomposition, inputs: Tensor, cfg: SPDConfig,
         masks[name] = stochastic_mask(lower_leaky_hard_sigmoid(r), noise)
     kind = cfg.output_loss
     recon = output_divergence(decomposition.masked_output(inputs, masks), target_output, kind)
-    layerwise = sum(output_divergence(decomposition.masked_output(inputs, {name: mask}), target_output,
-                                      kind) for name, mask in masks.items()) / len(masks)
+    layerwise = cast(Tensor, sum(output_divergence(decomposition.masked_output(inputs, {name: mask}),
+                                                   target_output, kind) for name, mask in masks.items())) / len(masks)
     faithfulness = decomposition.faithfulness_loss()
     total = (cfg.faithfulness_coeff * faithfulness + cfg.stochastic_recon_coeff * recon
              + cfg.stochastic_recon_layerwise_coeff * layerwise

@@ -156,6 +156,8 @@ class ResidMLPBlock(nn.Module):
 class ResidMLP(nn.Module):
     """Features → fixed embedding W_E → residual MLP blocks → W_U = W_Eᵀ → feature read-off."""
 
+    W_E: Tensor  # a registered buffer (unit-norm rows, [n_features, d_embed])
+
     def __init__(self, n_features: int, d_embed: int, d_mlp: int, n_layers: int,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()

@@ -15,10 +15,14 @@ Definitions, stated once:
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from saekit.dictionary import Dictionary
 
 
 def l0(latents: Tensor) -> float:
@@ -111,6 +115,7 @@ class MetricsAccumulator:
         if self.tokens == 0:
             raise ValueError("no tokens were evaluated")
         n = self.tokens
+        assert self.sum_x is not None  # every update() sets it, and there was at least one
         mean = self.sum_x / n
         total_variance = self.sum_sq_x - n * float(mean.pow(2).sum())
         density = self.fire_counts / n
@@ -138,7 +143,7 @@ class MetricsAccumulator:
 
 
 @torch.no_grad()
-def evaluate(dictionary: torch.nn.Module, batches: Iterable[Tensor],
+def evaluate(dictionary: Dictionary, batches: Iterable[Tensor],
              encode: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
     """All metrics of `dictionary` over `batches` of raw activations [n, d_in].
 

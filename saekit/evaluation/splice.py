@@ -1,4 +1,5 @@
-"""Spliced evaluation (METHODS.md §12): a dictionary's reconstruction in place of the real activation.
+"""Spliced evaluation (docs/methods.md "Evaluation metrics"): a dictionary's reconstruction in place of
+the real activation.
 
 Per batch, one clean forward (recording the hookpoint), one zero-ablated forward and one spliced forward
 per dictionary. Definitions (SAELens/SAEBench conventions):
@@ -16,7 +17,8 @@ and its output replaces the target hookpoint.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +81,10 @@ def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
             reconstruction = d.decode(latents, x)
             accumulators[name].update(truth, reconstruction, latents)
 
-            with splice(model, out_point, lambda _rows, r=reconstruction: r, positions=keep):
+            def replacement(_rows: Tensor, r: Tensor = reconstruction) -> Tensor:
+                return r
+
+            with splice(model, out_point, replacement, positions=keep):
                 logits = model(input_ids=ids).logits
             spliced[name].add(next_token_loss(logits, ids, mask)[0],
                               kl_per_position(clean_logp, logits[:, :-1]), target_mask)

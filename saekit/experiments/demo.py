@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from saekit.config import DictionarySpec
 from saekit.data.config import ModelConfig, TextConfig
+from saekit.spec import DictionarySpec
 
 # Per method: overrides of the defaults for a ~150k-token run at resid_post.6 of SmolLM2 (d_model 576,
 # 4x width). λ values put L0 near 32 at the end of this budget (tuned from a cache of the same tokens:

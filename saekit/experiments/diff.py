@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from saekit.config import DictionarySpec
 from saekit.data.config import TextConfig
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.inspect.diffing import diffing_summary, relative_decoder_norms
+from saekit.spec import DictionarySpec
 
 
 def load_pair(model_names: dict[str, str], model_dtype: str = "float32", device: str = "cpu",
@@ -94,7 +94,8 @@ def diff_report(crosscoder: Dictionary, models: dict[str, Any], tokenizer: Any, 
         specific[label] = [{"latent": int(i), "relative_norm": float(r[i]), "frequency": float(frequency[i]),
                             "contexts": top_contexts(latents, ids, positions, tokenizer, int(i))}
                            for i in chosen]
-    return {"models": dict(model_names), "labels": labels, "hookpoint": hookpoint, "eval_tokens": int(masks.sum()), "dead": int((~alive).sum()),
+    return {"models": dict(model_names), "labels": labels, "hookpoint": hookpoint,
+            "eval_tokens": int(masks.sum()), "dead": int((~alive).sum()),
             "summary": summary, "relative_norms": r[alive].tolist(), "model_specific": specific}
 
 

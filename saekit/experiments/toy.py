@@ -3,10 +3,10 @@ score each against the truth (MMCS, L0, FVU, dead fraction, shrinkage)."""
 
 from __future__ import annotations
 
-from saekit.config import DictionarySpec
 from saekit.data.toy import ToyConfig, ToyData
 from saekit.errors import SaekitError
 from saekit.evaluation.ground_truth import mmcs
+from saekit.spec import DictionarySpec
 
 # The λ / k at which each method recovers the default toy problem (MMCS >= 0.9), documented for
 # `saekit toy`. Measured with `saekit toy` defaults (2M tokens, batch 1024, d_sae = G = 512); the

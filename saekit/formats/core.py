@@ -95,6 +95,26 @@ def source_meta(fmt: str, path: Path, **extra: Any) -> dict[str, Any]:
     return {"source": info}
 
 
+@torch.no_grad()
+def gated_to_jumprelu(gated: Dictionary) -> Dictionary:
+    """The JumpReLU dictionary that computes exactly what a Gated one does (docs/methods.md).
+
+    π_mag = e^r·(π_gate − b_gate) + b_mag, so π_gate > 0 ⇔ π_mag > θ with θ = b_mag − e^r·b_gate, and
+    f = 1[π_mag > θ]·ReLU(π_mag) = JumpReLU_max(θ,0)(π_mag).
+    """
+    if "b_gate" not in gated.weights():
+        raise SaekitError(f"expected a gated dictionary, got {gated.cfg.method!r}")
+    cfg = dataclasses.replace(gated.cfg, method="jumprelu")
+    scale = gated.r_mag.exp()
+    threshold = (gated.b_mag - scale * gated.b_gate).clamp_min(0.0)
+    out = Dictionary(cfg, dtype=gated.W_dec.dtype, device=gated.W_dec.device)
+    out.load_weights({"W_enc": gated.W_enc * scale, "b_enc": gated.b_mag, "W_dec": gated.W_dec,
+                      "b_dec": gated.b_dec, "threshold": threshold})
+    out.provenance = dataclasses.replace(gated.provenance)
+    out.meta = dict(gated.meta, converted_from="gated")
+    return out.eval()
+
+
 # ------------------------------------------------------------------------------------------ hookpoints
 # Residual-stream hook names of the peers -> saekit's named site `resid_post.L` (saekit.models.sites),
 # which resolves on every common transformers family, so a loaded dictionary can be spliced, evaluated
@@ -180,7 +200,7 @@ def unstash(data: Any, where: str) -> Stash:
                 raise SaekitError(f"unknown field(s) {', '.join(unknown)}")
             dictionary = {k: flat[k] for k in _V1_DICTIONARY if k in flat}
             dictionary["transcoder"] = flat.get("target_hookpoint") is not None
-            training = {k: v for k, v in flat.items() if k not in _V1_DICTIONARY and k not in _V1_PROVENANCE}
+            training: Any = {k: v for k, v in flat.items() if k not in _V1_DICTIONARY and k not in _V1_PROVENANCE}
             provenance = {k: flat[k] for k in _V1_PROVENANCE if k in flat}
             meta = dict(data.get("meta") or {})
         else:  # format 2 (and foreign files' stashes, which carry no format version)

@@ -4,11 +4,11 @@
 layer...}, "buffer": {...}}`. Tensor names and orientation depend on the class, the library's own
 "major footgun":
 
-| dict_class             | encoder                  | decoder                   | b_dec          | saekit      |
-|------------------------|--------------------------|---------------------------|----------------|-------------|
-| AutoEncoder            | encoder.weight [F,D]+bias| decoder.weight [D,F]      | bias (subtracted) | relu, b_dec subtracted |
-| AutoEncoderNew (April) | encoder.weight [F,D]+bias| decoder.weight [D,F]      | decoder.bias   | relu        |
-| GatedAutoEncoder       | encoder.weight [F,D], gate_bias, mag_bias, r_mag | decoder.weight [D,F] | decoder_bias | gated |
+| dict_class             | encoder                   | decoder              | b_dec             | saekit      |
+|------------------------|---------------------------|----------------------|-------------------|-------------|
+| AutoEncoder            | encoder.weight [F,D]+bias | decoder.weight [D,F] | bias (subtracted) | relu        |
+| AutoEncoderNew (April) | encoder.weight [F,D]+bias | decoder.weight [D,F] | decoder.bias      | relu        |
+| GatedAutoEncoder       | encoder.weight [F,D], gate_bias, mag_bias, r_mag | decoder.weight | decoder_bias | gated |
 | AutoEncoderTopK        | encoder.weight [F,D]+bias| decoder.weight [D,F]      | b_dec          | topk        |
 | BatchTopKSAE           | encoder.weight [F,D]+bias| decoder.weight [D,F]      | b_dec          | batchtopk   |
 | JumpReluAutoEncoder    | W_enc [D,F], b_enc       | W_dec [F,D]               | b_dec (not subtracted) | jumprelu |
@@ -36,8 +36,15 @@ from torch import Tensor
 from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.formats.core import (clamp_threshold, make_dictionary, read_json, restore, source_meta, stash,
-                                 translate_hookpoint)
+from saekit.formats.core import (
+    clamp_threshold,
+    make_dictionary,
+    read_json,
+    restore,
+    source_meta,
+    stash,
+    translate_hookpoint,
+)
 from saekit.io import atomic_directory
 
 WEIGHTS_FILE = "ae.pt"
@@ -107,7 +114,7 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, dict_class: str 
     weights_path = path / WEIGHTS_FILE if path.is_dir() else path
     cfg_path = (path if path.is_dir() else path.parent) / CFG_FILE
     config = read_json(cfg_path) if cfg_path.is_file() else {}
-    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    trainer: dict[str, Any] = config["trainer"] if isinstance(config.get("trainer"), dict) else {}
     state = read_state_dict(weights_path)
     dict_class = dict_class or trainer.get("dict_class") or infer_class(state)
     if dict_class not in CLASS_METHOD:
@@ -128,7 +135,7 @@ def load(path: str | Path, *, dtype: torch.dtype | None = None, dict_class: str 
     if extra.get("topk_threshold") is not None:
         meta["topk_threshold"] = extra["topk_threshold"]
     clamp_threshold(tensors, meta)
-    saekit_info = config.get("saekit") if isinstance(config.get("saekit"), dict) else {}
+    saekit_info: dict[str, Any] = config["saekit"] if isinstance(config.get("saekit"), dict) else {}
     kwargs: dict[str, Any] = dict(method=method, d_in=int(d_in), d_sae=int(d_sae),
                                   apply_b_dec_to_input=SUBTRACTS_B_DEC.get(dict_class, True))
     if "k" in extra or trainer.get("k"):
@@ -162,8 +169,7 @@ def _to_saekit(dict_class: str, s: dict[str, Tensor]) -> tuple[dict[str, Tensor]
                        b_dec=s["decoder_bias"])
         else:
             out["b_enc"] = s["encoder.bias"]
-            out["b_dec"] = {"AutoEncoder": "bias", "AutoEncoderNew": "decoder.bias"}.get(dict_class, "b_dec")
-            out["b_dec"] = s[out["b_dec"]]
+            out["b_dec"] = s[{"AutoEncoder": "bias", "AutoEncoderNew": "decoder.bias"}.get(dict_class, "b_dec")]
     d_sae = out["W_enc"].shape[1]
     if dict_class == "JumpReluAutoEncoder":
         out["threshold"] = s["threshold"]
@@ -185,7 +191,7 @@ def _class_for(d: Dictionary) -> str:
     if cfg.is_transcoder or cfg.n_sources > 1:
         raise SaekitError("dictionary_learning has no transcoders or crosscoders: save this dictionary "
                           "in saekit's format")
-    classes = [name for name, method in CLASS_METHOD.items() if method == cfg.method]
+    classes = [name for name, computes in CLASS_METHOD.items() if computes == cfg.method]
     if not classes:
         raise SaekitError(f"dictionary_learning has no {cfg.method} class: save this dictionary in saekit's "
                           "format or as SAELens")
@@ -224,7 +230,7 @@ def export_state_dict(d: Dictionary) -> tuple[str, dict[str, Tensor]]:
         state["k"] = torch.tensor(d.cfg.k, dtype=torch.int)
         state["threshold"] = torch.tensor(_shared_threshold(d), dtype=torch.float32)
     if dict_class == "MatryoshkaBatchTopKSAE":
-        prefixes = torch.tensor([0] + list(d.cfg.matryoshka_prefixes))
+        prefixes = torch.tensor([0] + list(d.cfg.matryoshka_prefixes or []))
         state["group_sizes"] = prefixes.diff()
     return dict_class, {k: v.contiguous() for k, v in state.items()}
 

@@ -26,8 +26,7 @@ from torch import Tensor
 from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.formats.core import (clamp_threshold, load_tensors, make_dictionary, output_of, read_json,
-                                 source_meta)
+from saekit.formats.core import clamp_threshold, load_tensors, make_dictionary, output_of, read_json, source_meta
 
 NPZ_FILE = "params.npz"
 SAFETENSORS_FILE = "params.safetensors"
@@ -178,5 +177,5 @@ def save(d: Dictionary, path: str | Path) -> Path:
     path = Path(path)
     target = path / NPZ_FILE if path.suffix != ".npz" else path
     target.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(target, **{k: v.numpy() for k, v in w.items()})
+    np.savez(target, **{k: v.numpy() for k, v in w.items()})  # type: ignore[arg-type]
     return target

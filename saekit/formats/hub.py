@@ -42,7 +42,7 @@ def download(repo_id: str, subfolder: str | None = None, revision: str | None = 
     patterns = [f"{subfolder}/*"] if subfolder else _top_level_files(repo_id, revision)
     try:
         root = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns)
-    except Exception as error:  # noqa: BLE001 - network, auth and not-found errors all end up here
+    except Exception as error:
         kind = type(error).__name__
         raise SaekitError(f"cannot download {repo_id!r} from the Hugging Face Hub ({kind}: "
                           f"{str(error).splitlines()[0][:200] if str(error) else kind}); check the "
@@ -61,7 +61,7 @@ def _top_level_files(repo_id: str, revision: str | None) -> list[str] | None:
     downloaded whole. Offline, the listing fails and the cached snapshot decides (None: no filter)."""
     try:
         files = list(list_repo_files(repo_id, revision=revision))
-    except Exception:  # noqa: BLE001 - offline or not found: snapshot_download reports it properly
+    except Exception:
         return None
     top = [f for f in files if "/" not in f]
     if any(f in DICTIONARY_FILES for f in top):

@@ -7,9 +7,10 @@ saekit directory is also an SAELens one). A new format is one module plus one `r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from saekit.errors import SaekitError
 

@@ -41,9 +41,19 @@ from torch import Tensor
 from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.formats.core import (clamp_threshold, fold_latent_scale, load_tensors, make_dictionary,
-                                 named_site, output_of, read_json, restore, source_meta, stash,
-                                 translate_hookpoint)
+from saekit.formats.core import (
+    clamp_threshold,
+    fold_latent_scale,
+    load_tensors,
+    make_dictionary,
+    named_site,
+    output_of,
+    read_json,
+    restore,
+    source_meta,
+    stash,
+    translate_hookpoint,
+)
 from saekit.io import atomic_directory
 from saekit.methods import get_method, method_names
 
@@ -146,7 +156,7 @@ def load(directory: str | Path, *, dtype: torch.dtype | None = None, **_: Any) -
         derived = _trained_as(metadata, tensors, derived, meta)
     dict_cfg = restored.dictionary if restored is not None else derived
     method_object = get_method(dict_cfg.method)
-    if method_object.name == "jumprelu":  # a learned per-latent θ: clamp (a shared one is ≥ 0 already)
+    if "threshold" in method_object.folded_biases:  # a learned per-latent θ (a shared one is ≥ 0)
         clamp_threshold(tensors, meta)
     if "threshold" in method_object.weight_names(dict_cfg) and "threshold" not in tensors:
         tensors["threshold"] = torch.full((cfg["d_sae"],), -1.0, dtype=tensors["W_dec"].dtype)
@@ -256,11 +266,12 @@ def _trained_as(metadata: dict[str, Any], tensors: dict[str, Tensor], derived: D
     if not bool((threshold == threshold[0]).all()) or float(threshold[0]) < 0:
         return derived
     meta["training_architecture"] = metadata["training_architecture"]
-    prefixes = _matryoshka_widths({}, details, derived.d_sae) if trained == "matryoshka" else None
+    nested = "matryoshka_prefixes" in get_method(trained).config_fields
+    prefixes = _matryoshka_widths({}, details, derived.d_sae) if nested else None
     return DictionaryConfig(method=trained, d_in=derived.d_in, d_sae=derived.d_sae, d_out=derived.d_out,
                             transcoder=derived.transcoder, skip_connection=derived.skip_connection,
                             apply_b_dec_to_input=derived.apply_b_dec_to_input,
-                            k=max(1, int(math.ceil(float(details["k"])))), matryoshka_prefixes=prefixes)
+                            k=max(1, math.ceil(float(details["k"]))), matryoshka_prefixes=prefixes)
 
 
 def _matryoshka_widths(cfg: dict[str, Any], details: dict[str, Any], d_sae: int) -> list[int] | None:
@@ -296,7 +307,7 @@ def _config_from_saelens(cfg: dict[str, Any], metadata: dict[str, Any], method: 
         k = cfg.get("k", details.get("k"))
         if k is None:
             raise SaekitError(f"{directory / CFG_FILE}: a {cfg['architecture']} SAE needs k")
-        kwargs["k"] = max(1, int(math.ceil(float(k))))
+        kwargs["k"] = max(1, math.ceil(float(k)))
     if "matryoshka_prefixes" in method_object.config_fields:
         kwargs["matryoshka_prefixes"] = _matryoshka_widths(cfg, details, kwargs["d_sae"])
     try:

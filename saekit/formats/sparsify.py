@@ -28,8 +28,7 @@ from torch import Tensor
 from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.formats.core import (load_tensors, make_dictionary, named_site, read_json, restore,
-                                 source_meta, stash)
+from saekit.formats.core import load_tensors, make_dictionary, named_site, read_json, restore, source_meta, stash
 from saekit.io import atomic_directory
 
 CFG_FILE = "cfg.json"
@@ -69,7 +68,7 @@ def load(directory: str | Path, *, dtype: torch.dtype | None = None, **_: Any) -
         raise SaekitError(f"{where}: a skip connection on a non-transcoder sparsify SAE has no saekit "
                           "equivalent")
 
-    saekit_info = cfg.get("saekit") if isinstance(cfg.get("saekit"), dict) else {}
+    saekit_info: dict[str, Any] = cfg["saekit"] if isinstance(cfg.get("saekit"), dict) else {}
     name = saekit_info.get("hookpoint_name") or directory.name
     try:
         dict_cfg = DictionaryConfig(method="topk", d_in=d_in, d_sae=n_latents, k=int(cfg["k"]),

@@ -15,17 +15,24 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from saekit.dictionary import Dictionary
-from saekit.inspect.dashboard_data import (Activations, TokenText, contexts, gather_activations,
-                                           logit_lens, nearest_latents, quantile_positions,
-                                           unembedding)
+from saekit.inspect.dashboard_data import (
+    Activations,
+    TokenText,
+    contexts,
+    gather_activations,
+    logit_lens,
+    nearest_latents,
+    quantile_positions,
+    unembedding,
+)
 from saekit.inspect.html import context_html, esc, fmt, json_for_script, page, show_token, svg_bars
 from saekit.io import atomic_directory
 

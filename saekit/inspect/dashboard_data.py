@@ -11,17 +11,18 @@ latents by decoder cosine) are chunked matrix products over all latents.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from saekit.models.sites import resolve_hookpoints
-from saekit.models.hooks import capture
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
+from saekit.models.hooks import capture
+from saekit.models.sites import resolve_hookpoints
 
 
 @dataclass
@@ -150,7 +151,8 @@ def quantile_positions(values: np.ndarray, bands: int = 4, per_band: int = 4, sk
 def unembedding(model: nn.Module) -> Tensor | None:
     """W_U [vocab, d] with the final norm's gain folded in (RMSNorm/LayerNorm weight), or None when
     the model has no LM head. The logit lens reads decoder directions through it."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    # hasattr does not narrow an nn.Module, whose __getattr__ types every unknown attribute Tensor | Module
+    head = cast(Any, model).get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or not hasattr(head, "weight"):
         return None
     weight = head.weight.detach().float()

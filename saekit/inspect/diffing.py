@@ -1,4 +1,5 @@
-"""Model diffing with crosscoders: which latents belong to which model (CC, MIN; METHODS.md §6).
+"""Model diffing with crosscoders: which latents belong to which model (CC, MIN; docs/methods.md
+"Transcoders, crosscoders, meta-SAEs").
 
 For a crosscoder over two sources (e.g. base and chat), latent i has one decoder block per source. The
 relative decoder norm r_i = ||d_i^B|| / (||d_i^A|| + ||d_i^B||) is ≈ 0 for first-model-only latents,

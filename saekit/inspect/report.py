@@ -10,8 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from saekit.errors import SaekitError
 from saekit.inspect.html import esc, fmt, page

@@ -19,19 +19,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from saekit.models.sites import resolve_hookpoints
-from saekit.models.hooks import capture, splice
 from saekit.dictionary import Dictionary
 from saekit.encoders import gradient_pursuit
 from saekit.errors import SaekitError
 from saekit.inspect.html import esc
+from saekit.models.hooks import capture, splice
+from saekit.models.sites import resolve_hookpoints
 
 
 def _check_latent(d: Dictionary, latent: int) -> None:
@@ -53,16 +54,20 @@ def steering_edit(d: Dictionary, latent: int, scale: float | None = None,
         raise SaekitError("clamping reads the latent from the input and edits the output: not "
                           "supported for transcoders; use scale")
     direction = d.W_dec[latent].detach()
+    if clamp is None:
+        assert scale is not None  # exactly one of the two is given (checked above)
 
-    def add(value: Tensor) -> Tensor:
-        return value + scale * direction.to(value.dtype)
+        def add(value: Tensor) -> Tensor:
+            return value + scale * direction.to(value.dtype)
+
+        return add
 
     def set_value(value: Tensor) -> Tensor:
         with torch.no_grad():
             f = d.encode(value.to(d.W_dec.dtype))[..., latent]
         return value + ((clamp - f)[..., None] * direction).to(value.dtype)
 
-    return add if clamp is None else set_value
+    return set_value
 
 
 @contextlib.contextmanager
@@ -102,7 +107,8 @@ def generate_ids(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: 
         options.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     else:
         options.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
+    # generate() is the Hugging Face GenerationMixin's; nn.Module types unknown attributes Tensor | Module
+    out = cast(Any, model).generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
     return out[0, ids.shape[1]:].tolist()
 
 

@@ -24,7 +24,7 @@ from saekit.sparse import SparseCodes
 if TYPE_CHECKING:
     from saekit.config import DictionaryConfig
     from saekit.dictionary import Dictionary
-    from saekit.training.config import TrainingConfig
+    from saekit.training.config import ResolvedTraining
 
 
 @dataclass
@@ -93,8 +93,8 @@ class Encoding:
 class MethodState:
     """Per-run statistics a method keeps beside its dictionary (checkpointed with the member)."""
 
-    def update(self, d: "Dictionary", enc: Encoding, step: int, total_steps: int,
-               training: "TrainingConfig", reduce_min: Any = None) -> None:
+    def update(self, d: Dictionary, enc: Encoding, step: int, total_steps: int,
+               training: ResolvedTraining, reduce_min: Any = None) -> None:
         """Called after every optimiser step with that step's encoding."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -127,18 +127,18 @@ class Method:
     # Method-specific DictionaryConfig fields this method reads; the others must stay at their defaults.
     config_fields: ClassVar[frozenset[str]] = frozenset()
 
-    def check_config(self, cfg: "DictionaryConfig") -> None:
+    def check_config(self, cfg: DictionaryConfig) -> None:
         """Reject a DictionaryConfig this method cannot compute, with a one-line reason."""
         unused = {"k": None, "matryoshka_prefixes": None, "residual_threshold": 0.0}
         for name, default in unused.items():
             if name not in self.config_fields and getattr(cfg, name) != default:
                 raise SaekitError(f"{name} does not apply to method {self.name!r}; leave it unset")
 
-    def training_defaults(self, cfg: "DictionaryConfig") -> dict[str, Any]:
+    def training_defaults(self, cfg: DictionaryConfig) -> dict[str, Any]:
         """Values for every TrainingConfig field left at None (docs/methods.md cites each)."""
         raise NotImplementedError
 
-    def check_training(self, cfg: "DictionaryConfig", training: "TrainingConfig") -> None:
+    def check_training(self, cfg: DictionaryConfig, training: ResolvedTraining) -> None:
         """Reject training options that do not apply to this method."""
         if training.ghost_grads and self.dead_latent_care != "ghost_grads":
             raise SaekitError(f"ghost_grads applies to relu, gated and jumprelu; {self.name} uses AuxK")
@@ -150,7 +150,7 @@ class Method:
     def uses_k(self) -> bool:
         return "k" in self.config_fields
 
-    def display_name(self, cfg: "DictionaryConfig", training: "TrainingConfig | None" = None) -> str:
+    def display_name(self, cfg: DictionaryConfig, training: ResolvedTraining | None = None) -> str:
         """The default name: method and width, with k or (when training is known) λ."""
         if self.uses_k:
             return f"{self.name}-k{cfg.k}-{cfg.d_sae}"
@@ -159,11 +159,11 @@ class Method:
         return f"{self.name}-{cfg.d_sae}"
 
     # --------------------------------------------------------------------------------- parameters
-    def add_parameters(self, d: "Dictionary", training: "TrainingConfig | None", **factory: Any) -> None:
+    def add_parameters(self, d: Dictionary, training: ResolvedTraining | None, **factory: Any) -> None:
         """Create the method's own parameters and buffers on `d` (default: one encoder bias)."""
         d.b_enc = torch.nn.Parameter(torch.zeros(d.cfg.d_sae, **factory))
 
-    def weight_names(self, cfg: "DictionaryConfig") -> list[str]:
+    def weight_names(self, cfg: DictionaryConfig) -> list[str]:
         """Tensor names saved in sae_weights.safetensors, SAELens's names and order."""
         names = (["W_enc"] if self.has_encoder else []) + ["W_dec", "b_dec", *self.encoder_biases]
         if cfg.skip_connection:
@@ -171,28 +171,28 @@ class Method:
         return names
 
     # ------------------------------------------------------------------------------------- encode
-    def encode(self, d: "Dictionary", x: Tensor, training: bool = False, sparse: bool = False) -> Encoding:
+    def encode(self, d: Dictionary, x: Tensor, training: bool = False, sparse: bool = False) -> Encoding:
         """Latents (and pre-activations) of inputs x [B, d_in]. `training` selects training-time
         behaviour (BatchTopK's batch selection, JumpReLU's fused L0); `sparse` the sparse TopK kernels."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------- losses
-    def sparsity_loss(self, d: "Dictionary", enc: Encoding) -> Tensor | None:
+    def sparsity_loss(self, d: Dictionary, enc: Encoding) -> Tensor | None:
         """The term multiplied by the sparsity coefficient λ (None: the method has none)."""
         return None
 
-    def reconstruction_loss(self, d: "Dictionary", x: Tensor, target: Tensor, enc: Encoding,
+    def reconstruction_loss(self, d: Dictionary, x: Tensor, target: Tensor, enc: Encoding,
                             per_token_error: Tensor) -> Tensor:
         """The reconstruction term of the objective (default: mean per-token squared error)."""
         return per_token_error.mean()
 
-    def auxiliary_losses(self, d: "Dictionary", x: Tensor, target: Tensor, enc: Encoding
+    def auxiliary_losses(self, d: Dictionary, x: Tensor, target: Tensor, enc: Encoding
                          ) -> dict[str, Tensor]:
         """Method-specific terms added to the loss with weight 1, by log name (Gated's aux loss)."""
         return {}
 
-    def dead_latent_loss(self, d: "Dictionary", x: Tensor, residual: Tensor, enc: Encoding,
-                         dead_mask: Tensor, per_token_error: Tensor, training: "TrainingConfig"
+    def dead_latent_loss(self, d: Dictionary, x: Tensor, residual: Tensor, enc: Encoding,
+                         dead_mask: Tensor, per_token_error: Tensor, training: ResolvedTraining
                          ) -> tuple[str, Tensor, float] | None:
         """(log name, loss, weight) of the dead-latent term, or None. Ghost grads by default."""
         if not training.ghost_grads:
@@ -202,14 +202,14 @@ class Method:
         return "ghost", ghost_grads_loss(d, residual, enc.pre, dead_mask, per_token_error), 1.0
 
     # ------------------------------------------------------------------------------------ upkeep
-    def after_step(self, d: "Dictionary") -> None:
+    def after_step(self, d: Dictionary) -> None:
         """Called after every optimiser step (e.g. keep θ ≥ 0)."""
 
     def new_state(self) -> MethodState:
         return MethodState()
 
     @torch.no_grad()
-    def fold_activation_scale(self, d: "Dictionary", scale_in: Tensor, scale_out: Tensor) -> None:
+    def fold_activation_scale(self, d: Dictionary, scale_in: Tensor, scale_out: Tensor) -> None:
         """Make `d`, trained on c·x (target c'·y), take raw x and return raw ŷ with the same latents.
 
         With x_n = c⊙x: encode's (x_n − b_dec)·W_enc = (x − b_dec/c)·(diag(c)·W_enc), and decode's
@@ -223,7 +223,7 @@ class Method:
             d.W_skip.mul_(scale_in).div_(scale_out.reshape(-1, 1) if scale_out.ndim else scale_out)
 
     @torch.no_grad()
-    def fold_decoder_norms(self, d: "Dictionary") -> None:
+    def fold_decoder_norms(self, d: Dictionary) -> None:
         """Give decoder rows unit norm and scale each latent by its old norm (f_i ← f_i·||d_i||)."""
         if not self.folds_decoder_norms:
             raise ValueError(f"fold_decoder_norms would change which latents {self.name} selects")

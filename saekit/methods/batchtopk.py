@@ -68,8 +68,11 @@ class ThresholdEstimate(MethodState):
         if scale is None:
             selected = enc.active_values()
         else:  # crosscoders select on f·norm: estimate θ on that scale
-            selected = enc.codes.values.detach() * scale[enc.codes.cols] if enc.codes is not None \
-                else enc.latents.detach() * scale
+            if enc.codes is not None:
+                selected = enc.codes.values.detach() * scale[enc.codes.cols]
+            else:
+                assert enc.latents is not None
+                selected = enc.latents.detach() * scale
             selected = selected[selected > 0]
         smallest = float(selected.min()) if selected.numel() else math.inf
         if reduce_min is not None:

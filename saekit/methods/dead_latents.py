@@ -27,7 +27,7 @@ def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x - x_hat).pow(2).sum(-1)
 
 
-def ghost_grads_loss(d: "Dictionary", residual: Tensor, pre: Tensor | None, dead_mask: Tensor,
+def ghost_grads_loss(d: Dictionary, residual: Tensor, pre: Tensor | None, dead_mask: Tensor,
                      per_token_error: Tensor) -> Tensor:
     """Ghost grads (JAN24, as SAELens pre-v6 implemented it; docs/methods.md "Dead latents").
 
@@ -44,7 +44,7 @@ def ghost_grads_loss(d: "Dictionary", residual: Tensor, pre: Tensor | None, dead
     return (rescale * ghost_error).mean()
 
 
-def auxk_loss(d: "Dictionary", x: Tensor, residual: Tensor, dead_mask: Tensor, aux_k: int,
+def auxk_loss(d: Dictionary, x: Tensor, residual: Tensor, dead_mask: Tensor, aux_k: int,
               sparse: bool) -> Tensor:
     """||e − W_dec[dead]·TopK_aux(pre[:, dead])||² with e = y − ŷ detached (BTK's form; docs/methods.md
     "Dead latents").
@@ -57,8 +57,8 @@ def auxk_loss(d: "Dictionary", x: Tensor, residual: Tensor, dead_mask: Tensor, a
         columns = dead_mask.nonzero().squeeze(1)
         k_aux = min(aux_k, columns.numel())
         if k_aux * AUX_DENSE_RATIO < columns.numel():
-            codes = sparse_topk_of_columns(x, d.W_enc, d.b_enc, b_dec, k_aux, columns)
-            return squared_error(residual.detach(), sparse_decode(codes, d.W_dec)).mean()
+            selected = sparse_topk_of_columns(x, d.W_enc, d.b_enc, b_dec, k_aux, columns)
+            return squared_error(residual.detach(), sparse_decode(selected, d.W_dec)).mean()
     centered = x - b_dec if b_dec is not None else x
     dead_pre = (centered @ d.W_enc[:, dead_mask] + d.b_enc[dead_mask]).relu()
     k_aux = min(aux_k, dead_pre.shape[1])

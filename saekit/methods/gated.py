@@ -9,7 +9,6 @@ lr 5e-5, LR and λ warm-up, unit-norm decoder.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -54,26 +53,3 @@ class Gated(Method):
         if d.cfg.skip_connection:
             frozen = frozen + x @ d.W_skip.detach().T
         return {"gated_aux": squared_error(target, frozen).mean()}
-
-
-@torch.no_grad()
-def gated_to_jumprelu(gated: Any) -> Any:
-    """The JumpReLU dictionary that computes exactly what a Gated one does (docs/methods.md).
-
-    π_mag = e^r·(π_gate − b_gate) + b_mag, so π_gate > 0 ⇔ π_mag > θ with θ = b_mag − e^r·b_gate, and
-    f = 1[π_mag > θ]·ReLU(π_mag) = JumpReLU_max(θ,0)(π_mag).
-    """
-    from saekit.dictionary import Dictionary
-    from saekit.errors import SaekitError
-
-    if not isinstance(gated.method, Gated):
-        raise SaekitError(f"expected a gated dictionary, got {gated.cfg.method!r}")
-    cfg = dataclasses.replace(gated.cfg, method="jumprelu")
-    scale = gated.r_mag.exp()
-    threshold = (gated.b_mag - scale * gated.b_gate).clamp_min(0.0)
-    out = Dictionary(cfg, dtype=gated.W_dec.dtype, device=gated.W_dec.device)
-    out.load_weights({"W_enc": gated.W_enc * scale, "b_enc": gated.b_mag, "W_dec": gated.W_dec,
-                      "b_dec": gated.b_dec, "threshold": threshold})
-    out.provenance = dataclasses.replace(gated.provenance)
-    out.meta = dict(gated.meta, converted_from="gated")
-    return out.eval()

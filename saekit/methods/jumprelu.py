@@ -55,8 +55,9 @@ class JumpReLU(Method):
             d.threshold.clamp_(min=0.0)
 
 
-def _bandwidth(d: Any) -> float:
-    """ε of the straight-through estimator: the training config's, else its default."""
-    from saekit.training.config import TrainingConfig
+DEFAULT_BANDWIDTH = 1e-3  # Gemma Scope's ε (TrainingConfig's default)
 
-    return (d.training_config or TrainingConfig()).jumprelu_bandwidth
+
+def _bandwidth(d: Any) -> float:
+    """ε of the straight-through estimator: the training config's, else the default."""
+    return d.training_config.jumprelu_bandwidth if d.training_config is not None else DEFAULT_BANDWIDTH

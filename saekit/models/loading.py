@@ -88,7 +88,9 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu",
     loader = AutoModelForCausalLM if causal_lm else AutoModel
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        model = loader.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
+        # Typed as the nn.Module it is: transformers wraps PreTrainedModel.to with functools.wraps, whose
+        # type no longer binds `self`, so `model.to(device)` would not type-check on the subclass.
+        model: torch.nn.Module = loader.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
     except OSError as error:
         raise SaekitError(f"cannot load model {name_or_path!r}: {str(error).splitlines()[0]} "
                           "(pass a hub name, a local model directory, or `offline-default`)") from None

@@ -15,7 +15,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+from collections.abc import Sized
 from dataclasses import dataclass
+from typing import cast
 
 from torch import nn
 
@@ -56,7 +58,7 @@ def _family(model: nn.Module) -> tuple[str, str, str]:
 
 def _expand_named(model: nn.Module, site: str, layer: str) -> list[Hookpoint]:
     container, mlp, attn = _family(model)
-    n_layers = len(model.get_submodule(container))
+    n_layers = len(cast(Sized, model.get_submodule(container)))  # the family's ModuleList of blocks
     layers = range(n_layers) if layer == "*" else [int(layer)]
     out = []
     for index in layers:
@@ -107,7 +109,7 @@ def named_sites(model: nn.Module) -> dict[str, str]:
         container = _family(model)[0]
     except SaekitError:
         return {}
-    n_layers = len(model.get_submodule(container))
+    n_layers = len(cast(Sized, model.get_submodule(container)))  # the family's ModuleList of blocks
     sites = {}
     for kind in ("resid_post", "mlp_in", "mlp_out", "attn_out"):
         for point in _expand_named(model, kind, "*"):

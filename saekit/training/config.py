@@ -11,13 +11,44 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 from saekit.config import DictionaryConfig, check_fields, help_field
 from saekit.errors import SaekitError
+from saekit.methods.jumprelu import DEFAULT_BANDWIDTH
 
 NORMALIZATIONS = ("none", "mean_norm_sqrt_d", "mean_squared_norm_1")
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
+
+
+class ResolvedTraining(Protocol):
+    """A TrainingConfig after `resolved()`: every method-dependent default filled in (none is None)."""
+
+    lr: float
+    adam_betas: tuple[float, float]
+    adam_eps: float
+    lr_warmup: float
+    lr_decay: float
+    sparsity_coefficient: float
+    sparsity_warmup: float
+    grad_clip: float
+    normalize_activations: str
+    b_dec_init: str
+    unit_norm_decoder: bool
+    decoder_init_norm: float
+    aux_k: int
+    aux_coefficient: float
+    dead_tokens: int
+    ghost_grads: bool
+    resample_every: int
+    jumprelu_bandwidth: float
+    jumprelu_init_threshold: float
+    threshold_ema: float
+    threshold_start: float
+    sparse_kernels: bool
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -55,7 +86,7 @@ class TrainingConfig:
     ghost_grads: bool = help_field("Ghost grads on dead latents (relu, gated, jumprelu).", default=False)
     resample_every: int = help_field("Resample dead latents every this many steps (0 disables).",
                                      default=0)
-    jumprelu_bandwidth: float = help_field("JumpReLU straight-through bandwidth ε.", default=1e-3)
+    jumprelu_bandwidth: float = help_field("JumpReLU straight-through bandwidth ε.", default=DEFAULT_BANDWIDTH)
     jumprelu_init_threshold: float = help_field("JumpReLU initial threshold θ0.", default=1e-3)
     threshold_ema: float = help_field("BatchTopK/Matryoshka: EMA decay of the inference threshold.",
                                       default=0.999)
@@ -65,7 +96,7 @@ class TrainingConfig:
                                       "(same result as dense, much faster).", default=True)
     seed: int = help_field("Random seed for initialisation.", default=0)
 
-    def resolved(self, dictionary: DictionaryConfig) -> "TrainingConfig":
+    def resolved(self, dictionary: DictionaryConfig) -> ResolvedTraining:
         """A copy with every method-dependent default filled in and every value checked."""
         from saekit.methods import get_method
 
@@ -77,48 +108,13 @@ class TrainingConfig:
         if values["adam_betas"] is not None:
             values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
         out = TrainingConfig(**values)
-        out._check(dictionary)
-        return out
-
-    def _check(self, dictionary: DictionaryConfig) -> None:
-        from saekit.methods import get_method
-
-        unresolved = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is None]
+        unresolved = [f.name for f in dataclasses.fields(out) if getattr(out, f.name) is None]
         if unresolved:  # a method's defaults must cover every None field
             raise SaekitError(f"no default for {', '.join(unresolved)} (method {dictionary.method!r})")
-        finite = all(math.isfinite(v) for v in (self.lr, self.adam_eps, self.sparsity_coefficient,
-                                                  self.grad_clip, self.decoder_init_norm,
-                                                  self.aux_coefficient, self.jumprelu_bandwidth,
-                                                  self.jumprelu_init_threshold))
-        checks = [
-            (finite, "learning rate, coefficients, eps, bandwidth and norms must be finite numbers"),
-            (self.normalize_activations in NORMALIZATIONS,
-             f"normalize_activations must be one of {', '.join(NORMALIZATIONS)}"),
-            (self.b_dec_init in B_DEC_INITS, f"b_dec_init must be one of {', '.join(B_DEC_INITS)}"),
-            (self.lr > 0, "lr must be positive"),
-            (self.adam_eps > 0, "adam_eps must be positive"),
-            (self.sparsity_coefficient >= 0, "sparsity_coefficient must be >= 0"),
-            (len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
-             "adam_betas must be two numbers in [0, 1)"),
-            (0.0 <= self.lr_warmup <= 1.0 and 0.0 <= self.lr_decay <= 1.0
-             and self.lr_warmup + self.lr_decay <= 1.0,
-             "lr_warmup and lr_decay are fractions of training that must sum to at most 1"),
-            (0.0 <= self.sparsity_warmup <= 1.0, "sparsity_warmup must be a fraction in [0, 1]"),
-            (self.grad_clip >= 0, "grad_clip must be >= 0"),
-            (self.decoder_init_norm > 0, "decoder_init_norm must be positive"),
-            (self.aux_k >= 0, "aux_k must be >= 0"),
-            (self.aux_coefficient >= 0, "aux_coefficient must be >= 0"),
-            (self.dead_tokens > 0, "dead_tokens must be positive"),
-            (self.jumprelu_bandwidth > 0 and self.jumprelu_init_threshold > 0,
-             "jumprelu_bandwidth and jumprelu_init_threshold must be positive"),
-            (0.0 < self.threshold_ema < 1.0, "threshold_ema must be in (0, 1)"),
-            (0.0 <= self.threshold_start <= 1.0, "threshold_start must be a fraction in [0, 1]"),
-            (self.resample_every >= 0, "resample_every must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SaekitError(f"{message} (method {dictionary.method!r})")
-        get_method(dictionary.method).check_training(dictionary, self)
+        resolved = cast(ResolvedTraining, out)
+        _check(resolved, dictionary)
+        method.check_training(dictionary, resolved)
+        return resolved
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -127,12 +123,48 @@ class TrainingConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
         check_fields(cls, data, "training config")
         data = dict(data)
         if data.get("adam_betas") is not None:
             data["adam_betas"] = tuple(data["adam_betas"])
         return cls(**data)
+
+
+def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
+    """Every value of a resolved config in range, or a one-line error naming it."""
+    finite = all(math.isfinite(v) for v in (training.lr, training.adam_eps, training.sparsity_coefficient,
+                                              training.grad_clip, training.decoder_init_norm,
+                                              training.aux_coefficient, training.jumprelu_bandwidth,
+                                              training.jumprelu_init_threshold))
+    checks = [
+        (finite, "learning rate, coefficients, eps, bandwidth and norms must be finite numbers"),
+        (training.normalize_activations in NORMALIZATIONS,
+         f"normalize_activations must be one of {', '.join(NORMALIZATIONS)}"),
+        (training.b_dec_init in B_DEC_INITS, f"b_dec_init must be one of {', '.join(B_DEC_INITS)}"),
+        (training.lr > 0, "lr must be positive"),
+        (training.adam_eps > 0, "adam_eps must be positive"),
+        (training.sparsity_coefficient >= 0, "sparsity_coefficient must be >= 0"),
+        (len(training.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in training.adam_betas),
+         "adam_betas must be two numbers in [0, 1)"),
+        (0.0 <= training.lr_warmup <= 1.0 and 0.0 <= training.lr_decay <= 1.0
+         and training.lr_warmup + training.lr_decay <= 1.0,
+         "lr_warmup and lr_decay are fractions of training that must sum to at most 1"),
+        (0.0 <= training.sparsity_warmup <= 1.0, "sparsity_warmup must be a fraction in [0, 1]"),
+        (training.grad_clip >= 0, "grad_clip must be >= 0"),
+        (training.decoder_init_norm > 0, "decoder_init_norm must be positive"),
+        (training.aux_k >= 0, "aux_k must be >= 0"),
+        (training.aux_coefficient >= 0, "aux_coefficient must be >= 0"),
+        (training.dead_tokens > 0, "dead_tokens must be positive"),
+        (training.jumprelu_bandwidth > 0 and training.jumprelu_init_threshold > 0,
+         "jumprelu_bandwidth and jumprelu_init_threshold must be positive"),
+        (0.0 < training.threshold_ema < 1.0, "threshold_ema must be in (0, 1)"),
+        (0.0 <= training.threshold_start <= 1.0, "threshold_start must be a fraction in [0, 1]"),
+        (training.resample_every >= 0, "resample_every must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SaekitError(f"{message} (method {dictionary.method!r})")
 
 
 @dataclass
@@ -143,6 +175,9 @@ class RunConfig:
     batch_size: int = help_field("Tokens per optimisation step.", default=4096)
     device: str = help_field("Device of the dictionaries and of every tensor of the step (cpu, cuda, "
                              "cuda:N).", default="cpu")
+    normalization_tokens: int = help_field(
+        "Tokens from the start of the stream on which each dictionary's activation scale (and its b_dec) "
+        "is estimated before the first step; they are then trained on as usual.", default=65_536)
     checkpoint_dir: str | None = help_field("Directory for periodic checkpoints and exact resume.",
                                             default=None)
     checkpoint_every: int = help_field("Steps between checkpoints (0: only at the end).", default=0)
@@ -166,7 +201,7 @@ class RunConfig:
                                              "failing with an error.", default=120.0)
 
     def __post_init__(self) -> None:
-        for name in ("total_tokens", "batch_size"):
+        for name in ("total_tokens", "batch_size", "normalization_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise SaekitError(f"{name} must be a positive integer, got {value!r}")

@@ -55,7 +55,7 @@ class Distributed:
     mode: str = "data"
 
     @classmethod
-    def from_environment(cls, mode: str = "data", timeout_s: float = 120.0) -> "Distributed | None":
+    def from_environment(cls, mode: str = "data", timeout_s: float = 120.0) -> Distributed | None:
         """The process group torchrun describes, or None in a single process."""
         if mode not in MODES:
             raise SaekitError(f"unknown parallel mode {mode!r}: choose one of {', '.join(MODES)}")

@@ -13,19 +13,21 @@ paper the decoder is unit-norm and there is no pre-encoder bias: the relu method
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from saekit.config import DictionaryConfig, DictionarySpec, Provenance
+from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.methods import Encoding
 from saekit.models.hooks import capture, hooks, splice
 from saekit.models.outputs import kl_per_position, masked_mean
 from saekit.models.sites import resolve_hookpoints
+from saekit.spec import DictionarySpec
 from saekit.training.config import RunConfig, TrainingConfig
 from saekit.training.objective import LossResult
 

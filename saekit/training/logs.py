@@ -31,7 +31,7 @@ class RunLog:
         self.handle = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = open(path, "a")
+            self.handle = open(path, "a")  # noqa: SIM115 (held for the run, closed by close())
         self.wandb_run = None
         self.tensorboard = None
         for sink in sinks or []:

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.config import DictionarySpec
 from saekit.dictionary import Dictionary
 from saekit.methods import Encoding
 from saekit.methods.dead_latents import squared_error
+from saekit.spec import DictionarySpec
 from saekit.training import normalization
 from saekit.training.distributed import Distributed
 from saekit.training.objective import LocalObjective, Objective
@@ -27,9 +27,9 @@ class SweepMember:
                  dist: Distributed | None = None, autocast: str = "none",
                  objective: Objective | None = None):
         self.spec = spec
-        self.objective = objective or LocalObjective()
+        self.objective: Objective = objective or LocalObjective()
         self.cfg = cfg = spec.dictionary
-        self.training = training = spec.training
+        self.training = training = spec.resolved
         self.autocast = autocast == "bfloat16"
         self.dist = dist if dist is not None and dist.mode == "data" else None
         self.total_steps = total_steps
@@ -40,7 +40,7 @@ class SweepMember:
                                           betas=training.adam_betas, eps=training.adam_eps, fused=True)
         self.generator = torch.Generator().manual_seed(training.seed)
         self.scale_in = torch.ones(cfg.d_in, device=self.device)
-        self.scale_out = torch.ones(cfg.d_out, device=self.device)
+        self.scale_out = torch.ones(cfg.d_out or cfg.d_in, device=self.device)
         self.normalization_tokens = 0
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
         self.no_dead_before = 0  # steps before this one cannot have dead latents (see _may_have_dead)

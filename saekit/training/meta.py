@@ -1,5 +1,6 @@
-"""Meta-SAEs (Bussmann et al. 2024; METHODS.md §8): a BatchTopK dictionary trained on the decoder rows
-of another dictionary, so each latent is described as a sparse sum of meta-latents.
+"""Meta-SAEs (Bussmann et al. 2024; docs/methods.md "Transcoders, crosscoders, meta-SAEs"): a BatchTopK
+dictionary trained on the decoder rows of another dictionary, so each latent is described as a sparse
+sum of meta-latents.
 
 The decoder rows are the dataset: each epoch streams them in a fresh seeded order, through the same
 trainer as any other dictionary. Rows are unit-normalised first (the directions are what is being
@@ -9,15 +10,15 @@ are not rescaled further (`input_unit_norm=False` in the reference config).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
 
-from saekit.config import DictionarySpec
 from saekit.dictionary import Dictionary
 from saekit.evaluation.metrics import MetricsAccumulator
+from saekit.spec import DictionarySpec
 from saekit.training.trainer import train
 
 

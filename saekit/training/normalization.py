@@ -18,14 +18,14 @@ import torch
 from torch import Tensor
 
 
-def activation_scale(method: str, x: Tensor, n_blocks: int = 1) -> Tensor:
+def activation_scale(kind: str, x: Tensor, n_blocks: int = 1) -> Tensor:
     """Per-dimension scale [d]: one scalar per block (crosscoder source), estimated on the rows of x."""
     blocks = x.float().reshape(x.shape[0], n_blocks, -1)
     width = blocks.shape[-1]
     norms = blocks.norm(dim=-1)  # [B, n_blocks]
-    if method == "mean_norm_sqrt_d":
+    if kind == "mean_norm_sqrt_d":
         scales = math.sqrt(width) / norms.mean(0).clamp_min(1e-12)
-    elif method == "mean_squared_norm_1":
+    elif kind == "mean_squared_norm_1":
         scales = 1.0 / norms.pow(2).mean(0).sqrt().clamp_min(1e-12)
     else:
         scales = torch.ones(n_blocks)
@@ -38,7 +38,7 @@ def compact(scale: Tensor) -> float | list[float]:
     return float(blocks[0]) if blocks.numel() == 1 else [float(v) for v in blocks]
 
 
-def record(method: str, scale_in: Tensor, scale_out: Tensor, tokens: int) -> dict[str, Any]:
+def record(kind: str, scale_in: Tensor, scale_out: Tensor, tokens: int) -> dict[str, Any]:
     """What a saved dictionary records about the normalisation folded into its weights."""
-    return {"method": method, "input_scale": compact(scale_in), "target_scale": compact(scale_out),
+    return {"method": kind, "input_scale": compact(scale_in), "target_scale": compact(scale_out),
             "estimated_on_tokens": tokens, "folded": True}

@@ -15,16 +15,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.config import DictionaryConfig, DictionarySpec
+from saekit.config import DictionaryConfig
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
+from saekit.spec import DictionarySpec
 from saekit.training.checkpoint import load_latest_checkpoint, write_checkpoint
 from saekit.training.config import RunConfig
 from saekit.training.distributed import Distributed
@@ -220,36 +222,63 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
         if dist is not None:
             dist.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
 
+    def start_members(first: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        """Initialise every member from the first batches of the stream: the activation scale (and b_dec)
+        is estimated on `normalization_tokens` of them. Returns the batches read ahead beyond the first,
+        which are then trained on in order, as if never read ahead."""
+        ahead: list[dict[str, Tensor]] = []
+        if objective is None:  # other objectives initialise from their first batch
+            for _ in range(min(-(-tc.normalization_tokens // tc.batch_size), total_steps) - 1):
+                more = next(batches, None)
+                if more is None:
+                    break
+                ahead.append(more)
+        read = [first] + ahead
+        if dist is not None and dist.mode == "shard":
+            read = [first] + [{key: dist.gather_rows(value) for key, value in b.items()} for b in ahead]
+        for member in members.values():
+            if objective is not None:
+                member.objective.start(member, first, None)
+                continue
+            pairs = [member_inputs(member.spec, b) for b in read]
+            x = torch.cat([p[0] for p in pairs])
+            target = None if pairs[0][1] is None else torch.cat([p[1] for p in pairs])  # type: ignore[misc]
+            if dist is not None and dist.mode == "data":  # initialise from the global batches
+                x = dist.gather_rows(x)
+                target = None if target is None else dist.gather_rows(target)
+            member.objective.start(member, x, target)
+        return ahead
+
     bar = tqdm(total=tc.total_tokens, initial=tokens_seen, unit="tok", unit_scale=True,
                disable=not (tc.progress and is_main), desc="training", dynamic_ncols=True)
     started = time.perf_counter()
+    ahead: list[dict[str, Tensor]] = []
     try:
         while step < total_steps:
-            batch = next(batches, None)
-            exhausted = batch is None if dist is None else dist.any(batch is None)
-            if exhausted:
+            next_batch = ahead.pop(0) if ahead else next(batches, None)
+            exhausted = next_batch is None if dist is None else dist.any(next_batch is None)
+            if exhausted or next_batch is None:
                 logger.warning("the activation stream ended after %d tokens, before total_tokens=%d",
                                tokens_seen, tc.total_tokens)
                 break
+            batch = next_batch
             if dist is not None and dist.mode == "shard":
                 batch = {key: dist.gather_rows(value) for key, value in batch.items()}
+            if step == 0:
+                ahead = start_members(batch)
             logs = []
             for i, member in members.items():
+                x: Any
+                target: Tensor | None
                 x, target = (batch, None) if objective is not None else member_inputs(member.spec, batch)
-                if step == 0:
-                    if dist is not None and dist.mode == "data":  # initialise from the global batch
-                        member.objective.start(member, dist.gather_rows(x),
-                                               None if target is None else dist.gather_rows(target))
-                    else:
-                        member.objective.start(member, x, target)
                 logs.append((names[i], member.step(x, step, target)))
             step += 1
             tokens_seen += tc.batch_size
             bar.update(tc.batch_size)
             if run_log is not None and (step % tc.log_every == 0 or step == total_steps):
-                logs = [(name, {key: float(value) for key, value in parts.items()}) for name, parts in logs]
-                run_log.write(step, tokens_seen, time.perf_counter() - started, logs)
-                bar.set_postfix({"loss": f"{logs[0][1]['loss']:.4g}", "l0": f"{logs[0][1]['l0']:.1f}"})
+                lines = [(name, {key: float(value) for key, value in parts.items()}) for name, parts in logs]
+                run_log.write(step, tokens_seen, time.perf_counter() - started, lines)
+                bar.set_postfix({"loss": f"{lines[0][1]['loss']:.4g}", "l0": f"{lines[0][1]['l0']:.1f}"})
             if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total_steps:
                 checkpoint()
         checkpoint()

@@ -131,10 +131,11 @@ def test_train_from_cache_with_two_hookpoints(capsys, tmp_path):
     config.write_text("[train]\ntotal_tokens = 2560\nbatch_size = 256\n\n"
                       "[[dictionaries]]\nmethod = 'topk'\nd_sae = 32\nk = 4\nhookpoint = 'layer.1'\n\n"
                       "[[dictionaries]]\nmethod = 'topk'\nd_sae = 40\nk = 4\nhookpoint = 'layer.2'\n")
-    code, out, err = run_cli(capsys, "train", "--config", str(config), "--from-cache",
-                             str(tmp_path / "cache"), "--out", str(tmp_path / "o"), "--no-progress")
+    code, _, err = run_cli(capsys, "train", "--config", str(config), "--from-cache",
+                           str(tmp_path / "cache"), "--out", str(tmp_path / "o"), "--no-progress")
     assert code == 0, err
-    d1, d2 = saekit.load(tmp_path / "o" / "layer.1" / "topk-k4-32"), saekit.load(tmp_path / "o" / "layer.2" / "topk-k4-40")
+    d1 = saekit.load(tmp_path / "o" / "layer.1" / "topk-k4-32")
+    d2 = saekit.load(tmp_path / "o" / "layer.2" / "topk-k4-40")
     assert (d1.d_in, d1.provenance.hookpoint, d1.provenance.model_name) == (12, "layer.1", "tiny")
     assert (d2.d_in, d2.provenance.hookpoint) == (20, "layer.2")
     code, _, err = run_cli(capsys, "train", "--from-cache", str(tmp_path / "cache"), "--out",

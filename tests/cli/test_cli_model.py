@@ -86,3 +86,30 @@ def test_training_from_a_model_cache_equals_training_live(capsys, tmp_path, mode
     cached, live = saekit.load(tmp_path / "a" / "topk-k4-64"), saekit.load(tmp_path / "b" / "topk-k4-64")
     for (name, t1), t2 in zip(cached.weights().items(), live.weights().values()):
         assert torch.equal(t1, t2), name
+
+
+def test_hookpoints_lists_named_sites_and_modules(capsys, model_dir):
+    assert main(["hookpoints", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    sites = dict(line.split() for line in out.split("modules:")[0].splitlines()[1:])
+    assert sites["resid_post.1"] == "model.layers.1" and sites["mlp_in.0"] == "model.layers.0.mlp:input"
+    assert "model.layers.0.self_attn" in out and "attn_out.1" in out
+    assert main(["hookpoints", str(model_dir), "--depth", "0"]) == 2
+
+
+def test_a_sweep_file_data_section_sets_the_text(capsys, tmp_path, model_dir, corpus):
+    """[data] is read (flags still win): the recorded dataset and context size come from it."""
+    config = tmp_path / "sweep.toml"
+    config.write_text(f"[data]\ndataset = '{corpus}'\ncontext_size = 24\nmodel_batch_size = 4\n\n"
+                      "[train]\ntotal_tokens = 512\nbatch_size = 128\n\n"
+                      "[[dictionaries]]\nmethod = 'topk'\nd_sae = 16\nk = 2\n")
+    code = main(["train", "--config", str(config), "--model", str(model_dir), "--hookpoints", "resid_post.0",
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    d = saekit.load(tmp_path / "o" / "topk-k2-16")
+    assert (d.provenance.dataset, d.provenance.context_size) == (str(corpus), 24)
+    config.write_text(config.read_text().replace("context_size = 24", "context_size = 'long'"))
+    code = main(["train", "--config", str(config), "--model", str(model_dir), "--hookpoints", "resid_post.0",
+                 "--out", str(tmp_path / "o2"), "--no-progress"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and "context_size must be an integer" in errors[0]

@@ -1,7 +1,7 @@
 import argparse
 import hashlib
-import json
 import itertools
+import json
 import signal
 import subprocess
 import sys
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import saekit
-from tests.helpers import activations, chunks
 from saekit.commands import cache as cache_command
 from saekit.data.cache import open_cache
 from saekit.data.cache.format import manifest_checksum
 from saekit.data.cache.writer import CacheWriter, cached_token_count, write_cache
 from saekit.errors import SaekitError
+from tests.helpers import activations, chunks
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARD = 1000
@@ -311,7 +311,8 @@ def test_training_resumed_through_resume_from_equals_one_run(tmp_path):
     write(tmp_path / "c", data, shard_tokens=2048)
     cache = open_cache(tmp_path / "c")
     cfg = saekit.DictionarySpec.from_options(method="topk", d_in=8, d_sae=32, k=2, lr=1e-3)
-    options = dict(total_tokens=2048 * 6, batch_size=2048, progress=False)
+    # the interrupted run reads three batches: estimate the scale on the first, as the full run does
+    options = dict(total_tokens=2048 * 6, batch_size=2048, progress=False, normalization_tokens=2048)
     (one,) = saekit.train(cache.stream("a", 2048, shuffle=True, seed=5), [cfg], **options)
 
     ckpt = dict(checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1, resume=True)
@@ -342,3 +343,18 @@ def test_cli_info_and_verify(tmp_path, capsys):
         args.func(args)
     with pytest.raises(SaekitError, match="does not exist"):
         open_cache(tmp_path / "nowhere")
+
+
+def test_train_from_cache_shuffles_with_the_data_seed(tmp_path, capsys):
+    """--data-seed sets the cache's read order (it used to be ignored for caches)."""
+    from saekit.cli import main
+
+    write(tmp_path / "c", activations(n=4096), shard_tokens=2048)
+    base = ["train", "--from-cache", str(tmp_path / "c"), "--hookpoint", "a", "--method", "topk", "--k", "2",
+            "--d-sae", "16", "--total-tokens", "2048", "--batch-size", "512", "--no-progress"]
+    weights = {}
+    for run, seed in (("s1", "1"), ("s1again", "1"), ("s2", "2")):
+        assert main([*base, "--data-seed", seed, "--out", str(tmp_path / run)]) == 0, capsys.readouterr().err
+        weights[run] = saekit.load(tmp_path / run / "topk-k2-16").W_dec
+    assert torch.equal(weights["s1"], weights["s1again"])
+    assert not torch.equal(weights["s1"], weights["s2"])

@@ -2,12 +2,12 @@ import pytest
 import torch
 
 import saekit
-from saekit.models.loading import load_model
-from saekit.models.sites import resolve_hookpoints
 from saekit.data.stream import ActivationStream
-from saekit.models.hooks import capture, hooks
 from saekit.data.tokens import TokenStream
 from saekit.evaluation.splice import spliced_evaluation
+from saekit.models.hooks import capture, hooks
+from saekit.models.loading import load_model
+from saekit.models.sites import resolve_hookpoints
 from tests.helpers import save_tiny, tiny_gpt2, tiny_llama, tiny_tokenizer, write_corpus
 
 

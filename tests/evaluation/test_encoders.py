@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import saekit
-from saekit.encoders import gradient_pursuit, make_encoder, matching_pursuit
 from saekit.data.toy import ToyConfig, ToyData
+from saekit.encoders import gradient_pursuit, make_encoder, matching_pursuit
 
 
 def reference_gradient_pursuit(x, D, k):

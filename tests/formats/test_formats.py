@@ -19,9 +19,8 @@ from safetensors.torch import save_file
 
 import saekit
 from saekit.cli import main
-from saekit.formats import detect, gemma_scope, hub
+from saekit.formats import detect, gemma_scope, hub, saelens
 from saekit.formats import dictionary_learning as dl
-from saekit.formats import saelens
 from tests.helpers import D_IN, D_OUT, D_SAE, HOOK, LM, inputs, make_site_inputs, random_dictionary
 
 TRANSCODER = dict(target_hookpoint="blocks.3.hook_mlp_out", d_out=D_OUT)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import EVIL, SITE_D_SAE as D_SAE
+from tests.helpers import EVIL
+from tests.helpers import SITE_D_SAE as D_SAE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -44,7 +45,7 @@ def column(driver, index: int) -> list[str]:
     return [td.text for td in driver.find_elements(By.CSS_SELECTOR, f"#latents tbody td:nth-child({index})")]
 
 
-def test_index_loads_sorts_and_searches(browser, site):  # noqa: F811
+def test_index_loads_sorts_and_searches(browser, site):
     browser.get((site["site"] / "index.html").as_uri())
     assert len(browser.find_elements(By.CSS_SELECTOR, "#latents tbody tr")) == D_SAE
     OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def test_index_loads_sorts_and_searches(browser, site):  # noqa: F811
     assert "showing 0 of 0" in browser.find_element(By.ID, "shown").text
 
 
-def test_latent_page_highlights_tokens_and_runs_nothing(browser, site):  # noqa: F811
+def test_latent_page_highlights_tokens_and_runs_nothing(browser, site):
     browser.get((site["site"] / "index.html").as_uri())
     browser.find_element(By.LINK_TEXT, "0").click()
     assert browser.current_url.endswith("latents/0.html")

@@ -10,11 +10,12 @@ import torch
 
 import saekit
 from saekit.cli import main
+from saekit.data.tokens import TokenStream
+from saekit.models.hooks import capture
 from saekit.models.loading import load_model
 from saekit.models.sites import resolve_hookpoints
-from saekit.models.hooks import capture
-from saekit.data.tokens import TokenStream
-from tests.helpers import EVIL, SITE_D_SAE as D_SAE, save_tiny, tiny_llama, tiny_tokenizer, write_corpus
+from tests.helpers import SITE_D_SAE as D_SAE
+
 
 def test_site_has_an_index_and_a_page_per_latent(site):
     out = site["site"]

@@ -5,10 +5,10 @@ import json
 import torch
 
 from saekit.cli import main
-from saekit.models.sites import resolve_hookpoints
 from saekit.data.stream import ActivationStream
-from saekit.models.hooks import capture
 from saekit.data.tokens import TokenStream
+from saekit.models.hooks import capture
+from saekit.models.sites import resolve_hookpoints
 from tests.helpers import save_tiny, tiny_llama, tiny_tokenizer, write_corpus
 
 

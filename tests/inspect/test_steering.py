@@ -9,11 +9,18 @@ import torch
 
 import saekit
 from saekit.cli import main
+from saekit.inspect.steering import (
+    decompose_vector,
+    generate,
+    mean_activation_difference,
+    mean_activations,
+    steer,
+    steering,
+    steering_edit,
+)
+from saekit.models.hooks import capture
 from saekit.models.loading import load_model
 from saekit.models.sites import resolve_hookpoints
-from saekit.models.hooks import capture
-from saekit.inspect.steering import (decompose_vector, generate, mean_activation_difference,
-                                     mean_activations, steer, steering, steering_edit)
 from tests.helpers import initialized, save_tiny, tiny_llama, tiny_tokenizer
 
 PROMPT = "the cat sat on the mat and"

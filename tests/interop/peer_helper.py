@@ -54,14 +54,33 @@ def _saelens_outputs(path: Path, x: torch.Tensor, out: Path) -> None:
 
 
 def create_saelens(root: Path, x: torch.Tensor) -> dict[str, dict]:
-    from sae_lens import (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, GatedSAE, GatedSAEConfig,
-                          JumpReLUSAE, JumpReLUSAEConfig, MatryoshkaBatchTopKTrainingSAE,
-                          MatryoshkaBatchTopKTrainingSAEConfig, StandardSAE, StandardSAEConfig,
-                          StandardTrainingSAE, StandardTrainingSAEConfig, TopKSAE, TopKSAEConfig)
+    from sae_lens import (
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        GatedSAE,
+        GatedSAEConfig,
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
     from sae_lens.saes.sae import SAEMetadata
-    from sae_lens.saes.transcoder import (JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig,
-                                          JumpReLUTranscoder, JumpReLUTranscoderConfig, SkipTranscoder,
-                                          SkipTranscoderConfig, Transcoder, TranscoderConfig)
+    from sae_lens.saes.transcoder import (
+        JumpReLUSkipTranscoder,
+        JumpReLUSkipTranscoderConfig,
+        JumpReLUTranscoder,
+        JumpReLUTranscoderConfig,
+        SkipTranscoder,
+        SkipTranscoderConfig,
+        Transcoder,
+        TranscoderConfig,
+    )
     from sae_lens.training.activation_scaler import ActivationScaler
 
     def meta(**extra):
@@ -194,8 +213,13 @@ def _data(x_like: torch.Tensor, seed: int):
 
 def create_dictionary_learning(root: Path, x: torch.Tensor) -> dict[str, dict]:
     from dictionary_learning.dictionary import AutoEncoder, AutoEncoderNew
-    from dictionary_learning.trainers import (BatchTopKTrainer, GatedSAETrainer, JumpReluTrainer,
-                                              StandardTrainer, TopKTrainer)
+    from dictionary_learning.trainers import (
+        BatchTopKTrainer,
+        GatedSAETrainer,
+        JumpReluTrainer,
+        StandardTrainer,
+        TopKTrainer,
+    )
     from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKTrainer
     from dictionary_learning.trainers.standard import StandardTrainerAprilUpdate
     from dictionary_learning.training import trainSAE

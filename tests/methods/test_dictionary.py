@@ -5,9 +5,8 @@ import torch
 
 from saekit import DictionaryConfig, TrainingConfig
 from saekit.dictionary import Dictionary, geometric_median
-from saekit.methods.gated import gated_to_jumprelu
+from saekit.formats.core import gated_to_jumprelu
 from tests.helpers import METHODS, make
-
 
 LAYOUTS = {  # SAELens's tensor names per method, besides W_dec [32, 12] and b_dec [12]
     "relu": {"W_enc", "b_enc"}, "topk": {"W_enc", "b_enc"},
@@ -94,7 +93,7 @@ def test_initialization_is_tied_with_requested_norm_and_bias(generator):
 def test_geometric_median_minimises_sum_of_distances(generator):
     points = torch.cat([torch.randn(50, 3, generator=generator), torch.full((5, 3), 40.0)])
     median = geometric_median(points)
-    cost = lambda m: (points - m).norm(dim=-1).sum()  # noqa: E731
+    cost = lambda m: (points - m).norm(dim=-1).sum()
     for _ in range(20):
         probe = median + 0.05 * torch.randn(3, generator=generator)
         assert cost(median) <= cost(probe) + 1e-4

@@ -15,6 +15,7 @@ from saekit.data.toy import ToyConfig, ToyData  # noqa: E402
 
 TOY = ToyConfig(d_in=16, n_features=32, mean_active=3, seed=5)
 TOTAL_TOKENS = 40 * 128
+NORMALIZATION_TOKENS = 4 * 128  # estimated on the first four batches
 
 
 def configs() -> list[saekit.DictionarySpec]:
@@ -41,7 +42,8 @@ class SlowStream:
 
 def run(checkpoint_dir: str | None, delay: float = 0.0) -> list[saekit.Dictionary]:
     return saekit.train(SlowStream(delay), configs(), total_tokens=TOTAL_TOKENS, batch_size=128,
-                        checkpoint_dir=checkpoint_dir, checkpoint_every=5, progress=False)
+                        checkpoint_dir=checkpoint_dir, checkpoint_every=5, progress=False,
+                        normalization_tokens=NORMALIZATION_TOKENS)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import saekit
-from saekit.models.sites import resolve_hookpoints
 from saekit.models.hooks import hooks
+from saekit.models.sites import resolve_hookpoints
 from saekit.training.e2e import E2EConfig, kl_clean_to_spliced, train_e2e
 
 

@@ -6,10 +6,8 @@ import torch
 from saekit import DictionaryConfig, TrainingConfig
 from saekit.dictionary import Dictionary
 from saekit.methods import dead_latents as losses
+from saekit.sparse import SparseCodes, fused_encode_topk, select_batch_topk, sparse_decode, sparse_topk_encode
 from saekit.training.objective import training_loss
-from saekit.sparse import (SparseCodes, fused_encode_topk, select_batch_topk, sparse_decode,
-                          sparse_topk_encode)
-
 
 DENSE, SPARSE = TrainingConfig(sparse_kernels=False, aux_k=12), TrainingConfig(sparse_kernels=True, aux_k=12)
 

@@ -80,7 +80,7 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     partial = saekit.train(resume_child.SlowStream(0.0).data.sample(12 * 128).split(100),
                            resume_child.configs(), total_tokens=resume_child.TOTAL_TOKENS,
                            batch_size=128, checkpoint_dir=str(tmp_path), checkpoint_every=5,
-                           progress=False)
+                           progress=False, normalization_tokens=resume_child.NORMALIZATION_TOKENS)
     assert partial  # the truncated run ended early
     for extra in list_checkpoints(tmp_path)[1:]:
         # keep only the step-10 checkpoint: the truncated run also saved one at its last step
@@ -232,3 +232,36 @@ def test_loggers_write_jsonl_and_forward_scalars_to_wandb_and_tensorboard(tmp_pa
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: import fails
     with pytest.raises(saekit.SaekitError, match=r"saekit\[wandb\]"):
         saekit.train([x], [cfg], total_tokens=256, batch_size=256, progress=False, loggers=["wandb"])
+
+
+def test_train_refuses_a_run_config_together_with_loose_run_options():
+    """A RunConfig and loose options at once used to drop the loose ones silently."""
+    data = ToyData(ToyConfig(d_in=8, n_features=8), chunk_size=64)
+    run = saekit.RunConfig(total_tokens=512, batch_size=64, progress=False)
+    cfg = saekit.DictionaryConfig(method="topk", d_in=8, d_sae=16, k=2)
+    for extra in ({"total_tokens": 1024}, {"batch_size": 32}, {"checkpoint_every": 2}):
+        with pytest.raises(saekit.SaekitError, match="put every run option in the RunConfig"):
+            saekit.train(data, [cfg], run=run, **extra)
+    (d,) = saekit.train(data, [cfg], run=run)
+    assert d.meta["training_tokens"] == 512
+
+
+def test_the_activation_scale_is_estimated_on_the_first_batches_which_are_then_trained_on():
+    from saekit.training.normalization import activation_scale
+
+    rows = torch.randn(10 * 64, 8) * torch.linspace(0.5, 3.0, 10 * 64)[:, None]  # the scale drifts
+    read = []
+
+    def stream():
+        for i in range(10):
+            read.append(i)
+            yield rows[i * 64:(i + 1) * 64]
+
+    cfg = saekit.DictionaryConfig(method="topk", d_in=8, d_sae=16, k=2)
+    (d,) = saekit.train(stream(), [cfg], total_tokens=8 * 64, batch_size=64, progress=False,
+                        normalization_tokens=3 * 64)
+    record = d.meta["normalization"]
+    expected = float(activation_scale("mean_norm_sqrt_d", rows[:3 * 64])[0])
+    assert record["estimated_on_tokens"] == 3 * 64 and record["input_scale"] == pytest.approx(expected)
+    assert expected != pytest.approx(float(activation_scale("mean_norm_sqrt_d", rows[:64])[0]), rel=1e-3)
+    assert read == list(range(8)) and d.meta["training_tokens"] == 8 * 64  # nothing skipped or re-read

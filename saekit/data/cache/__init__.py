@@ -4,8 +4,14 @@
 (`write_cache`, resumable) import in that order only, so there is no import cycle.
 """
 
-from saekit.data.cache.format import (DTYPES, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, read_manifest,
-                                      validate_manifest)
+from saekit.data.cache.format import (
+                                      DTYPES,
+                                      FORMAT_NAME,
+                                      FORMAT_VERSION,
+                                      MANIFEST_NAME,
+                                      read_manifest,
+                                      validate_manifest,
+)
 from saekit.data.cache.reader import ActivationCache, CacheStream, open_cache
 from saekit.data.cache.writer import CacheWriter, cached_token_count, write_cache
 

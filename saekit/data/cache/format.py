@@ -27,17 +27,13 @@ presence and size of every shard file; the sha256 of each shard file is checked 
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
-import numpy as np
 import torch
-from torch import Tensor
 
 from saekit.errors import SaekitError
 

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import bisect
-import hashlib
-import json
 import math
-import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.errors import SaekitError
+from saekit.data.cache.format import (
+    DTYPES,
+    REBUILD,
+    Verify,
+    _fail,
+    _read_ahead,
+    read_manifest,
+    sha256_of_file,
+)
 
-from saekit.data.cache.format import (DTYPES, MANIFEST_NAME, REBUILD, Verify, _fail, _read_ahead,
-                                      manifest_checksum, read_manifest, sha256_of_file, validate_manifest)
 
 class ActivationCache:
     """A validated cache directory, read through memory mapping. Build one with `open_cache`."""
@@ -110,7 +114,7 @@ class ActivationCache:
                         f"{', '.join(self.hookpoints)}): pick one of those")
         if self.verify_mode != "none":
             self._verify_file(hookpoint, index)
-        path, entry = self._file(hookpoint, index)
+        path, _entry = self._file(hookpoint, index)
         disk_dtype, torch_dtype = DTYPES[self.dtype]
         try:
             if self.verify_mode == "none":
@@ -139,14 +143,14 @@ class ActivationCache:
         return names
 
     def stream(self, hookpoint: str, batch_size: int, *, start_token: int = 0, shuffle: bool = False,
-               seed: int = 0, epochs: int | None = 1, drop_last: bool = False) -> "CacheStream":
+               seed: int = 0, epochs: int | None = 1, drop_last: bool = False) -> CacheStream:
         """Float32 batches `[batch_size, d]` of one hookpoint; see `CacheStream` for the order."""
         return CacheStream(self, self._names(hookpoint), batch_size, start_token=start_token,
                            shuffle=shuffle, seed=seed, epochs=epochs, drop_last=drop_last, single=True)
 
     def stream_many(self, hookpoints: Sequence[str] | None, batch_size: int, *, start_token: int = 0,
                     shuffle: bool = False, seed: int = 0, epochs: int | None = 1,
-                    drop_last: bool = False) -> "CacheStream":
+                    drop_last: bool = False) -> CacheStream:
         """Dict batches `{hookpoint: [batch_size, d]}` with the same token rows for every hookpoint, so
         dictionaries on several hookpoints train from one pass (None: every hookpoint in the cache)."""
         return CacheStream(self, self._names(hookpoints), batch_size, start_token=start_token,

@@ -20,19 +20,27 @@ import io
 import json
 import re
 import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.data.cache.format import (DTYPES, FORMAT_NAME, FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME,
-                               manifest_checksum, read_manifest)
+from saekit.data.cache.format import (
+    DTYPES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    manifest_checksum,
+    read_manifest,
+)
 from saekit.errors import SaekitError
 from saekit.io import atomic_write, fsync_dir
 
-Batch = Union[Mapping[str, Tensor], Tensor]
+Batch = Mapping[str, Tensor] | Tensor
 DEFAULT_SHARD_BYTES = 256 << 20  # all hookpoints of one shard together: bounds the writer's memory
 
 
@@ -110,7 +118,7 @@ class CacheWriter:
                 self._clear()
             if (self.path / MANIFEST_NAME).is_file():
                 self.manifest = read_manifest(self.path)
-                self._check_resume(model, dtype, shard_tokens, metadata)
+                self._check_resume(model, dtype, shard_tokens, dict(metadata))
                 self._remove_temporaries()
             else:
                 if any(p.name != LOCK_NAME for p in self.path.iterdir()):
@@ -134,7 +142,7 @@ class CacheWriter:
             import fcntl
         except ImportError:  # not POSIX: no advisory lock, still crash-safe
             return
-        handle = open(self.path / LOCK_NAME, "a+")
+        handle = open(self.path / LOCK_NAME, "a+")  # noqa: SIM115 (held until release())
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -273,7 +281,7 @@ class CacheWriter:
             rows = self._buffers[h][:n]
             array = (rows.view(torch.int16) if self.torch_dtype == torch.bfloat16 else rows).numpy()
             header = _npy_header(self.disk_dtype, (n, entry["d"]))
-            data = memoryview(np.ascontiguousarray(array)).cast("B")
+            data = memoryview(np.ascontiguousarray(array)).cast("B")  # type: ignore[arg-type]
             digest = hashlib.sha256(header)
             digest.update(data)
             rel = f"{entry['dir']}/shard-{index:05d}.npy"
@@ -304,7 +312,7 @@ class CacheWriter:
             self._lock_handle.close()
             self._lock_handle = None
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
