@@ -47,6 +47,11 @@ def check_device(name: str) -> None:
         raise SaekitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
+def one_line(text: str) -> str:
+    """Errors print as one line, whatever a message from a library holds."""
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             check_device(args.device)
         result = args.func(args)
     except SaekitError as error:
-        print(f"saekit {args.command}: error: {error}", file=sys.stderr)
+        print(f"saekit {args.command}: error: {one_line(str(error))}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
-        print(f"saekit {args.command}: error: {error}", file=sys.stderr)
+    except OSError as error:  # missing files, permissions, a full disk: the user's to fix
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"saekit {args.command}: error: {one_line(error.strerror or str(error))}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"saekit {args.command}: interrupted", file=sys.stderr)
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SAEKIT_DEBUG"):
             raise
         print(
-            f"saekit {args.command}: internal error: {type(error).__name__}: {error} "
+            f"saekit {args.command}: internal error: {type(error).__name__}: {one_line(str(error))} "
             "(set SAEKIT_DEBUG=1 for a traceback and please report it)",
             file=sys.stderr,
         )

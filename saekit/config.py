@@ -73,6 +73,11 @@ class DictionaryConfig:
         from saekit.methods import get_method
 
         method = get_method(self.method)
+        if self.name is not None and (not isinstance(self.name, str) or not self.name.strip() or
+                                      self.name in (".", "..") or "/" in self.name or "\\" in self.name
+                                      or self.name.startswith(".")):
+            raise SaekitError(f"name {self.name!r} cannot name a dictionary folder: use letters, digits, "
+                              "'-', '_' and '.', not a path")
         for name in ("d_in", "d_sae", "n_sources"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -71,8 +71,9 @@ def make_encoder(d: Dictionary, name: str = "dictionary", l0: int | None = None
         raise SaekitError(f"unknown encoder {name!r}: choose one of {', '.join(ENCODERS)}")
     if name == "dictionary":
         return d.encode
-    if l0 is None or l0 <= 0:
-        raise SaekitError(f"encoder {name!r} needs a positive --l0 (the number of atoms per token)")
+    if l0 is None or not 0 < l0 <= d.d_sae:
+        raise SaekitError(f"encoder {name!r} needs --l0 (atoms per token) between 1 and the dictionary's "
+                          f"{d.d_sae} latents, got {l0}")
     if d.cfg.is_transcoder:
         raise SaekitError("inference-time encoders approximate the input with the decoder; a "
                           "transcoder's decoder lives in its output space")

@@ -18,6 +18,8 @@ from saekit.methods import get_method, method_names
 from saekit.spec import DictionarySpec
 
 METHODS = method_names()
+# Dictionaries written by saekit at stop 12 (format 1), with the inputs and outputs that version computed.
+FIXTURES_V1 = Path(__file__).parent / "formats" / "fixtures" / "format_v1"
 ENCODER_METHODS = [m for m in METHODS if get_method(m).has_encoder]
 
 WORDS = ("the a cat dog sat on mat and ran to park it was big small red blue happy sad day night "  # noqa: SIM905

@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
     missing = [flag for flag, value in (("--model", args.model), ("--hookpoints", args.hookpoints),
                                         ("--out", args.out)) if not value]
+    for flag, value in (("--tokens", args.tokens), ("--shard-tokens", args.shard_tokens)):
+        if value is not None and value <= 0:
+            raise SaekitError(f"{flag} must be a positive number of tokens, got {value}")
     if missing:
         raise SaekitError(f"saekit cache needs {', '.join(missing)} to build a cache (or use "
                           "`saekit cache info DIR` / `saekit cache verify DIR`)")

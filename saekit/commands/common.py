@@ -56,10 +56,10 @@ def dataclass_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML, YAML or JSON config file into a dict, with one-line errors."""
+    from saekit.io import read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise SaekitError(f"config file not found: {path}")
-    text = path.read_text()
+    text = read_text(path, "config file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":

@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hookpoint", default=None, help="Record this hookpoint (when the source "
                                                           "does not say, or to override it).")
     parser.add_argument("--model-name", default=None, help="Record this model name.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace the output even if saekit did not write it (default: refuse).")
     parser.add_argument("--dict-class", default=None,
                         help="dictionary_learning class, for an ae.pt without config.json.")
     parser.set_defaults(func=run)
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     d, written = convert(args.source, args.output, args.to, subfolder=args.subfolder,
                          revision=args.revision, format=args.source_format, dtype=dtype,
                          hookpoint=args.hookpoint, model_name=args.model_name,
-                         dict_class=args.dict_class)
+                         dict_class=args.dict_class, overwrite=args.overwrite)
     source = d.meta.get("source", {}).get("format", "saekit")
     print(f"wrote {written} ({args.to}) from {source}: {d.cfg.method}, d_in={d.cfg.d_in}, "
           f"d_sae={d.cfg.d_sae}, dtype={str(d.W_dec.dtype).removeprefix('torch.')}")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from saekit.commands.sources import add_model_arguments, open_model, text_config
+from saekit.commands.sources import add_model_arguments, open_model, text_config, warn_other_model
 from saekit.errors import SaekitError
 
 
@@ -26,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--names", type=Path, default=None,
                         help="JSON object {latent id: name} of latent names (default: each latent's "
                              "most common top-activating token).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace --out even if saekit did not write it (default: refuse).")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="Show a progress bar.")
     add_model_arguments(parser)
@@ -35,11 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _read_names(path: Path | None) -> dict[int, str]:
     if path is None:
         return {}
+    from saekit.io import read_json_file
+
+    raw = read_json_file(path, "latent names file")
     try:
-        raw = json.loads(path.read_text())
         return {int(key): str(value) for key, value in raw.items()}
-    except (OSError, ValueError, AttributeError) as error:
-        raise SaekitError(f"cannot read latent names from {path}: {error}") from None
+    except (ValueError, AttributeError, TypeError) as error:
+        raise SaekitError(f"latent names file {path} must map latent numbers to names ({error})") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,11 +57,17 @@ def run(args: argparse.Namespace) -> int:
     name = args.model or d.provenance.model_name
     if not name:
         raise SaekitError("the dictionary does not record its model: pass --model")
+    if args.top_examples < 1:
+        raise SaekitError("--top-examples must be at least 1")
+    from saekit.io import check_replaceable
+
+    check_replaceable(args.out, args.overwrite)  # before the model is even loaded
     names = _read_names(args.names)
+    warn_other_model(d, name)
     model, tokenizer = open_model(args, model=name)
     batches = text_config(args).token_stream(tokenizer, split=args.split, max_tokens=args.tokens)
     summary = build_dashboards(d, model, tokenizer, batches, args.out, top_examples=args.top_examples,
-                               names=names, progress=args.progress)
+                               names=names, progress=args.progress, overwrite=args.overwrite)
     print(f"dashboards for {summary['latents']} latents ({summary['alive']} fired on "
           f"{summary['tokens']} tokens) -> {args.out / 'index.html'}")
     print(f"model+encode {summary['model_and_encode_s']:.1f}s, decoder {summary['decoder_s']:.1f}s, "

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                          "(the target L0).")
     parser.add_argument("--batch-size", type=int, default=1024, help="Tokens per training step.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Write into --out even if saekit did not write it (default: refuse).")
     add_model_arguments(parser, hookpoints=False)
     parser.set_defaults(func=run, model="offline-default")
 
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             raise SaekitError(f"--{flag.replace('_', '-')} must be positive")
     results = run_demo(args.out, model_config(args), text_config(args), args.hookpoint, args.methods,
                        args.tokens, args.eval_tokens, args.expansion, args.k, args.batch_size, args.device,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, overwrite=args.overwrite)
     print(results["table"])
     print(f"report: {args.out / 'report.html'} ({results['timings']['total_s']:.0f} s in all)")
     return 0

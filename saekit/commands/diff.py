@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-latents", type=int, default=6, help="Model-specific latents shown per model.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Write into --out even if saekit did not write it (default: refuse).")
     add_model_arguments(parser, model=False, hookpoints=False)
     parser.set_defaults(func=run)
 
@@ -63,9 +65,12 @@ def run(args: argparse.Namespace) -> int:
     names = _parse_models(args.models)
     labels = list(names)
     text = text_config(args)
+    from saekit.io import output_directory
+
+    output_directory(args.out, args.overwrite)  # before the models load
     models, tokenizer = load_pair(names, args.model_dtype or "float32", args.device,
                                   bool(args.trust_remote_code))
-    args.out.mkdir(parents=True, exist_ok=True)
+
     if args.crosscoder is not None:
         crosscoder = saekit.load(args.crosscoder)
         if crosscoder.cfg.n_sources != 2:

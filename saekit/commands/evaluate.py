@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from saekit.commands.common import print_table
-from saekit.commands.sources import add_model_arguments, open_model, text_config
+from saekit.commands.sources import add_model_arguments, open_model, text_config, warn_other_model
 from saekit.errors import SaekitError
 
 TABLE = ["name", "method", "l0", "fvu", "explained_variance", "ce_loss_score", "kl_score",
@@ -48,10 +49,16 @@ def run(args: argparse.Namespace) -> int:
         if len(recorded) != 1 or None in recorded:
             raise SaekitError("pass --model: the dictionaries do not record one common model")
         args.model = recorded.pop()
+    for d in dictionaries.values():
+        warn_other_model(d, args.model)
     model, tokenizer = open_model(args)
     rows = evaluate_on_text(model, tokenizer, dictionaries, text_config(args), args.tokens, args.encoder,
                             args.l0, progress=not args.no_progress)
     print_table(rows, TABLE)
+    evaluated = int(rows[0]["eval_targets"]) if rows else 0
+    if evaluated < 0.9 * args.tokens:
+        print(f"warning: the test split held {evaluated} evaluable tokens, fewer than the {args.tokens} asked",
+              file=sys.stderr)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2) + "\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from saekit.errors import SaekitError
@@ -29,12 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     rows = []
     if args.eval is not None:
-        if not args.eval.is_file():
-            raise SaekitError(f"evaluation file not found: {args.eval}")
-        try:
-            rows = json.loads(args.eval.read_text())
-        except json.JSONDecodeError as error:
-            raise SaekitError(f"{args.eval} is not valid JSON: {error.msg}") from None
+        from saekit.io import read_json_file
+
+        rows = read_json_file(args.eval, "evaluation results")
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise SaekitError(f"{args.eval} must hold a list of objects (as `saekit eval --out` writes)")
     dashboards = {}

@@ -59,3 +59,13 @@ def activation_stream(args: argparse.Namespace, text: TextConfig, split: str = "
 
 def source_metadata(model: ModelConfig, text: TextConfig) -> dict[str, Any]:
     return {**text.to_dict(), "model_dtype": model.model_dtype}
+
+
+def warn_other_model(d: Any, model: str) -> None:
+    """Say so when a dictionary is used on another model than the one it was trained on (a model of the
+    same width gives plausible numbers that mean nothing)."""
+    import sys
+
+    recorded = d.provenance.model_name
+    if recorded and model and recorded != model:
+        print(f"warning: the dictionary was trained on {recorded!r}; using it on {model!r}", file=sys.stderr)

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from saekit.commands.sources import warn_other_model
 from saekit.errors import SaekitError
 
 
@@ -77,6 +78,7 @@ def _open(args: argparse.Namespace, check=None):
     name = args.model or d.provenance.model_name
     if not name:
         raise SaekitError("the dictionary does not record its model: pass --model")
+    warn_other_model(d, name)
     model, tokenizer = ModelConfig(name, args.model_dtype, args.trust_remote_code).load(args.device)
     return d, model, tokenizer
 
@@ -84,8 +86,6 @@ def _open(args: argparse.Namespace, check=None):
 def run_steer(args: argparse.Namespace) -> int:
     from saekit.inspect.steering import steer, steering_edit
 
-    if args.max_new_tokens <= 0:
-        raise SaekitError("--max-new-tokens must be positive")
     d, model, tokenizer = _open(args, lambda d: steering_edit(d, args.latent, args.scale, args.clamp))
     result = steer(model, tokenizer, d, args.prompt, args.latent, scale=args.scale, clamp=args.clamp,
                    max_new_tokens=args.max_new_tokens, chat=args.chat, temperature=args.temperature,
@@ -102,7 +102,9 @@ def _prompts(path: Path | None, flag: str) -> list[str]:
         raise SaekitError(f"pass {flag} (a file with one prompt per line), or --vector")
     if not path.is_file():
         raise SaekitError(f"prompt file not found: {path}")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from saekit.io import read_text
+
+    prompts = [line.strip() for line in read_text(path, "prompt file").splitlines() if line.strip()]
     if not prompts:
         raise SaekitError(f"{path} holds no prompts")
     return prompts
@@ -114,6 +116,8 @@ def run_vector(args: argparse.Namespace) -> int:
 
     from saekit.inspect.steering import decompose_vector, mean_activation_difference, write_decomposition_page
 
+    if args.vector is not None and (args.positive is not None or args.negative is not None):
+        raise SaekitError("give either --vector or --positive/--negative prompts, not both")
     if args.vector is not None:
         import saekit
 

@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     toy = build(ToyConfig, dataclass_values(args, ToyConfig), "toy")
     if args.total_tokens <= 0 or args.batch_size <= 0:
         raise SaekitError("--total-tokens and --batch-size must be positive")
+    if args.d_sae is not None and args.d_sae <= 0:
+        raise SaekitError(f"--d-sae must be positive, got {args.d_sae}")
+    if args.k is not None and args.k <= 0:
+        raise SaekitError(f"--k must be positive, got {args.k}")
     from saekit.methods import get_method
 
     overrides: dict[str, dict] = {}

@@ -7,14 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from saekit.commands.common import add_dataclass_arguments, build, dataclass_values, load_config_file
-from saekit.commands.sources import activation_stream, add_model_arguments, text_config
+from saekit.commands.sources import activation_stream, add_model_arguments, model_config, text_config
 from saekit.config import DictionaryConfig, Provenance
 from saekit.data.config import TextConfig
 from saekit.errors import SaekitError
+from saekit.io import check_replaceable
 from saekit.spec import DictionarySpec
 from saekit.training.config import RunConfig, TrainingConfig
 
@@ -39,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Cache: shuffle rows within shard-sized windows (seeded).")
     parser.add_argument("--out", type=Path, required=True,
                         help="Output directory: one folder per dictionary, checkpoints, log.jsonl.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace dictionary folders in --out even if saekit did not write them.")
     add_model_arguments(parser)
     add_dataclass_arguments(parser, RunConfig, exclude=("checkpoint_dir", "device"), group_title="run")
     add_dataclass_arguments(parser, DictionaryConfig, group_title="dictionary: what it computes")
@@ -46,35 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(parser, Provenance, exclude=FROM_TEXT, group_title="dictionary: where its data "
                             "comes from")
     parser.set_defaults(func=run)
-
-
-def _load_activation_file(path: Path) -> torch.Tensor:
-    if not path.is_file():
-        raise SaekitError(f"activations file not found: {path}")
-    try:
-        if path.suffix == ".npy":
-            array = torch.from_numpy(np.load(path, mmap_mode="r", allow_pickle=False))
-        elif path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(path))
-            if len(tensors) != 1:
-                raise SaekitError(f"{path} holds {len(tensors)} tensors; it must hold exactly one")
-            array = next(iter(tensors.values()))
-        else:
-            raise SaekitError(f"activations file {path} must be .npy or .safetensors")
-    except SaekitError:
-        raise
-    except Exception as error:
-        raise SaekitError(f"cannot read activations from {path}: {error}") from None
-    if array.ndim != 2:
-        raise SaekitError(f"activations in {path} have shape {tuple(array.shape)}; expected [tokens, d_in]")
-    return array
-
-
-def _chunks(array: torch.Tensor, size: int = 8192) -> Iterable[torch.Tensor]:
-    for start in range(0, array.shape[0], size):
-        yield array[start:start + size].float()
 
 
 def _per_hookpoint(entries: list[dict[str, Any]], flags: dict[str, Any], widths: dict[Any, int]
@@ -149,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     file_values = load_config_file(args.config) if args.config else {}
     text = text_config(args, file_values)
+    model_config(args)  # checked whatever the source, so a bad --model-dtype is never silently ignored
     given = [name for name in ("activations", "from_cache", "model") if getattr(args, name) is not None]
     if len(given) != 1:
         raise SaekitError("give exactly one activation source: --model M --hookpoints H, "
@@ -159,10 +131,11 @@ def run(args: argparse.Namespace) -> int:
         stream, widths, _, _ = activation_stream(args, text)
         run_config, specs = sweep_specs(file_values, args, widths, _source(args.model, text))
     elif args.activations is not None:
-        activations = _load_activation_file(args.activations)
-        widths = {None: activations.shape[1]}
+        from saekit.data.arrays import ArrayStream
+
+        stream = array_stream = ArrayStream(args.activations)
+        widths = {None: array_stream.width}
         run_config, specs = sweep_specs(file_values, args, widths, _source(None, None))
-        stream = _chunks(activations)
     else:
         from saekit.data.cache import open_cache
 
@@ -173,10 +146,20 @@ def run(args: argparse.Namespace) -> int:
             "model_name": cache.model, "dataset": recorded.get("dataset"),
             "context_size": recorded.get("context_size")})
         stream = cache.stream_many(None, run_config.batch_size, shuffle=args.shuffle, seed=text.data_seed)
-    dictionaries = saekit.train(stream, specs, run=run_config)
     by_hookpoint = len({spec.source.hookpoint for spec in specs}) > 1
-    for spec, d, name in zip(specs, dictionaries, unique_names(specs)):
-        target = args.out / (f"{spec.source.hookpoint}/{name}" if by_hookpoint else name)
-        saekit.save(d, target)
+    targets = [args.out / folder_name(str(spec.source.hookpoint)) / name if by_hookpoint else args.out / name
+               for spec, name in zip(specs, unique_names(specs))]
+    for target in targets:  # before the (long) training, not after it
+        check_replaceable(target, args.overwrite)
+    dictionaries = saekit.train(stream, specs, run=run_config)
+    for spec, d, target in zip(specs, dictionaries, targets):
+        saekit.save(d, target, overwrite=args.overwrite)
         print(f"saved {spec.name} -> {target}")
     return 0
+
+
+def folder_name(hookpoint: str) -> str:
+    """A folder for a hookpoint's dictionaries that stays inside --out whatever the name (hookpoint names
+    can come from a cache manifest, which anyone can edit)."""
+    name = hookpoint.replace("/", "_").replace("\\", "_")
+    return f"_{name}" if name in ("", ".", "..") or name.startswith(".") else name

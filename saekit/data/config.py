@@ -62,8 +62,8 @@ class TextConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < (2 if name == "context_size" else 1):
                 raise SaekitError(f"{name} must be an integer >= {2 if name == 'context_size' else 1}, "
                                   f"got {value!r}")
-        if not isinstance(self.data_seed, int) or isinstance(self.data_seed, bool):
-            raise SaekitError(f"data_seed must be an integer, got {self.data_seed!r}")
+        if not isinstance(self.data_seed, int) or isinstance(self.data_seed, bool) or self.data_seed < 0:
+            raise SaekitError(f"data_seed must be a non-negative integer, got {self.data_seed!r}")
 
     def token_stream(self, tokenizer: Any, split: str = "train", max_tokens: int | None = None) -> Any:
         from saekit.data.tokens import TokenStream

@@ -53,6 +53,12 @@ class ActivationStream:
         ids = torch.tensor([[self.tokens.bos if self.tokens.bos is not None else 0] * 2])
         return {name: value.shape[-1] for name, value in self._capture(ids).items()}
 
+    def fingerprint(self) -> str:
+        """What identifies these activations: each model, the hookpoints, and the text."""
+        models = {label: getattr(getattr(m, "config", None), "_name_or_path", type(m).__name__)
+                  for label, m in self.models.items()}
+        return f"models {models} hookpoints {list(map(str, self.requested))} {self.tokens.fingerprint()}"
+
     def resume_from(self, tokens: int) -> ActivationStream:
         return ActivationStream(self.model, self.tokens.resume_from(tokens), self.requested, self.progress)
 

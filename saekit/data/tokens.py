@@ -128,6 +128,12 @@ class TokenStream:
         special = torch.tensor(sorted(self.special), dtype=ids.dtype)
         return ~torch.isin(ids, special)
 
+    def fingerprint(self) -> str:
+        """What identifies this text and its order (the tokenizer by its vocabulary size and name)."""
+        name = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
+        return (f"text {self.source} split={self.split} context={self.context} batch={self.batch_size} "
+                f"seed={self.seed} column={self.text_column} tokenizer={name}/{len(self.tokenizer)}")
+
     def resume_from(self, tokens: int) -> TokenStream:
         """The same stream, with its first `tokens` counted tokens masked out (see the module doc)."""
         clone = TokenStream(self.tokenizer, self.source, self.context, self.batch_size, self.split,

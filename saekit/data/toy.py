@@ -78,6 +78,9 @@ class ToyData:
         codes = torch.rand(n, cfg.n_features, generator=g) * active
         return codes @ self.features, codes
 
+    def fingerprint(self) -> str:
+        return f"toy {self.cfg} split_offset={self.split_offset} chunk={self.chunk_size}"
+
     def __iter__(self) -> Iterator[Tensor]:
         return self.resume_from(0)
 

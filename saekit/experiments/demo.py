@@ -51,17 +51,19 @@ def demo_specs(methods: list[str], d_in: int, expansion: int, k: int, hookpoint:
 def run_demo(out: Path, model: ModelConfig, text: TextConfig, hookpoint: str = "resid_post.6",
              methods: list[str] | None = None, tokens: int = 150_000, eval_tokens: int = 4_096,
              expansion: int = 4, k: int = 32, batch_size: int = 1024, device: str = "cpu",
-             progress: bool = True) -> dict[str, Any]:
-    """Train, save, evaluate and report; returns what results.json holds."""
+             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Train, save, evaluate and report; returns what results.json holds. `out` must be absent, empty or
+    a previous result of saekit's (`overwrite` lifts that)."""
     import saekit
     from saekit.data.stream import ActivationStream
     from saekit.evaluation.splice import evaluate_on_text
     from saekit.inspect.report import write_run_report
     from saekit.inspect.tables import format_table
+    from saekit.io import output_directory
 
     methods = methods or list(DEMO_METHODS)
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    output_directory(out, overwrite)
     lm, tokenizer = model.load(device)
     loaded = time.perf_counter()
     stream = ActivationStream(lm, text.token_stream(tokenizer, "train"), [hookpoint])
@@ -73,7 +75,7 @@ def run_demo(out: Path, model: ModelConfig, text: TextConfig, hookpoint: str = "
     trained = time.perf_counter()
     named = {}
     for spec, d in zip(specs, dictionaries):
-        saekit.save(d, out / "dictionaries" / spec.name)
+        saekit.save(d, out / "dictionaries" / spec.name, overwrite=overwrite)
         named[spec.name] = d
     rows = evaluate_on_text(lm, tokenizer, named, text, eval_tokens, progress=progress)
     finished = time.perf_counter()

@@ -53,6 +53,9 @@ def make_dictionary(cfg: DictionaryConfig, tensors: dict[str, Tensor], *, source
 
     bf16 files stay bf16 by default: upcasting silently would double memory and hide what was stored;
     pass dtype=torch.float32 to upcast explicitly (recorded in meta)."""
+    from saekit.training.guard import check_finite_weights
+
+    check_finite_weights(tensors, source)
     file_dtype = tensors["W_dec"].dtype
     target = dtype or file_dtype
     d = Dictionary(cfg, dtype=target, training=training)

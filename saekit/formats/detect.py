@@ -124,12 +124,13 @@ def load_any(path_or_repo: str | Path, *, subfolder: str | None = None, revision
     return d.to(device)
 
 
-def save_as(d: Dictionary, path: str | Path, to: str) -> Path:
-    """Write `d` in format `to` (one of `writable()`)."""
+def save_as(d: Dictionary, path: str | Path, to: str, overwrite: bool = False) -> Path:
+    """Write `d` in format `to` (one of `writable()`); an existing `path` is replaced only if saekit
+    wrote it (or `overwrite`)."""
     fmt = get_format(to)
     if fmt.save is None:
         raise SaekitError(f"cannot write format {to!r}: choose one of {', '.join(writable())}")
-    return fmt.save(d, Path(path))
+    return fmt.save(d, Path(path), overwrite=overwrite)
 
 
 def export_notes(d: Dictionary, to: str) -> list[str]:
@@ -137,9 +138,14 @@ def export_notes(d: Dictionary, to: str) -> list[str]:
     return get_format(to).notes(d)
 
 
-def convert(src: str | Path, dst: str | Path, to: str, **load_kwargs: Any) -> tuple[Dictionary, Path]:
-    """Load `src` (any format, local or Hub) and write it to `dst` in format `to`."""
+def convert(src: str | Path, dst: str | Path, to: str, overwrite: bool = False,
+            **load_kwargs: Any) -> tuple[Dictionary, Path]:
+    """Load `src` (any format, local or Hub) and write it to `dst` in format `to` (an existing `dst` is
+    replaced only if saekit wrote it, or `overwrite`; checked before loading)."""
+    from saekit.io import check_replaceable
+
     if get_format(to).save is None:
         raise SaekitError(f"cannot write format {to!r}: choose one of {', '.join(writable())}")
+    check_replaceable(dst, overwrite)
     d = load_any(src, **load_kwargs)
-    return d, save_as(d, dst, to)
+    return d, save_as(d, dst, to, overwrite)

@@ -46,6 +46,7 @@ from saekit.formats.core import (
     translate_hookpoint,
 )
 from saekit.io import atomic_directory
+from saekit.training.guard import check_finite_weights
 
 WEIGHTS_FILE = "ae.pt"
 CFG_FILE = "config.json"
@@ -250,7 +251,7 @@ def _shared_threshold(d: Dictionary) -> float:
     return float(threshold[0])
 
 
-def save(d: Dictionary, directory: str | Path) -> Path:
+def save(d: Dictionary, directory: str | Path, overwrite: bool = False) -> Path:
     """Write `d` as a dictionary_learning trainer directory, loadable with `utils.load_dictionary`."""
     directory = Path(directory)
     dict_class, state = export_state_dict(d)
@@ -264,7 +265,8 @@ def save(d: Dictionary, directory: str | Path) -> Path:
         trainer["group_sizes"] = state["group_sizes"].tolist()
     config = {"trainer": trainer, "buffer": {"d_submodule": d.cfg.d_in},
               "saekit": {"stash": stash(d)}}
-    with atomic_directory(directory) as tmp:
+    check_finite_weights(d.weights(), f"saving {directory}")
+    with atomic_directory(directory, overwrite) as tmp:
         torch.save(state, tmp / WEIGHTS_FILE)
         (tmp / CFG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return directory

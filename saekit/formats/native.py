@@ -31,7 +31,8 @@ from safetensors.torch import save_file
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.formats.core import load_tensors, make_dictionary, read_json, stash, unstash
-from saekit.io import atomic_directory, member_path, sha256_file
+from saekit.io import OWNER_MARK, atomic_directory, member_path, sha256_file
+from saekit.training.guard import check_finite_weights
 
 FORMAT_VERSION = 2
 CFG_FILE = "cfg.json"
@@ -64,17 +65,19 @@ def saekit_section(raw: dict[str, Any]) -> Any:
     return raw.get("saekit")
 
 
-def save(d: Dictionary, directory: str | Path) -> Path:
-    """Write `d` to `directory` atomically (a killed save leaves the previous contents intact)."""
+def save(d: Dictionary, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write `d` to `directory` atomically (a killed save leaves the previous contents intact). An
+    existing directory is replaced only if saekit wrote it (or `overwrite`)."""
     directory = Path(directory)
     weights = {name: t.contiguous().cpu() for name, t in d.weights().items()}
-    with atomic_directory(directory) as tmp:
+    check_finite_weights(weights, f"saving {directory}")
+    with atomic_directory(directory, overwrite) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
         if d.log_feature_density is not None:
             save_file({"sparsity": d.log_feature_density.detach().float().contiguous().cpu()},
                       str(tmp / SPARSITY_FILE))
         (tmp / CFG_FILE).write_text(json.dumps(native_cfg(d), indent=2) + "\n", encoding="utf-8")
-        files = sorted(p.name for p in tmp.iterdir())
+        files = sorted(p.name for p in tmp.iterdir() if p.name != OWNER_MARK)
         manifest = {"kind": MANIFEST_KIND, "format_version": FORMAT_VERSION,
                     "sha256": {name: sha256_file(tmp / name) for name in files}}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

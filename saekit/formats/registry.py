@@ -24,7 +24,7 @@ class Format:
     name: str
     detect: Callable[[Path], bool]  # does `path` (file or folder) hold one dictionary of this format?
     load: Callable[..., Any]  # load(path, *, dtype=None, **context) -> Dictionary
-    save: Callable[[Any, Path], Path] | None = None  # save(d, path); None: read-only
+    save: Callable[..., Path] | None = None  # save(d, path, overwrite=False); None: read-only
     notes: Callable[[Any], list[str]] = field(default=_no_notes)  # what a reader of the format loses
 
 

@@ -56,6 +56,7 @@ from saekit.formats.core import (
 )
 from saekit.io import atomic_directory
 from saekit.methods import get_method, method_names
+from saekit.training.guard import check_finite_weights
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -380,13 +381,14 @@ def export_weights(d: Dictionary) -> dict[str, Tensor]:
     return weights
 
 
-def save(d: Dictionary, directory: str | Path) -> Path:
+def save(d: Dictionary, directory: str | Path, overwrite: bool = False) -> Path:
     """Write `d` as an SAELens inference SAE (atomically), loadable with `SAE.load_from_disk`."""
     directory = Path(directory)
     cfg = export_cfg(d)
     cfg["metadata"]["saekit"] = stash(d)
     weights = export_weights(d)
-    with atomic_directory(directory) as tmp:
+    check_finite_weights(d.weights(), f"saving {directory}")
+    with atomic_directory(directory, overwrite) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
         if d.log_feature_density is not None:
             save_file({"sparsity": d.log_feature_density.detach().float().contiguous().cpu()},

@@ -30,6 +30,7 @@ from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.formats.core import load_tensors, make_dictionary, named_site, read_json, restore, source_meta, stash
 from saekit.io import atomic_directory
+from saekit.training.guard import check_finite_weights
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -125,7 +126,7 @@ def _hookpoint_name(d: Dictionary) -> str | None:
     return hookpoint
 
 
-def save(d: Dictionary, directory: str | Path) -> Path:
+def save(d: Dictionary, directory: str | Path, overwrite: bool = False) -> Path:
     """Write `d` as a sparsify hookpoint folder, loadable with `SparseCoder.load_from_disk`."""
     directory = Path(directory)
     tensors = export_tensors(d)
@@ -146,7 +147,8 @@ def save(d: Dictionary, directory: str | Path) -> Path:
         # sparsify drops unknown fields on load; saekit reads these back.
         "saekit": {"hookpoint_name": _hookpoint_name(d), "stash": stash(d)},
     }
-    with atomic_directory(directory) as tmp:
+    check_finite_weights(d.weights(), f"saving {directory}")
+    with atomic_directory(directory, overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     return directory

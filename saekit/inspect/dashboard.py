@@ -48,10 +48,13 @@ def build_dashboards(d: Dictionary, model: nn.Module, tokenizer: Any,
                      batches: Iterable[tuple[Tensor, Tensor]], out: str | Path, *,
                      top_examples: int = 20, bands: int = 4, per_band: int = 4,
                      names: dict[int, str] | None = None, title: str | None = None,
-                     progress: bool = False) -> dict[str, Any]:
-    """Build the dashboard site for every latent of `d` into `out` (replaced atomically). `batches`
-    yields (input_ids [B, T], mask [B, T]) as `saekit.data.tokens.TokenStream` does. Returns timings
-    and sizes."""
+                     progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Build the dashboard site for every latent of `d` into `out` (replaced atomically, and only if
+    saekit wrote it, unless `overwrite`). `batches` yields (input_ids [B, T], mask [B, T]) as
+    `saekit.data.tokens.TokenStream` does. Returns timings and sizes."""
+    from saekit.io import check_replaceable
+
+    check_replaceable(out, overwrite)  # before the (long) model pass
     timings: dict[str, float] = {}
     started = time.perf_counter()
     record = gather_activations(model, d, batches, progress=progress)
@@ -62,7 +65,7 @@ def build_dashboards(d: Dictionary, model: nn.Module, tokenizer: Any,
     near = nearest_latents(d)
     timings["decoder_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    with atomic_directory(Path(out)) as tmp:
+    with atomic_directory(Path(out), overwrite) as tmp:
         summary = write_site(record, d, TokenText(tokenizer), tmp, lens, near, names or {},
                              title or f"{d.cfg.display_name} @ {d.provenance.hookpoint}",
                              top_examples, bands, per_band)

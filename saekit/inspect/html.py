@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import html
 import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 CSS = """
@@ -119,3 +121,25 @@ def context_html(tokens: Sequence[str], values: Sequence[float], peak: int, scal
             parts.append(text)
         parts.append(separator)
     return f'<div class="ctx">{"".join(parts)}</div>'
+
+
+def link(target: str | os.PathLike, from_html: Path, site_index: bool = False) -> str:
+    """An href from the page `from_html` to `target`: an http(s) URL as given, or a local path made
+    relative to the page (so pages and sites can move together; with `site_index`, a directory means its
+    index.html). Any other scheme (`javascript:`, `data:`, `file:`) is refused: a link given on a command
+    line must not become script in a page."""
+    from urllib.parse import urlsplit
+
+    from saekit.errors import SaekitError
+
+    text = str(target)
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in ("http", "https"):
+        return text
+    if scheme and len(scheme) > 1:  # (a one-letter "scheme" is a Windows drive)
+        raise SaekitError(f"link {text!r}: only http(s) URLs and local paths are allowed in pages")
+    path = Path(text)
+    if site_index and path.suffix != ".html":
+        path = path / "index.html"
+    relative = Path(os.path.relpath(path.resolve(), from_html.resolve().parent)).as_posix()
+    return relative if ":" not in relative.split("/")[0] else f"./{relative}"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.errors import SaekitError
-from saekit.inspect.html import esc, fmt, page
+from saekit.inspect.html import esc, fmt, link, page
 
 TABLE_COLUMNS = ["name", "method", "hookpoint", "l0", "fvu", "explained_variance", "ce_loss_score",
                  "kl_score", "delta_lm_loss", "dead_fraction", "dense_fraction",
@@ -119,18 +119,6 @@ def _pareto_plot(rows: Sequence[Mapping[str, Any]], key: str, label: str, higher
     return _svg(fig)
 
 
-def _href(target: str | os.PathLike, out_html: Path) -> str:
-    """A link from the report to a dashboard: URLs as given, paths relative to the report (so the
-    report and the sites can move together), pointing at index.html for a site directory."""
-    text = str(target)
-    if "://" in text:
-        return text
-    path = Path(text)
-    if path.suffix != ".html":
-        path = path / "index.html"
-    return Path(os.path.relpath(path.resolve(), out_html.resolve().parent)).as_posix()
-
-
 def _table(rows: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:
     """The evaluation table; the dashboards link sits next to the name, where it is seen."""
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
@@ -176,7 +164,7 @@ def write_run_report(run_dir: str | os.PathLike, eval_rows: Sequence[Mapping[str
     log = find_log(run_dir)
     runs = read_log(log) if log else {}
     rows = [dict(r) for r in (eval_rows or [])]
-    links = {str(name): _href(target, out_html) for name, target in (dashboards or {}).items()}
+    links = {str(name): link(target, out_html, site_index=True) for name, target in (dashboards or {}).items()}
     sections = [f"<h1>Run report: {esc(run_dir.name)}</h1>",
                 f'<p class="muted">{esc(run_dir.resolve())} · {len(runs)} dictionaries logged'
                 f'{" in " + esc(log.name) if log else " (no log.jsonl found)"} · '

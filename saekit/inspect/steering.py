@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,10 @@ def steering_edit(d: Dictionary, latent: int, scale: float | None = None,
     if (scale is None) == (clamp is None):
         raise SaekitError("give exactly one of scale (add the decoder direction) and clamp "
                           "(set the latent to a value)")
+    value = scale if scale is not None else clamp
+    if not math.isfinite(float(value)):  # type: ignore[arg-type]
+        raise SaekitError(f"the steering {'scale' if scale is not None else 'clamp'} must be a finite number, "
+                          f"got {value}")
     if clamp is not None and d.cfg.is_transcoder:
         raise SaekitError("clamping reads the latent from the input and edits the output: not "
                           "supported for transcoders; use scale")
@@ -99,6 +103,14 @@ def generate_ids(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: 
                  chat: bool = False, temperature: float = 0.0, seed: int = 0,
                  repetition_penalty: float = 1.0) -> list[int]:
     """The new token ids after `prompt` (greedy unless temperature > 0, then seeded)."""
+    checks = [(isinstance(prompt, str) and prompt.strip() != "", "the prompt is empty: give some text"),
+              (max_new_tokens > 0, f"max_new_tokens must be positive, got {max_new_tokens}"),
+              (math.isfinite(temperature) and temperature >= 0, f"temperature must be >= 0, got {temperature}"),
+              (math.isfinite(repetition_penalty) and repetition_penalty > 0,
+               f"repetition_penalty must be positive (1 = none), got {repetition_penalty}")]
+    for ok, message in checks:
+        if not ok:
+            raise SaekitError(message)
     ids = prompt_ids(tokenizer, prompt, chat).to(next(model.parameters()).device)
     options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
@@ -213,8 +225,10 @@ def decompose_vector(d: Dictionary, vector: Tensor, l0: int = 16,
     v = vector.detach().float().reshape(-1).to(decoder.device)
     if v.shape[0] != decoder.shape[1]:
         raise SaekitError(f"the vector has width {v.shape[0]} but the decoder writes {decoder.shape[1]}")
-    if l0 <= 0:
-        raise SaekitError("l0 must be positive")
+    if not 0 < l0 <= d.d_sae:
+        raise SaekitError(f"l0 must be between 1 and the dictionary's {d.d_sae} latents, got {l0}")
+    if not bool(torch.isfinite(v).all()):
+        raise SaekitError("the steering vector holds NaN or inf values")
     codes = gradient_pursuit(v[None], torch.cat([decoder, -decoder]), l0)[0]
     coefficients = codes[:d.d_sae] - codes[d.d_sae:]
     residual = v - coefficients @ decoder
@@ -242,7 +256,7 @@ def _dashboard_names(dashboards: str | None) -> dict[int, str]:
         return {}
     path = Path(dashboards) / "latents.json"
     try:
-        return {int(row[0]): str(row[1]) for row in json.loads(path.read_text())["rows"]}
+        return {int(row[0]): str(row[1]) for row in json.loads(path.read_text(encoding="utf-8"))["rows"]}
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return {}
 
@@ -250,24 +264,19 @@ def _dashboard_names(dashboards: str | None) -> dict[int, str]:
 def write_decomposition_page(result: Decomposition, out_html: str | Path, title: str = "") -> Path:
     """The decomposition as a page: one row per latent with its coefficient, contribution, cosine and
     a link to its dashboard (relative to the page when the dashboards are a local directory)."""
-    from saekit.inspect.html import fmt, page
+    from saekit.inspect.html import fmt, link, page
 
     out_html = Path(out_html)
-
-    def href(link: str) -> str:
-        if "://" in link:
-            return link
-        return Path(os.path.relpath(Path(link).resolve(), out_html.resolve().parent)).as_posix()
 
     top = max((row["contribution_norm"] for row in result.latents), default=1.0) or 1.0
     rows = []
     for row in result.latents:
         width = 120 * row["contribution_norm"] / top
         color = "#2a7ab0" if row["coefficient"] > 0 else "#c0392b"
-        link = (f'<a href="{esc(href(row["dashboard"]))}">latent {row["latent"]}</a>'
+        cell = (f'<a href="{esc(link(row["dashboard"], out_html))}">latent {row["latent"]}</a>'
                 if "dashboard" in row else f'latent {row["latent"]}')
-        link += f' <span class="muted">{esc(row.get("name", ""))}</span>'
-        rows.append(f'<tr><td>{link}</td><td class="num">{esc(fmt(row["coefficient"]))}</td>'
+        cell += f' <span class="muted">{esc(row.get("name", ""))}</span>'
+        rows.append(f'<tr><td>{cell}</td><td class="num">{esc(fmt(row["coefficient"]))}</td>'
                     f'<td class="num">{esc(fmt(row["contribution_norm"]))}</td>'
                     f'<td><svg width="124" height="10"><rect width="{width:.1f}" height="10" '
                     f'fill="{color}"/></svg></td><td class="num">{row["cosine"]:.3f}</td></tr>')

@@ -161,6 +161,8 @@ def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
         (0.0 < training.threshold_ema < 1.0, "threshold_ema must be in (0, 1)"),
         (0.0 <= training.threshold_start <= 1.0, "threshold_start must be a fraction in [0, 1]"),
         (training.resample_every >= 0, "resample_every must be >= 0"),
+        (isinstance(training.seed, int) and not isinstance(training.seed, bool) and 0 <= training.seed < 2**63,
+         "seed must be a non-negative integer"),
     ]
     for ok, message in checks:
         if not ok:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ class RunLog:
     def write(self, step: int, tokens: int, elapsed: float, logs: list[tuple[str, dict[str, float]]]) -> None:
         if self.handle is not None:
             for name, parts in logs:
+                # strict JSON: a non-finite value (which stops training anyway) is written as null
+                values = {key: value if math.isfinite(value) else None for key, value in parts.items()}
                 self.handle.write(json.dumps({"step": step, "tokens": tokens, "elapsed_s": round(elapsed, 3),
-                                              "dictionary": name, **parts}) + "\n")
+                                              "dictionary": name, **values}, allow_nan=False) + "\n")
             self.handle.flush()
         scalars = {f"{name}/{key}": float(value) for name, parts in logs for key, value in parts.items()}
         if self.wandb_run is not None:

@@ -30,6 +30,7 @@ from saekit.spec import DictionarySpec
 from saekit.training.checkpoint import load_latest_checkpoint, write_checkpoint
 from saekit.training.config import RunConfig
 from saekit.training.distributed import Distributed
+from saekit.training.guard import FiniteGuard, check_finite_weights
 from saekit.training.logs import RunLog
 from saekit.training.member import SweepMember
 
@@ -170,10 +171,19 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
                for i, spec in enumerate(specs) if dist is None or dist.owns(i)}
 
     step, tokens_seen, resumed = 0, 0, False
+    # What identifies the data, when the stream can say (a cache, a file, a model and its text), so a
+    # checkpoint refuses to resume on other data.
+    describe_data = getattr(stream, "fingerprint", None)
+    fingerprint = describe_data() if callable(describe_data) else None
     if tc.checkpoint_dir and tc.resume:
         loaded = load_latest_checkpoint(tc.checkpoint_dir)
         if loaded is not None:
             state, meta = loaded
+            recorded = meta.get("data_fingerprint")
+            if recorded is not None and fingerprint is not None and recorded != fingerprint:
+                raise SaekitError(f"the checkpoint in {tc.checkpoint_dir} was trained on other data ({recorded}); "
+                                  f"this stream is {fingerprint}: resume on the same data, or use a new "
+                                  "checkpoint_dir")
             saved = meta.get("configs")
             if saved != [spec.to_dict() for spec in specs] or meta.get("batch_size") != tc.batch_size \
                     or meta.get("total_tokens") != tc.total_tokens:
@@ -207,14 +217,19 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
             local = merged
         return [local[i] for i in range(len(specs))]
 
+    guard = FiniteGuard(deferred=torch.device(device).type == "cuda")
+
     def checkpoint() -> None:
+        guard.flush()
         if not tc.checkpoint_dir:
             return
         states = all_member_objects({i: m.state_dict() for i, m in members.items()})
         exports = all_member_objects({i: m.export(tokens_seen) for i, m in members.items()})
+        for name, export in zip(names, exports):
+            check_finite_weights(export.weights(), f"dictionary {name} at step {step}")
         if is_main:
             state = {"members": states, "torch_rng": torch.get_rng_state()}
-            meta = {"tokens_seen": tokens_seen, "total_tokens": tc.total_tokens,
+            meta = {"tokens_seen": tokens_seen, "total_tokens": tc.total_tokens, "data_fingerprint": fingerprint,
                     "batch_size": tc.batch_size, "names": names,
                     "configs": [spec.to_dict() for spec in specs]}
             write_checkpoint(tc.checkpoint_dir, step, state, meta, dict(zip(names, exports)),
@@ -232,6 +247,7 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
                 more = next(batches, None)
                 if more is None:
                     break
+                check_batch(more, step + 1 + len(ahead), tokens_seen + tc.batch_size * (1 + len(ahead)))
                 ahead.append(more)
         read = [first] + ahead
         if dist is not None and dist.mode == "shard":
@@ -249,6 +265,17 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
             member.objective.start(member, x, target)
         return ahead
 
+    def check_batch(batch: dict[str, Tensor], at_step: int, at_token: int) -> str:
+        """Check a batch (before any member uses it); return how errors name it."""
+        span = f"the batch at step {at_step} (tokens {at_token}-{at_token + tc.batch_size})"
+        for key, value in batch.items():
+            if value.is_floating_point():
+                source = "the activation stream" if key == SINGLE else f"hookpoint {key!r} of the activation stream"
+                guard.check(value, f"{span} of {source}")
+            elif value.is_complex():
+                raise SaekitError(f"{span} is complex ({value.dtype}): activations must be real numbers")
+        return span
+
     bar = tqdm(total=tc.total_tokens, initial=tokens_seen, unit="tok", unit_scale=True,
                disable=not (tc.progress and is_main), desc="training", dynamic_ncols=True)
     started = time.perf_counter()
@@ -258,12 +285,17 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
             next_batch = ahead.pop(0) if ahead else next(batches, None)
             exhausted = next_batch is None if dist is None else dist.any(next_batch is None)
             if exhausted or next_batch is None:
+                if step == 0:
+                    raise SaekitError(f"the activation stream ended before one batch of {tc.batch_size} tokens: "
+                                      "there is nothing to train on (an empty or too short file or cache, or "
+                                      "text that tokenises to nothing); give more data or a smaller batch_size")
                 logger.warning("the activation stream ended after %d tokens, before total_tokens=%d",
                                tokens_seen, tc.total_tokens)
                 break
             batch = next_batch
             if dist is not None and dist.mode == "shard":
                 batch = {key: dist.gather_rows(value) for key, value in batch.items()}
+            span = check_batch(batch, step, tokens_seen)
             if step == 0:
                 ahead = start_members(batch)
             logs = []
@@ -271,10 +303,14 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
                 x: Any
                 target: Tensor | None
                 x, target = (batch, None) if objective is not None else member_inputs(member.spec, batch)
-                logs.append((names[i], member.step(x, step, target)))
+                parts = member.step(x, step, target)
+                guard.check(parts["loss"], f"the loss of dictionary {names[i]} on {span}")  # type: ignore[arg-type]
+                logs.append((names[i], parts))
             step += 1
             tokens_seen += tc.batch_size
             bar.update(tc.batch_size)
+            if step % tc.log_every == 0 or step == total_steps:
+                guard.flush()
             if run_log is not None and (step % tc.log_every == 0 or step == total_steps):
                 lines = [(name, {key: float(value) for key, value in parts.items()}) for name, parts in logs]
                 run_log.write(step, tokens_seen, time.perf_counter() - started, lines)
@@ -282,7 +318,10 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
             if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total_steps:
                 checkpoint()
         checkpoint()
-        return all_member_objects({i: m.export(tokens_seen) for i, m in members.items()})
+        trained = all_member_objects({i: m.export(tokens_seen) for i, m in members.items()})
+        for name, d in zip(names, trained):
+            check_finite_weights(d.weights(), f"dictionary {name}")
+        return trained
     finally:
         bar.close()
         if run_log is not None:

@@ -130,6 +130,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.faults  # kill points and damaged files (the fault-injection suite)
 def test_resume_after_sigkill_equals_a_single_pass(tmp_path):
     write(tmp_path / "single")
     out = tmp_path / "c"
@@ -210,6 +211,7 @@ def corrupt_cases():
             ("damaged", damage_manifest, "not valid JSON"), ("future", future_version, "newer saekit")]
 
 
+@pytest.mark.faults  # kill points and damaged files (the fault-injection suite)
 @pytest.mark.parametrize("name,damage,message", corrupt_cases(), ids=[c[0] for c in corrupt_cases()])
 def test_corruption_is_detected_with_a_one_line_error(tmp_path, name, damage, message):
     path = tmp_path / "c"

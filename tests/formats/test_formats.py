@@ -304,6 +304,7 @@ def _corrupt_cases(tmp_path):
             "gemma_scope": tmp_path / "gemma" / "params.npz"}
 
 
+@pytest.mark.faults  # kill points and damaged files (the fault-injection suite)
 @pytest.mark.parametrize("fmt", ["saelens", "sparsify", "dictionary_learning", "gemma_scope"])
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupted_files_give_one_line_errors(tmp_path, fmt, damage):

@@ -1,7 +1,6 @@
 """saekit's own format: round trips, SAELens's cfg.json, the manifest, and files of earlier versions."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +8,7 @@ from safetensors.torch import load_file
 
 import saekit
 from saekit.formats.saelens import architectures
-from tests.helpers import METHODS, make
-
-FIXTURES_V1 = Path(__file__).parent / "fixtures" / "format_v1"
+from tests.helpers import FIXTURES_V1, METHODS, make
 
 
 @pytest.mark.parametrize("method", METHODS)

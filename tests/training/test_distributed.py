@@ -99,6 +99,7 @@ def test_resume_on_a_different_world_size(tmp_path, single_process):
         assert torch.allclose(d.W_dec, reference.W_dec, rtol=1e-4, atol=1e-5), reference.cfg.method
 
 
+@pytest.mark.faults  # kill points and damaged files (the fault-injection suite)
 def test_killing_one_rank_makes_the_other_exit_with_a_clear_error(tmp_path):
     procs = launch("data", tmp_path, delay=0.2)
     ckpt = tmp_path / "ckpt" / "checkpoints"

@@ -74,6 +74,7 @@ def test_stream_of_dicts_feeds_dictionaries_by_hookpoint():
         saekit.train(bad, cfgs, total_tokens=1000, batch_size=100, progress=False)
 
 
+@pytest.mark.faults  # kill points and damaged files (the fault-injection suite)
 def test_resume_in_process_equals_uninterrupted(tmp_path):
     reference = resume_child.run(None)
     # Train to a checkpoint, then stop by exhausting a truncated stream, then resume.
@@ -91,6 +92,7 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
     assert_same_weights(reference, resumed)
 
 
+@pytest.mark.faults  # kill points and damaged files (the fault-injection suite)
 def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
     reference = resume_child.run(None)
     child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "training" / "resume_child.py"), str(tmp_path),
@@ -117,6 +119,7 @@ def test_resume_with_different_configs_is_refused(tmp_path):
                      batch_size=128, checkpoint_dir=str(tmp_path), progress=False)
 
 
+@pytest.mark.faults  # kill points and damaged files (the fault-injection suite)
 def test_corrupted_checkpoint_is_reported(tmp_path):
     resume_child.run(str(tmp_path))
     state = list_checkpoints(tmp_path)[-1] / "trainer_state.pt"

@@ -112,8 +112,13 @@ def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
             raise ValueError(f"unknown dtype {dtype!r}")
         hookpoints = manifest["hookpoints"]
         names = [h["name"] for h in hookpoints]
-        if len(set(names)) != len(names) or not names:
+        if len(set(names)) != len(names) or not names or not all(isinstance(n, str) and n for n in names):
             raise ValueError("hookpoint names must be unique and non-empty")
+        for h in hookpoints:  # folders come from the file: they must stay inside the cache
+            folder = h["dir"]
+            if not isinstance(folder, str) or folder in ("", ".", "..") or "/" in folder or "\\" in folder \
+                    or folder.startswith("."):
+                raise ValueError(f"hookpoint folder {folder!r} is not a plain folder name")
         shard_tokens = manifest["shard_tokens"]
         shards = manifest["shards"]
         total = sum(int(s["tokens"]) for s in shards)
@@ -124,9 +129,11 @@ def validate_manifest(manifest: Any, where: Path) -> dict[str, Any]:
                 raise ValueError(f"shard {i} has {shard['tokens']} tokens")
             if set(shard["files"]) != set(names):
                 raise ValueError(f"shard {i} does not have one file per hookpoint")
-            for entry in shard["files"].values():
+            folders = {h["name"]: h["dir"] for h in hookpoints}
+            for hook, entry in shard["files"].items():
                 rel = Path(entry["path"])
-                if rel.is_absolute() or ".." in rel.parts or len(entry["sha256"]) != 64:
+                if rel.is_absolute() or ".." in rel.parts or len(rel.parts) != 2 or rel.parts[0] != folders[hook] \
+                        or len(entry["sha256"]) != 64:
                     raise ValueError(f"shard {i} has a bad file entry {entry!r}")
                 int(entry["bytes"])
         if shards and any(h["d"] is None for h in hookpoints):
@@ -146,7 +153,7 @@ def read_manifest(cache_dir: str | Path) -> dict[str, Any]:
         raise _fail(f"{cache_dir} has no {MANIFEST_NAME}, so it is not a (finished) activation cache: build "
                     "it with `saekit cache`")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _fail(f"{path} is damaged (not valid JSON: {error}): {REBUILD}") from None
     return validate_manifest(manifest, path)

@@ -103,6 +103,7 @@ class ActivationCache:
         jobs = [(h, s) for s in range(len(self.shard_sizes)) for h in names]
         for hookpoint, shard in tqdm(jobs, disable=not progress, desc="verifying", unit="file"):
             self._verify_file(hookpoint, shard)
+            self._open_shard(hookpoint, shard)  # the header's shape and dtype, against the manifest
 
     def shard(self, hookpoint: str, index: int) -> Tensor:
         """Shard `index` of `hookpoint` as a `[tokens, d]` tensor backed by a copy-on-write memory map.
@@ -114,11 +115,18 @@ class ActivationCache:
                         f"{', '.join(self.hookpoints)}): pick one of those")
         if self.verify_mode != "none":
             self._verify_file(hookpoint, index)
+        else:
+            _read_ahead(self._file(hookpoint, index)[0])  # (lazy verification reads it into the page cache)
+        array = self._open_shard(hookpoint, index)
+        if DTYPES[self.dtype][1] == torch.bfloat16:
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(array)
+
+    def _open_shard(self, hookpoint: str, index: int) -> np.ndarray:
+        """The shard's memory map (copy-on-write), its shape and dtype checked against the manifest."""
         path, _entry = self._file(hookpoint, index)
-        disk_dtype, torch_dtype = DTYPES[self.dtype]
+        disk_dtype = DTYPES[self.dtype][0]
         try:
-            if self.verify_mode == "none":
-                _read_ahead(path)  # (lazy verification has just read the file into the page cache)
             array = np.load(path, mmap_mode="c", allow_pickle=False)
         except FileNotFoundError:
             raise _fail(f"shard file {path} is missing: {REBUILD}") from None
@@ -128,9 +136,7 @@ class ActivationCache:
         if array.shape != expected or array.dtype.str != disk_dtype or array.dtype.hasobject:
             raise _fail(f"shard file {path} holds {array.dtype.str}{list(array.shape)}, manifest says "
                         f"{disk_dtype}{list(expected)}: {REBUILD}")
-        if torch_dtype == torch.bfloat16:
-            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(array)
+        return array
 
     def _names(self, hookpoints: str | Sequence[str] | None) -> list[str]:
         if hookpoints is None:
@@ -173,6 +179,9 @@ def open_cache(cache_dir: str | Path, *, verify: Verify = "lazy",
     if require_complete and not cache.complete:
         raise _fail(f"activation cache {path} is incomplete ({cache.total_tokens} tokens so far): re-run the "
                     "same `saekit cache` command to finish it, or allow an incomplete cache")
+    if require_complete and cache.total_tokens == 0:
+        raise _fail(f"activation cache {path} holds no tokens (the text gave none): build it again from text "
+                    "that tokenises to something")
     cache.check_files()
     if verify == "full":
         cache.verify()
@@ -205,6 +214,11 @@ class CacheStream:
         self.shuffle, self.seed, self.epochs = shuffle, seed, epochs
         self.drop_last, self.single = drop_last, single
         self.start_token = self._check_position(start_token)
+
+    def fingerprint(self) -> str:
+        """What identifies this data and its order: the manifest's checksum, hookpoints, shuffle, seed."""
+        return (f"cache {self.cache.manifest['manifest_sha256'][:16]} {self.hookpoints} shuffle={self.shuffle} "
+                f"seed={self.seed}")
 
     @property
     def end_token(self) -> float:
