@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     names = [path.name for path in args.dictionaries]
     if len(set(names)) < len(names):  # e.g. out/resid_post.3/topk-k32 and out/resid_post.6/topk-k32
         names = [f"{path.parent.name}/{path.name}" for path in args.dictionaries]
-    dictionaries = {name: saekit.load(path) for name, path in zip(names, args.dictionaries)}
+    dictionaries = {name: saekit.load(path, device=args.device) for name, path in zip(names, args.dictionaries)}
     if args.model is None:
         recorded = {d.provenance.model_name for d in dictionaries.values()}
         if len(recorded) != 1 or None in recorded:

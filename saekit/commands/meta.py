@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=200, help="Passes over the decoder rows.")
     parser.add_argument("--batch-size", type=int, default=4096, help="Decoder rows per step.")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate.")
+    parser.add_argument("--device", default="cpu", help="Where the meta-SAE trains: cpu, cuda or cuda:N.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     parser.set_defaults(func=run)
 
@@ -35,15 +36,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k <= 0 or args.epochs <= 0 or args.batch_size <= 0:
         raise SaekitError("--k, --epochs and --batch-size must be positive")
-    d = saekit.load(args.dictionary)
+    d = saekit.load(args.dictionary, device=args.device)
     if args.width is not None and not args.k <= args.width:
         raise SaekitError(f"--width {args.width} must be at least --k {args.k}")
     result = train_meta_sae(d, d_meta=args.width, k=args.k, epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress)
+                            batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress,
+                            device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     saekit.save(result.meta, args.out / "meta_sae")
-    save_file({"indices": result.composition_indices.contiguous(),
-               "values": result.composition_values.contiguous()},
+    save_file({"indices": result.composition_indices.cpu().contiguous(),
+               "values": result.composition_values.cpu().contiguous()},
               str(args.out / "composition.safetensors"))
     summary = {"dictionary": str(args.dictionary), "d_sae": d.d_sae, "meta_latents": result.meta.d_sae,
                "k": args.k, "explained_variance": result.explained_variance, "fvu": result.fvu,

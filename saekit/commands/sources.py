@@ -42,7 +42,9 @@ def text_config(args: argparse.Namespace, file_values: dict[str, Any] | None = N
 
 
 def open_model(args: argparse.Namespace, **override: Any) -> tuple[Any, Any]:
-    return model_config(args, **override).load(args.device)
+    from saekit.training.distributed import local_device
+
+    return model_config(args, **override).load(str(local_device(args.device)))
 
 
 def activation_stream(args: argparse.Namespace, text: TextConfig, split: str = "train",

@@ -15,6 +15,7 @@ from saekit.errors import SaekitError
 from saekit.io import check_replaceable
 from saekit.spec import DictionarySpec
 from saekit.training.config import RunConfig, TrainingConfig
+from saekit.training.distributed import is_main_process
 
 # Provenance fields the text options fill in (their flags are --dataset and --context-size).
 FROM_TEXT = ("dataset", "context_size")
@@ -152,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     for target in targets:  # before the (long) training, not after it
         check_replaceable(target, args.overwrite)
     dictionaries = saekit.train(stream, specs, run=run_config)
+    if not is_main_process():  # under torchrun every rank holds the same dictionaries: one writes them
+        return 0
     for spec, d, target in zip(specs, dictionaries, targets):
         saekit.save(d, target, overwrite=args.overwrite)
         print(f"saved {spec.name} -> {target}")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saekit.data.batching import RankRows
 from saekit.errors import SaekitError
 
 CHUNK_ROWS = 8192
@@ -46,6 +47,10 @@ class ArrayStream:
             handle.seek(max(0, size - (1 << 20)))
             digest.update(handle.read(1 << 20))
         return f"file {self.path.name}: {digest.hexdigest()[:16]}"
+
+    def for_rank(self, rank: int, world: int, local_batch: int) -> RankRows:
+        """Under torchrun: this rank's slice of every global batch (see saekit.data.batching)."""
+        return RankRows(self, rank, world, local_batch)
 
     def resume_from(self, tokens: int) -> ArrayStream:
         stream = ArrayStream.__new__(ArrayStream)

@@ -59,8 +59,15 @@ class ActivationStream:
                   for label, m in self.models.items()}
         return f"models {models} hookpoints {list(map(str, self.requested))} {self.tokens.fingerprint()}"
 
+    # under torchrun each rank reads its own token windows (a resume must use the same number of ranks)
+    rank_split = "windows"
+
     def resume_from(self, tokens: int) -> ActivationStream:
         return ActivationStream(self.model, self.tokens.resume_from(tokens), self.requested, self.progress)
+
+    def for_rank(self, rank: int, world: int, local_batch: int) -> ActivationStream:
+        """Under torchrun: the activations of this rank's token windows (`TokenStream.for_rank`)."""
+        return ActivationStream(self.model, self.tokens.for_rank(rank, world), self.requested, self.progress)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         bar = tqdm(disable=not self.progress, unit="tok", unit_scale=True, desc="model forward",
@@ -70,8 +77,8 @@ class ActivationStream:
             values = self._capture(input_ids)
             self.forward_seconds += time.perf_counter() - started
             keep = mask.reshape(-1).to(next(iter(values.values())).device)
-            batch = {name: value.reshape(-1, value.shape[-1])[keep].float().cpu()
-                     for name, value in values.items()}
+            # left on the model's device: the trainer moves them only if the dictionaries live elsewhere
+            batch = {name: value.reshape(-1, value.shape[-1])[keep].float() for name, value in values.items()}
             n = int(mask.sum())
             self.tokens_emitted += n
             bar.update(n)

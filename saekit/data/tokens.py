@@ -101,6 +101,7 @@ class TokenStream:
         self.eos = tokenizer.eos_token_id
         self.special = set(tokenizer.all_special_ids)
         self._skip = 0
+        self.rank, self.world = 0, 1
 
     def _windows(self) -> Iterator[list[int]]:
         body = self.context - (1 if self.bos is not None else 0)
@@ -134,18 +135,35 @@ class TokenStream:
         return (f"text {self.source} split={self.split} context={self.context} batch={self.batch_size} "
                 f"seed={self.seed} column={self.text_column} tokenizer={name}/{len(self.tokenizer)}")
 
-    def resume_from(self, tokens: int) -> TokenStream:
-        """The same stream, with its first `tokens` counted tokens masked out (see the module doc)."""
+    def _clone(self) -> TokenStream:
         clone = TokenStream(self.tokenizer, self.source, self.context, self.batch_size, self.split,
                             self.shuffle_buffer, self.seed, self.text_column, self.max_tokens)
+        clone._skip, clone.rank, clone.world = self._skip, self.rank, self.world
+        return clone
+
+    def resume_from(self, tokens: int) -> TokenStream:
+        """The same stream, with its first `tokens` counted tokens masked out (see the module doc)."""
+        clone = self._clone()
         clone._skip = tokens
+        return clone
+
+    def for_rank(self, rank: int, world: int) -> TokenStream:
+        """Under torchrun: every `world`-th window, starting at `rank` (each rank tokenises the text, which
+        is cheap, and runs the model on its own windows only). Token counts (resume, max_tokens) are
+        this rank's."""
+        if not 0 <= rank < world:
+            raise SaekitError(f"rank {rank} is outside a world of {world} processes")
+        clone = self._clone()
+        clone.rank, clone.world = rank, world
         return clone
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         to_skip, emitted = self._skip, 0
         ids_batch: list[Tensor] = []
         mask_batch: list[Tensor] = []
-        for window in self._shuffled():
+        for index, window in enumerate(self._shuffled()):
+            if index % self.world != self.rank:
+                continue
             ids = torch.tensor(window, dtype=torch.long)
             mask = self.counted(ids)
             n = int(mask.sum())

@@ -142,6 +142,19 @@ def _table(rows: Sequence[Mapping[str, Any]], links: Mapping[str, str]) -> str:
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
+def _dead_definition(runs: Mapping[str, list[dict[str, Any]]], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Say what "dead" means on this page: the training curves and the evaluation table count over
+    different windows of tokens, and a reader comparing them must know which."""
+    windows = sorted({int(r[-1]["dead_window_tokens"]) for r in runs.values() if r and "dead_window_tokens" in r[-1]})
+    train = ("a latent that has not fired on the last W training tokens, W = min(dead_tokens, tokens trained "
+             f"so far) (W = {', '.join(f'{w:,}' for w in windows)} at the end)" if windows else
+             "a latent that has not fired for dead_tokens training tokens")
+    evaluated = sorted({int(r["tokens"]) for r in rows if isinstance(r.get("tokens"), (int, float))})
+    table = (f"; in the evaluation table, one that fires on none of the {', '.join(f'{n:,}' for n in evaluated)} "
+             "evaluation tokens" if evaluated else "")
+    return f'<p class="muted" id="dead-definition">Dead, in the training curves: {esc(train)}{esc(table)}.</p>'
+
+
 def write_run_report(run_dir: str | os.PathLike, eval_rows: Sequence[Mapping[str, Any]] | None,
                      out_html: str | os.PathLike,
                      dashboards: Mapping[str, str | os.PathLike] | None = None) -> Path:
@@ -176,6 +189,7 @@ def write_run_report(run_dir: str | os.PathLike, eval_rows: Sequence[Mapping[str
                  ("Dead latents", _curve_plot(runs, "dead_fraction", "dead fraction"))]
         sections.append('<h2>Training curves</h2><div class="cols" id="curves">' + "".join(
             f"<div><h3>{esc(title)}</h3>{svg}</div>" for title, svg in plots if svg) + "</div>")
+        sections.append(_dead_definition(runs, rows))
     pareto_rows = rows or [{"name": name, "method": "", "l0": r[-1].get("l0"), "mse": r[-1].get("mse")}
                            for name, r in runs.items() if r]
     pareto = [_pareto_plot(pareto_rows, "fvu", "FVU", False),

@@ -186,7 +186,8 @@ class RunConfig:
     keep_checkpoints: int = help_field("How many recent checkpoints to keep.", default=2)
     resume: bool = help_field("Resume from the latest checkpoint in checkpoint_dir if there is one.",
                               default=True)
-    log_every: int = help_field("Steps between log lines.", default=50)
+    log_every: int | None = help_field("Steps between log records (default: about 100 records a run, at "
+                                       "least every step of a run shorter than 100 steps).", default=None)
     log_file: str | None = help_field("JSONL file for training logs (default: <checkpoint_dir>/log.jsonl).",
                                       default=None)
     loggers: list[str] = help_field("Extra log sinks besides the JSONL file: 'wandb' and/or 'tensorboard' "
@@ -199,6 +200,9 @@ class RunConfig:
     parallel: str = help_field("Under torchrun: 'data' (every rank trains every dictionary on its shard "
                                "of each batch) or 'shard' (dictionaries dealt to ranks, activations "
                                "gathered to their owner).", default="data")
+    prefetch: int = help_field("Batches a background thread prepares (model forward or file reads, and "
+                               "the copy to the device) while the dictionaries step; 0 runs the stream "
+                               "in the training thread.", default=2)
     collective_timeout_s: float = help_field("Under torchrun: seconds a rank waits for the others before "
                                              "failing with an error.", default=120.0)
 
@@ -214,8 +218,11 @@ class RunConfig:
             raise SaekitError(f"autocast must be 'none' or 'bfloat16', got {self.autocast!r}")
         if self.parallel not in ("data", "shard"):
             raise SaekitError(f"parallel must be 'data' or 'shard', got {self.parallel!r}")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or self.log_every < 1:
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or (self.log_every is not None and
+                                                                      self.log_every < 1):
             raise SaekitError("checkpoint_every must be >= 0, keep_checkpoints >= 1, log_every >= 1")
+        if not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool) or self.prefetch < 0:
+            raise SaekitError(f"prefetch must be an integer >= 0, got {self.prefetch!r}")
         if not (isinstance(self.collective_timeout_s, (int, float)) and
                 math.isfinite(self.collective_timeout_s) and self.collective_timeout_s > 0):
             raise SaekitError(f"collective_timeout_s must be a positive number of seconds, got "
@@ -224,3 +231,8 @@ class RunConfig:
     @property
     def total_steps(self) -> int:
         return self.total_tokens // self.batch_size
+
+    @property
+    def log_interval(self) -> int:
+        """Steps between log records: `log_every`, else enough for a curve of about 100 points."""
+        return self.log_every or max(1, self.total_steps // 100)

@@ -48,24 +48,48 @@ def _collective(fn):
     return wrapped
 
 
+def local_device(device: str | torch.device) -> torch.device:
+    """The device this process should use for `device`: under torchrun a bare "cuda" means this rank's
+    GPU (cuda:LOCAL_RANK), so that N ranks on one machine do not all land on GPU 0."""
+    device = torch.device(device)
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device.type == "cuda" and device.index is None and local_rank is not None \
+            and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(local_rank))
+    return device
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (the process that saves and prints), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class Distributed:
     rank: int
     world: int
     mode: str = "data"
+    # where collectives' own tensors live: NCCL reduces only CUDA tensors, gloo only CPU ones
+    device: torch.device = torch.device("cpu")
 
     @classmethod
-    def from_environment(cls, mode: str = "data", timeout_s: float = 120.0) -> Distributed | None:
-        """The process group torchrun describes, or None in a single process."""
+    def from_environment(cls, mode: str = "data", timeout_s: float = 120.0,
+                         device: str | torch.device = "cpu") -> Distributed | None:
+        """The process group torchrun describes, or None in a single process. With a CUDA `device`
+        the group uses NCCL on this rank's GPU (set as the current device); otherwise gloo."""
         if mode not in MODES:
             raise SaekitError(f"unknown parallel mode {mode!r}: choose one of {', '.join(MODES)}")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return None
+        device = local_device(device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            backend = "nccl" if device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-        return cls(dist.get_rank(), dist.get_world_size(), mode)
+        backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        return cls(dist.get_rank(), dist.get_world_size(), mode, backend_device)
 
     # ------------------------------------------------------------------------------------ layout
     def owner(self, member_index: int) -> int:
@@ -81,14 +105,18 @@ class Distributed:
         return batch_size // self.world
 
     # ------------------------------------------------------------------------------- collectives
+    def _on_backend(self, tensor: Tensor) -> tuple[Tensor, torch.device]:
+        """The tensor where the backend can reduce it, and where to give the result back."""
+        return tensor.to(self.device), tensor.device
+
     @_collective
     def average_gradients(self, parameters: list[Tensor]) -> None:
         grads = [p.grad for p in parameters if p.grad is not None]
         if not grads:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat, home = self._on_backend(torch.cat([g.reshape(-1) for g in grads]))
         dist.all_reduce(flat)
-        flat /= self.world
+        flat = (flat / self.world).to(home)
         offset = 0
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
@@ -96,28 +124,29 @@ class Distributed:
 
     @_collective
     def sum(self, tensor: Tensor) -> Tensor:
-        out = tensor.clone()
+        out, home = self._on_backend(tensor.clone())
         dist.all_reduce(out)
-        return out
+        return out.to(home)
 
     @_collective
     def min(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return float(t)
 
     @_collective
     def any(self, flag: bool) -> bool:
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
     @_collective
     def gather_rows(self, tensor: Tensor) -> Tensor:
         """Concatenate every rank's rows, in rank order (all ranks have equal row counts)."""
-        parts = [torch.empty_like(tensor) for _ in range(self.world)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        local, home = self._on_backend(tensor.contiguous())
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        dist.all_gather(parts, local)
+        return torch.cat(parts).to(home)
 
     @_collective
     def gather_objects(self, obj: Any) -> list[Any]:

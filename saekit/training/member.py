@@ -43,6 +43,7 @@ class SweepMember:
         self.scale_out = torch.ones(cfg.d_out or cfg.d_in, device=self.device)
         self.normalization_tokens = 0
         self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
+        self.tokens_trained = 0  # tokens this dictionary has stepped on (all ranks)
         self.no_dead_before = 0  # steps before this one cannot have dead latents (see _may_have_dead)
         # Firing counts over the current and the previous statistics window -> sparsity.safetensors.
         self.window_counts = torch.zeros(2, cfg.d_sae, dtype=torch.float64, device=self.device)
@@ -109,8 +110,18 @@ class SweepMember:
         # trainer converts them when it logs.
         parts: dict[str, Tensor | float] = dict(result.parts)
         parts.update(loss=result.total.detach(), lr=lr, sparsity_coefficient=coefficient,
-                     l0=result.encoding.mean_l0_tensor(), dead_fraction=self.dead_mask().float().mean())
+                     l0=result.encoding.mean_l0_tensor())
+        window = self.dead_window()
+        parts.update(dead_fraction=(self.tokens_since_fired >= window).float().mean(), dead_window_tokens=window)
         return parts
+
+    def dead_window(self) -> int:
+        """The window of the logged dead fraction: `dead_tokens`, or every token so far while fewer have
+        been seen. A logged latent is dead when it has not fired on the last `dead_window()` tokens, as an
+        evaluated one is when it does not fire on the evaluation tokens; without the cap a short run (fewer
+        tokens than dead_tokens) would log 0 dead however many latents never fired. Dead-latent care (AuxK,
+        ghost grads) uses `dead_tokens` itself."""
+        return max(1, min(self.training.dead_tokens, self.tokens_trained))
 
     @staticmethod
     def _rows(x: Any) -> int:
@@ -143,6 +154,7 @@ class SweepMember:
             batch *= self.dist.world
         fired = fired_counts > 0
         self.tokens_since_fired += batch
+        self.tokens_trained += batch
         self.tokens_since_fired.masked_fill_(fired, 0)
         self.fired_since_resample |= fired
         window = max(1, self.total_steps // 10)
@@ -225,6 +237,7 @@ class SweepMember:
             "scale_out": self.scale_out,
             "normalization_tokens": self.normalization_tokens,
             "tokens_since_fired": self.tokens_since_fired,
+            "tokens_trained": self.tokens_trained,
             "window_counts": self.window_counts,
             "window_tokens": list(self.window_tokens),
             "fired_since_resample": self.fired_since_resample,
@@ -239,6 +252,8 @@ class SweepMember:
         self.scale_out = state["scale_out"].to(self.device)
         self.normalization_tokens = int(state["normalization_tokens"])
         self.tokens_since_fired.copy_(state["tokens_since_fired"])
+        # checkpoints of earlier versions: a latent never fired has counted every token
+        self.tokens_trained = int(state.get("tokens_trained", int(self.tokens_since_fired.max())))
         self.no_dead_before = 0
         self.window_counts.copy_(state["window_counts"])
         self.window_tokens = list(state["window_tokens"])

@@ -45,10 +45,10 @@ def _epochs(rows: Tensor, seed: int) -> Iterator[Tensor]:
 
 def train_meta_sae(d: Dictionary, d_meta: int | None = None, k: int = 4, epochs: int = 200,
                    batch_size: int = 4096, lr: float = 1e-3, seed: int = 0, progress: bool = True,
-                   aux_coefficient: float = 1 / 16) -> MetaResult:
+                   aux_coefficient: float = 1 / 16, device: str = "cpu") -> MetaResult:
     """Train a BatchTopK meta-SAE on `d`'s decoder directions (defaults follow the reference: k = 4,
     aux penalty 1/16, width ≈ 4.7% of d_sae: 2,304 meta-latents for 49,152 latents)."""
-    rows = decoder_directions(d)
+    rows = decoder_directions(d).to(device)
     n, width = rows.shape
     d_meta = d_meta or max(k + 1, round(n * 2304 / 49152))
     batch_size = min(batch_size, n)
@@ -57,7 +57,7 @@ def train_meta_sae(d: Dictionary, d_meta: int | None = None, k: int = 4, epochs:
                                        dead_tokens=100 * batch_size, seed=seed, name=f"meta-k{k}-{d_meta}",
                                        hookpoint=f"decoder of {d.cfg.display_name}")
     (meta,) = train(_epochs(rows, seed), [spec], total_tokens=epochs * n, batch_size=batch_size,
-                    progress=progress)
+                    progress=progress, device=device)
     with torch.no_grad():
         codes = meta.encode(rows)
         accumulator = MetricsAccumulator(d_meta)

@@ -13,9 +13,10 @@ discarding them, which requires a deterministic stream.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,54 +25,38 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit.config import DictionaryConfig
+from saekit.data.batching import SINGLE, rebatch
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.spec import DictionarySpec
 from saekit.training.checkpoint import load_latest_checkpoint, write_checkpoint
 from saekit.training.config import RunConfig
-from saekit.training.distributed import Distributed
+from saekit.training.distributed import Distributed, local_device
 from saekit.training.guard import FiniteGuard, check_finite_weights
 from saekit.training.logs import RunLog
 from saekit.training.member import SweepMember
+from saekit.training.prefetch import batches_on_device
 
 logger = logging.getLogger(__name__)
-SINGLE = ""  # key used when the stream yields plain tensors
+def rank_stream(stream: Any, dist: Distributed, local_batch: int) -> Any:
+    """This rank's part of `stream` under torchrun. saekit's streams know how to split themselves
+    (`for_rank`): row streams (an activations file, a cache) give each rank its slice of every global
+    batch, so N processes train on exactly the global batches one process would; a live model's stream
+    gives each rank its own token windows, so each rank runs the model on 1/N of the text. Any other
+    iterable is taken to be this rank's shard already (the caller split it)."""
+    split = getattr(stream, "for_rank", None)
+    return split(dist.rank, dist.world, local_batch) if callable(split) else stream
 
 
-def _as_dict(item: Any) -> dict[str, Tensor]:
-    if isinstance(item, dict):
-        return item
-    if isinstance(item, Tensor):
-        return {SINGLE: item}
-    try:
-        return {SINGLE: torch.as_tensor(item)}
-    except (TypeError, ValueError, RuntimeError):
-        raise SaekitError(f"the activation stream yielded a {type(item).__name__}; it must yield "
-                          "float tensors [batch, d_in] or dicts of them") from None
-
-
-def rebatch(stream: Iterable[Any], batch_size: int, skip_tokens: int = 0) -> Iterator[dict[str, Tensor]]:
-    """Re-chunk a stream of `[n, d]` tensors (or dicts of them) into batches of exactly `batch_size`."""
-    chunks: list[dict[str, Tensor]] = []
-    buffered = 0
-    for item in stream:
-        item = _as_dict(item)
-        rows = next(iter(item.values())).shape[0]
-        if skip_tokens >= rows:
-            skip_tokens -= rows
-            continue
-        if skip_tokens:
-            item = {key: value[skip_tokens:] for key, value in item.items()}
-            rows -= skip_tokens
-            skip_tokens = 0
-        chunks.append(item)
-        buffered += rows
-        while buffered >= batch_size:
-            merged = {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
-            yield {key: value[:batch_size] for key, value in merged.items()}
-            rest = {key: value[batch_size:] for key, value in merged.items()}
-            buffered -= batch_size
-            chunks = [rest] if buffered else []
+def check_world_size(stream: Any, meta: dict[str, Any], dist: Distributed | None) -> None:
+    """A stream split by token windows cannot resume exactly on another number of processes (which
+    windows a rank has read depends on the count); one split by rows of the global batch can."""
+    recorded = int(meta.get("world_size", 1))
+    world = 1 if dist is None else dist.world
+    if recorded != world and getattr(stream, "rank_split", "rows") == "windows":
+        raise SaekitError(f"this checkpoint was written by {recorded} process(es) reading a model live; it "
+                          f"resumes exactly only on {recorded} (this run has {world}): relaunch with "
+                          f"--nproc-per-node {recorded}, or train from a cache, which resumes on any number")
 
 
 def unique_names(specs: Sequence[DictionarySpec]) -> list[str]:
@@ -161,8 +146,8 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
         raise SaekitError(f"train got run={type(run).__name__}(...) and also {', '.join(given + list(run_options))}: "
                           "put every run option in the RunConfig")
     tc = run
-    device = tc.device
-    dist = Distributed.from_environment(tc.parallel, tc.collective_timeout_s)
+    device = local_device(tc.device)
+    dist = Distributed.from_environment(tc.parallel, tc.collective_timeout_s, device)
     is_main = dist is None or dist.rank == 0
     local_batch = tc.batch_size if dist is None else dist.local_batch_size(tc.batch_size)
     total_steps = tc.total_steps
@@ -175,10 +160,13 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
     # checkpoint refuses to resume on other data.
     describe_data = getattr(stream, "fingerprint", None)
     fingerprint = describe_data() if callable(describe_data) else None
+    if dist is not None:
+        stream = rank_stream(stream, dist, local_batch)
     if tc.checkpoint_dir and tc.resume:
         loaded = load_latest_checkpoint(tc.checkpoint_dir)
         if loaded is not None:
             state, meta = loaded
+            check_world_size(stream, meta, dist)
             recorded = meta.get("data_fingerprint")
             if recorded is not None and fingerprint is not None and recorded != fingerprint:
                 raise SaekitError(f"the checkpoint in {tc.checkpoint_dir} was trained on other data ({recorded}); "
@@ -197,9 +185,11 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
 
     local_seen = tokens_seen if dist is None else tokens_seen // dist.world
     if resumed and hasattr(stream, "resume_from"):
-        batches = rebatch(stream.resume_from(local_seen), local_batch)
+        rows = rebatch(stream.resume_from(local_seen), local_batch)
     else:
-        batches = rebatch(stream, local_batch, skip_tokens=local_seen)
+        rows = rebatch(stream, local_batch, skip_tokens=local_seen)
+    # exactly the batches training will use: a thread reading ahead must not run the model past the end
+    batches = batches_on_device(itertools.islice(rows, total_steps - step), device, tc.prefetch)
 
     log_path = Path(tc.log_file) if tc.log_file else (
         Path(tc.checkpoint_dir) / "log.jsonl" if tc.checkpoint_dir else None)
@@ -230,6 +220,7 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
         if is_main:
             state = {"members": states, "torch_rng": torch.get_rng_state()}
             meta = {"tokens_seen": tokens_seen, "total_tokens": tc.total_tokens, "data_fingerprint": fingerprint,
+                    "world_size": 1 if dist is None else dist.world,
                     "batch_size": tc.batch_size, "names": names,
                     "configs": [spec.to_dict() for spec in specs]}
             write_checkpoint(tc.checkpoint_dir, step, state, meta, dict(zip(names, exports)),
@@ -309,9 +300,9 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
             step += 1
             tokens_seen += tc.batch_size
             bar.update(tc.batch_size)
-            if step % tc.log_every == 0 or step == total_steps:
+            if step % tc.log_interval == 0 or step == total_steps:
                 guard.flush()
-            if run_log is not None and (step % tc.log_every == 0 or step == total_steps):
+            if run_log is not None and (step % tc.log_interval == 0 or step == total_steps):
                 lines = [(name, {key: float(value) for key, value in parts.items()}) for name, parts in logs]
                 run_log.write(step, tokens_seen, time.perf_counter() - started, lines)
                 bar.set_postfix({"loss": f"{lines[0][1]['loss']:.4g}", "l0": f"{lines[0][1]['l0']:.1f}"})
@@ -323,6 +314,9 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
             check_finite_weights(d.weights(), f"dictionary {name}")
         return trained
     finally:
+        close = getattr(batches, "close", None)
+        if callable(close):
+            close()
         bar.close()
         if run_log is not None:
             run_log.close()

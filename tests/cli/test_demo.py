@@ -24,7 +24,12 @@ def test_demo_trains_every_method_and_writes_a_report(tmp_path, capsys):
     page = (tmp_path / "demo" / "report.html").read_text()
     assert "delta LM loss" in page and "batchtopk" in page and page.count("<svg") >= 5  # curves + Pareto
     assert "ce_loss_score" in (tmp_path / "demo" / "report.txt").read_text()
-    assert (tmp_path / "demo" / "log.jsonl").read_text().count("\n") >= 1
+    log = [json.loads(line) for line in (tmp_path / "demo" / "log.jsonl").read_text().splitlines()]
+    steps = sorted({line["step"] for line in log})
+    assert steps == list(range(1, 17))  # 16 steps: a curve, not 3 points
+    # "dead" is defined on the page for both the curves and the table (whose count excludes special tokens)
+    assert "W = 4,096 at the end" in page
+    assert f"none of the {rows['topk']['tokens']:,} evaluation tokens" in page
     for method in rows:
         assert (tmp_path / "demo" / "dictionaries" / method / "cfg.json").exists()
     assert "ce_loss_score" in captured.out

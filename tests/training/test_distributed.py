@@ -113,3 +113,102 @@ def test_killing_one_rank_makes_the_other_exit_with_a_clear_error(tmp_path):
     assert time.time() - started < 60  # no hang: well under the collective timeout plus slack
     assert procs[0].returncode == 2, err
     assert "lost contact" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ through the command line (saekit train)
+SWEEP = ('[train]\ntotal_tokens = 2048\nbatch_size = 128\nprogress = false\n\n'
+         '[[dictionaries]]\nmethod = "topk"\nd_sae = 48\nk = 3\nlr = 3e-3\nseed = 1\nname = "topk"\n\n'
+         '[[dictionaries]]\nmethod = "relu"\nd_sae = 48\nsparsity_coefficient = 1.0\nlr = 3e-3\nseed = 2\n'
+         'name = "relu"\n')
+
+
+def run_cli(args: list[str], world: int) -> None:
+    """`saekit train ...` in `world` gloo processes (as torchrun starts them)."""
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        if world == 1:
+            for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+                env.pop(key)
+        procs.append(subprocess.Popen([sys.executable, "-m", "saekit.cli", "train", *args], cwd=ROOT, env=env,
+                                      stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    codes, errors = wait_all(procs)
+    assert codes == [0] * world, errors
+
+
+@pytest.fixture(scope="module")
+def row_sources(tmp_path_factory):
+    """The same activations as a .npy file and as a cache."""
+    import numpy as np
+
+    from saekit.data.cache import write_cache
+
+    root = tmp_path_factory.mktemp("rows")
+    rows = saekit.data.toy.ToyData(dist_child.TOY, chunk_size=2560).chunk(0)[0].numpy()
+    np.save(root / "acts.npy", rows)
+    write_cache([{"resid_post.0": torch.from_numpy(rows)}], root / "cache", hookpoints=["resid_post.0"],
+                model="toy", shard_tokens=1000)
+    (root / "sweep.toml").write_text(SWEEP)
+    return root
+
+
+@pytest.mark.parametrize("source", ["--activations", "--from-cache"])
+def test_the_train_command_on_two_processes_equals_one(tmp_path, row_sources, source):
+    """Each rank reads its slice of every global batch of the file or cache (not the whole stream, as
+    before, which trained every rank on the same rows), and only rank 0 writes the dictionaries."""
+    data = str(row_sources / ("acts.npy" if source == "--activations" else "cache"))
+    common = [source, data, "--config", str(row_sources / "sweep.toml")]
+    if source == "--from-cache":
+        common.append("--no-shuffle")
+    run_cli([*common, "--out", str(tmp_path / "one")], world=1)
+    run_cli([*common, "--out", str(tmp_path / "two")], world=2)
+    for name in ("topk", "relu"):
+        one, two = saekit.load(tmp_path / "one" / name), saekit.load(tmp_path / "two" / name)
+        for key, t in one.weights().items():
+            torch.testing.assert_close(two.weights()[key], t, rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+    assert not list((tmp_path / "two").glob("*/.tmp*"))  # one writer: no second, half-finished copy
+
+
+def test_a_live_model_stream_gives_each_rank_its_own_windows(tmp_path):
+    from saekit.data.tokens import TokenStream
+    from tests.helpers import tiny_tokenizer, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", n_docs=30)
+    tokens = TokenStream(tiny_tokenizer(), str(corpus), context=16, batch_size=4)
+
+    def windows(stream):
+        return [tuple(row.tolist()) for ids, _ in stream for row in ids]
+
+    everything = windows(tokens)
+    parts = [windows(tokens.for_rank(rank, 3)) for rank in range(3)]
+    assert sorted(w for part in parts for w in part) == sorted(everything)
+    assert parts[1] == everything[1::3]
+    # resuming a rank's stream skips that rank's own tokens
+    def counted(stream):
+        return [int(t) for ids, mask in stream for t in ids[mask]]
+
+    assert counted(tokens.for_rank(1, 3).resume_from(20)) == counted(tokens.for_rank(1, 3))[20:]
+
+
+def test_live_model_training_on_two_processes_and_its_resume_rule(tmp_path):
+    """Two ranks run the model on their own windows and train together; the checkpoint they leave
+    resumes only on two processes (which windows each read depends on the count), and says so."""
+    from tests.helpers import save_tiny, tiny_llama, tiny_tokenizer, write_corpus
+
+    tokenizer = tiny_tokenizer()
+    model = save_tiny(tmp_path / "tiny", tiny_llama(len(tokenizer)), tokenizer)
+    corpus = write_corpus(tmp_path / "corpus", n_docs=60)
+    args = ["--model", str(model), "--dataset", str(corpus), "--context-size", "32", "--hookpoints", "resid_post.1",
+            "--method", "topk", "--k", "4", "--d-sae", "32", "--total-tokens", "1024", "--batch-size", "256",
+            "--no-progress", "--out", str(tmp_path / "out"), "--name", "d"]
+    run_cli(args, world=2)
+    d = saekit.load(tmp_path / "out" / "d")
+    assert d.meta["training_tokens"] == 1024
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-m", "saekit.cli", "train", *args, "--overwrite"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("saekit train: error:")]
+    assert len(errors) == 1 and "resumes exactly only on 2" in errors[0] and "Traceback" not in done.stderr

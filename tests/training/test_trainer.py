@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import saekit
+from saekit.data.batching import rebatch
 from saekit.data.toy import ToyConfig, ToyData
 from saekit.training.checkpoint import list_checkpoints
-from saekit.training.trainer import rebatch
 from tests.helpers import spec
 from tests.training import resume_child
 
@@ -268,3 +268,28 @@ def test_the_activation_scale_is_estimated_on_the_first_batches_which_are_then_t
     assert record["estimated_on_tokens"] == 3 * 64 and record["input_scale"] == pytest.approx(expected)
     assert expected != pytest.approx(float(activation_scale("mean_norm_sqrt_d", rows[:64])[0]), rel=1e-3)
     assert read == list(range(8)) and d.meta["training_tokens"] == 8 * 64  # nothing skipped or re-read
+
+
+def test_logged_dead_fraction_counts_latents_silent_since_the_start_of_a_short_run(tmp_path):
+    """A run shorter than dead_tokens used to log 0 dead however many latents never fired (the demo's
+    ReLU: 0 in training, 69% at evaluation). Now the window is every token so far, so the logged figure
+    equals the share of latents that fire on none of the training rows, counted here independently."""
+    torch.manual_seed(0)
+    x = torch.randn(1536, 8) * torch.linspace(0.2, 3.0, 8)
+    spec = saekit.DictionarySpec.from_options(method="topk", d_in=8, d_sae=64, k=1, lr=1e-12,
+                                              name="t", seed=3)
+    log = tmp_path / "log.jsonl"
+    (d,) = saekit.train([x], [spec], total_tokens=1536, batch_size=256, progress=False, log_file=str(log))
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, 7))  # a short run logs every step
+    assert lines[-1]["dead_window_tokens"] == 1536
+    never_fired = (d.encode(x) > 0).sum(0) == 0
+    assert 0 < int(never_fired.sum()) < 64
+    assert lines[-1]["dead_fraction"] == pytest.approx(float(never_fired.float().mean()))
+    assert lines[-1]["dead_fraction"] == pytest.approx(saekit.evaluate(d, [x])["dead_fraction"])
+
+
+def test_default_log_interval_gives_about_a_hundred_records():
+    run = saekit.RunConfig(total_tokens=256 * 1000, batch_size=256)
+    assert run.log_interval == 10
+    assert saekit.RunConfig(total_tokens=256 * 1000, batch_size=256, log_every=7).log_interval == 7

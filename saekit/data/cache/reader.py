@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saekit.data.batching import RankRows
 from saekit.data.cache.format import (
     DTYPES,
     REBUILD,
@@ -240,6 +241,10 @@ class CacheStream:
 
     def __iter__(self) -> Iterator[Any]:
         return self._iterate(self.start_token)
+
+    def for_rank(self, rank: int, world: int, local_batch: int) -> RankRows:
+        """Under torchrun: this rank's slice of every global batch (see saekit.data.batching)."""
+        return RankRows(self, rank, world, local_batch)
 
     def resume_from(self, tokens: int) -> Iterator[Any]:
         """Iterate starting `tokens` positions after `start_token`."""
