@@ -28,10 +28,19 @@ class ModelConfig:
                                   "float32.", default="float32")
     trust_remote_code: bool = help_field("Allow model repositories to run their own code (off unless "
                                          "asked).", default=False)
+    compile_backend: str = help_field("Compile each transformer block with torch.compile and this backend "
+                                      "('inductor' pays on a GPU, after a first slow batch); 'none' runs "
+                                      "the model as it is.", default="none")
 
     def __post_init__(self) -> None:
         if self.model_dtype not in MODEL_DTYPES:
             raise SaekitError(f"model_dtype must be one of {', '.join(MODEL_DTYPES)}, got {self.model_dtype!r}")
+        if self.compile_backend != "none":
+            import torch
+
+            if self.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+                raise SaekitError(f"compile_backend {self.compile_backend!r} is not a torch.compile backend: "
+                                  f"use 'none' or one of {', '.join(torch._dynamo.list_backends())}")
 
     def load(self, device: str = "cpu") -> tuple[Any, Any]:
         """(model, tokenizer), in eval mode with gradients off."""
@@ -40,8 +49,13 @@ class ModelConfig:
         if not self.model:
             raise SaekitError("no model given: pass --model (a hub name, a local directory or "
                               "offline-default)")
-        return load_model(self.model, dtype=self.model_dtype, device=device,
-                          trust_remote_code=self.trust_remote_code)
+        model, tokenizer = load_model(self.model, dtype=self.model_dtype, device=device,
+                                      trust_remote_code=self.trust_remote_code)
+        if self.compile_backend != "none":
+            from saekit.models.loading import compile_blocks
+
+            compile_blocks(model, self.compile_backend)
+        return model, tokenizer
 
 
 @dataclass

@@ -65,6 +65,20 @@ def offline_default_directory() -> Path:
     return target
 
 
+def compile_blocks(model: torch.nn.Module, backend: str) -> None:
+    """Compile each transformer block with `torch.compile(backend=...)`, in place. Blocks one by one, not
+    the whole model, so saekit's hooks (and the forward's early stop after the last hookpoint) keep
+    working: a hook runs at a block's boundary, where a compiled graph ends anyway."""
+    from saekit.models.sites import blocks
+
+    try:
+        for block in blocks(model):
+            block.compile(backend=backend)
+    except SaekitError:
+        raise SaekitError(f"cannot compile {type(model).__name__}: its transformer blocks are not of a known "
+                          "family; drop --compile-backend") from None
+
+
 def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu",
                gguf_file: str | None = None, trust_remote_code: bool = False,
                causal_lm: bool = True) -> tuple[Any, Any]:

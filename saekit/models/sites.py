@@ -118,6 +118,11 @@ def named_sites(model: nn.Module) -> dict[str, str]:
         if n_layers else {}
 
 
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks, in order (one of the known families)."""
+    return list(cast(nn.ModuleList, model.get_submodule(_family(model)[0])))
+
+
 def list_modules(model: nn.Module, depth: int = 4) -> list[str]:
     """Module names up to `depth` dots, for `saekit hookpoints`."""
     return [name for name, _ in model.named_modules() if name and name.count(".") < depth]

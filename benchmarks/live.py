@@ -1,0 +1,114 @@
+"""Training live from a model: saekit against the model forward alone and against sparsify's own Trainer.
+
+On the offline default model (SmolLM2-135M-Instruct) at resid_post.6 (the output of decoder layer 6), a
+TopK SAE (k 32, width 4608 = 8 x 576) trains on the same token windows (context 128, 16 windows = ~2k
+tokens a step) in each of, alternating, per round:
+
+    forward      saekit's model forward alone, stopped after layer 6 (the ceiling for live training)
+    saekit       `saekit.train` on `ActivationStream` (forward + SAE step, batches prefetched by a thread)
+    saekit-p0    the same with prefetch=0 (stream and step in one thread)
+    sparsify     EleutherAI sparsify's `Trainer.fit()` in the peer venv (it trains inside forward hooks and
+                 runs the whole model: `.cache/peer-venv`, built by tests/interop/peer_env.sh)
+
+Prints tokens/s per run and the medians, and saekit's rate as a fraction of the forward alone.
+
+    .venv/bin/python benchmarks/live.py [--tokens 100000] [--rounds 3] [--threads 2] [--no-peer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import machine, offline_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PYTHON = ROOT / ".cache" / "peer-venv" / "bin" / "python"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=100_000, help="Tokens of text per run.")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--expansion", type=int, default=8)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--no-peer", action="store_true", help="Skip sparsify.")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import saekit
+    from saekit.data.stream import ActivationStream
+    from saekit.data.tokens import TokenStream
+    from saekit.models.hooks import capture
+    from saekit.models.loading import offline_default_directory
+    from saekit.models.sites import resolve_hookpoints
+
+    model, tokenizer = offline_model()
+    site = f"resid_post.{args.layer}"
+    point = resolve_hookpoints(model, [site])
+
+    def windows() -> TokenStream:
+        return TokenStream(tokenizer, "offline-default", context=128, batch_size=16, max_tokens=args.tokens)
+
+    ids = torch.cat([batch for batch, _ in windows()]).numpy()
+    counted = sum(int(mask.sum()) for _, mask in windows())
+    d_in = model.config.hidden_size
+    spec = saekit.DictionarySpec.from_options(method="topk", d_in=d_in, d_sae=args.expansion * d_in, k=args.k,
+                                              hookpoint=site)
+    batch_size = 2048
+    budget = counted // batch_size * batch_size
+    print(f"{machine(args.threads)} model=SmolLM2-135M-Instruct site={site} d_sae={spec.dictionary.d_sae} "
+          f"k={args.k} windows={ids.shape[0]}x{ids.shape[1]} counted_tokens={counted} batch={batch_size}",
+          flush=True)
+
+    def forward() -> float:
+        started = time.perf_counter()
+        for batch, _ in windows():
+            capture(model, batch, point)
+        return counted / (time.perf_counter() - started)
+
+    def train(prefetch: int) -> float:
+        started = time.perf_counter()
+        saekit.train(ActivationStream(model, windows(), [site]), [spec], total_tokens=budget,
+                     batch_size=batch_size, progress=False, prefetch=prefetch)
+        return budget / (time.perf_counter() - started)
+
+    rates: dict[str, list[float]] = {"forward": [], "saekit": [], "saekit-p0": [], "sparsify": []}
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(Path(folder) / "ids.npy", ids.astype(np.int64))
+        peer = [str(PEER_PYTHON), str(ROOT / "benchmarks" / "peer_live.py"), "--model",
+                str(offline_default_directory()), "--ids", str(Path(folder) / "ids.npy"), "--layer", str(args.layer),
+                "--latents", str(spec.dictionary.d_sae), "--k", str(args.k), "--threads", str(args.threads),
+                "--exclude", *map(str, sorted(tokenizer.all_special_ids))]
+        for round_ in range(args.rounds):
+            rates["forward"].append(forward())
+            rates["saekit"].append(train(prefetch=2))
+            rates["saekit-p0"].append(train(prefetch=0))
+            if not args.no_peer and PEER_PYTHON.exists():
+                done = subprocess.run(peer, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    sys.exit(f"sparsify failed: {done.stderr.strip().splitlines()[-1:]}")
+                rates["sparsify"].append(json.loads(done.stdout.strip().splitlines()[-1])["tokens_per_s"])
+            line = "  ".join(f"{name} {values[-1]:,.0f}" for name, values in rates.items() if values)
+            print(f"round {round_ + 1}: tokens/s  {line}", flush=True)
+    medians = {name: statistics.median(values) for name, values in rates.items() if values}
+    print("median tokens/s: " + "  ".join(f"{name} {value:,.0f}" for name, value in medians.items()))
+    print(f"saekit / forward alone: {medians['saekit'] / medians['forward']:.3f} (prefetch 2), "
+          f"{medians['saekit-p0'] / medians['forward']:.3f} (prefetch 0)")
+    if "sparsify" in medians:
+        print(f"saekit / sparsify: x{medians['saekit'] / medians['sparsify']:.2f}")
+    print(f"{machine(args.threads)} (at the end)")
+
+
+if __name__ == "__main__":
+    main()
