@@ -188,9 +188,6 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
         rows = rebatch(stream.resume_from(local_seen), local_batch)
     else:
         rows = rebatch(stream, local_batch, skip_tokens=local_seen)
-    # exactly the batches training will use: a thread reading ahead must not run the model past the end
-    batches = batches_on_device(itertools.islice(rows, total_steps - step), device, tc.prefetch)
-
     log_path = Path(tc.log_file) if tc.log_file else (
         Path(tc.checkpoint_dir) / "log.jsonl" if tc.checkpoint_dir else None)
     run_log = None
@@ -271,6 +268,9 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
                disable=not (tc.progress and is_main), desc="training", dynamic_ncols=True)
     started = time.perf_counter()
     ahead: list[dict[str, Tensor]] = []
+    # exactly the batches training will use: a thread reading ahead must not run the model past the end.
+    # Made just before `try`, so that whatever fails from here on closes the thread (finally below).
+    batches = batches_on_device(itertools.islice(rows, total_steps - step), device, tc.prefetch)
     try:
         while step < total_steps:
             next_batch = ahead.pop(0) if ahead else next(batches, None)

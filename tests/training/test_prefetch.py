@@ -37,7 +37,30 @@ def test_a_stopped_consumer_releases_the_producer():
     fetched.close()
     fetched.thread.join(timeout=5)
     assert not fetched.thread.is_alive()
-    assert all(t.name != "saekit-prefetch" or not t.is_alive() for t in threading.enumerate())
+
+
+def _producers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "saekit-prefetch" and t.is_alive()}
+
+
+@pytest.mark.parametrize("failure", ["log file", "non-finite batch"])
+def test_a_failed_run_leaves_no_producer_behind(tmp_path, failure):
+    before = _producers()
+    x = torch.randn(4096, 8)
+    options = {}
+    if failure == "log file":
+        (tmp_path / "taken").write_text("a file, not a folder")
+        options["log_file"] = str(tmp_path / "taken" / "log.jsonl")
+    else:
+        x[3000] = float("nan")
+    spec = saekit.DictionarySpec.from_options(method="topk", d_in=8, d_sae=16, k=2)
+    with pytest.raises(Exception):
+        saekit.train(list(x.split(500)), [spec], total_tokens=4096, batch_size=256, progress=False,
+                     prefetch=2, **options)
+    deadline = time.monotonic() + 5
+    while _producers() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (_producers() - before)
 
 
 def test_training_with_and_without_the_thread_is_identical():
