@@ -54,7 +54,7 @@ def test_a_failed_run_leaves_no_producer_behind(tmp_path, failure):
     else:
         x[3000] = float("nan")
     spec = saekit.DictionarySpec.from_options(method="topk", d_in=8, d_sae=16, k=2)
-    with pytest.raises(Exception):
+    with pytest.raises((SaekitError, OSError)):
         saekit.train(list(x.split(500)), [spec], total_tokens=4096, batch_size=256, progress=False,
                      prefetch=2, **options)
     deadline = time.monotonic() + 5
