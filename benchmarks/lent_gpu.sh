@@ -1,42 +1,113 @@
 #!/usr/bin/env bash
-# What saekit runs on a lent GPU machine (the `device` tool; see docs/benchmarks.md): that machine has
-# PyTorch but reaches no package index, so the peers travel as wheels in .whl/ and the activations as
-# the bundle of benchmarks/portable_activations.py in .gpu/. Prints everything; copies logs to $OUT.
-#   bash benchmarks/lent_gpu.sh peers [TOKENS] [PRECISION]   # CUDA tests, then benchmarks/peers.py
-#   bash benchmarks/lent_gpu.sh decompose TOY...              # benchmarks/decompose.py --published
-#   bash benchmarks/lent_gpu.sh steps                         # CUDA tests, then benchmarks/step_time.py
+# What saekit runs on a lent GPU machine (the `device` tool). That machine has PyTorch and transformers but
+# reaches no package index and takes 64 MiB of files: the peers travel as wheels in .whl/, the model as
+# its shape (config + tokenizer, random weights made there), the text in .gpu/; activations for the
+# peers benchmark are synthetic rows made there (speed does not depend on the data).
+#
+# Here, once:    bash benchmarks/lent_gpu.sh prepare     # ~52 MiB to carry (.whl 40, .gpu 12)
+# There:         bash benchmarks/lent_gpu.sh all        # carry .whl and .gpu; at most ~9.5 min; logs to $OUT
+#   Parts:       cuda-tests | train | live | peers-large | peers-small | steps | decompose TOY...
+# Smoke test of the commands on a CPU (tiny sizes, seconds): DEVICE=cpu SMOKE=1 bash benchmarks/lent_gpu.sh all
 set -uo pipefail
 OUT=${OUT:-/tmp/lent-gpu-out}
+DEVICE=${DEVICE:-cuda}
+SMOKE=${SMOKE:-}
+PY=${PY:-python3}
+PEER_PY=${PEER_PY:-$(command -v "$PY")}  # the Python with sparsify and sae-lens (there: the same one)
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
-cuda_tests() {
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_sparse.py tests/test_trainer.py \
-        tests/test_decompose.py -k "device or bfloat16 or agree or short_training" 2>&1 | tail -15 | tee "$OUT/tests.txt"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+size() { if [ -n "$SMOKE" ]; then echo "$2"; else echo "$1"; fi; }  # size FULL SMOKE
+
+setup_there() {
+    if [ -d .whl ] && [ "$DEVICE" != cpu ]; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl || exit 1
+        export PYTHONPATH=/tmp/site:$PWD
+    else
+        export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 }
-case "$1" in
+
+prepare() {  # here: wheels, the model's shape, a slice of the offline text
+    .venv/bin/python benchmarks/gpu_wheels.py eai-sparsify==1.3.3 sae-lens==6.54.12 --out .whl
+    .venv/bin/python benchmarks/shape_model.py pack "$(.venv/bin/python -c \
+        'from saekit.models.loading import offline_default_directory as d; print(d())')" --out .gpu/smollm2-shape
+    .venv/bin/python - <<'EOF'
+import glob, shutil
+from pathlib import Path
+from saekit.data.tokens import PYTHON_DOCS
+out, total = Path(".gpu/text"), 0
+out.mkdir(parents=True, exist_ok=True)
+for i, name in enumerate(sorted(glob.glob(f"{PYTHON_DOCS}/**/*.rst.txt", recursive=True))):
+    if total > 4_000_000:
+        break
+    shutil.copy(name, out / f"{i:04d}.txt")
+    total += Path(name).stat().st_size
+EOF
+    du -sh .whl .gpu
+}
+
+cuda_tests() {  # the CUDA test group: every device-parametrised test, on the GPU
+    timeout 150 $PY -m pytest -q -p no:cacheprovider tests -k "cuda or on_device or devices" 2>&1 | tail -15 \
+        | tee "$OUT/cuda-tests.txt"
+}
+
+model_dir() {
+    [ -d /tmp/smollm2-random ] || $PY benchmarks/shape_model.py build .gpu/smollm2-shape --out /tmp/smollm2-random
+    echo /tmp/smollm2-random
+}
+
+train() {  # `saekit train --device cuda` from a model, end to end, then `saekit eval` on the same device
+    local model; model=$(model_dir | tail -1)
+    rm -rf /tmp/train-gpu
+    timeout 100 $PY -m saekit.cli train --model "$model" --dataset .gpu/text --hookpoints resid_post.6 \
+        --method topk --k 32 --d-sae 4608 --total-tokens "$(size 2000000 20000)" --batch-size 4096 \
+        --device "$DEVICE" --model-dtype bfloat16 --no-progress --out /tmp/train-gpu 2>&1 | tee "$OUT/train.txt"
+    timeout 60 $PY -m saekit.cli eval /tmp/train-gpu/* --model "$model" --model-dtype bfloat16 --dataset .gpu/text \
+        --tokens "$(size 65536 2048)" --device "$DEVICE" 2>&1 | tail -8 | tee -a "$OUT/train.txt"
+}
+
+live() {  # forward alone vs saekit (prefetch 2 / 0) vs sparsify's Trainer, live from the model
+    timeout 120 $PY benchmarks/live.py --model "$(model_dir | tail -1)" --text .gpu/text --device "$DEVICE" \
+        --dtype bfloat16 --windows 64 --tokens "$(size 500000 8000)" --rounds 2 --threads 8 \
+        --peer-python "$PEER_PY" 2>&1 | tee "$OUT/live.txt"
+}
+
+peers_large() {  # the realistic shape: d_in 2304, d_sae 65,536, k 64, batch 4096, bf16, synthetic rows
+    timeout 200 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic "$(size 2304 64)" \
+        --d-sae "$(size 65536 512)" --k 64 --data /tmp/synthetic-rows --tokens "$(size 3000000 16384)" \
+        --heldout "$(size 50000 2000)" --repeats 2 --threads 8 --peer-python "$PEER_PY" \
+        --json "$OUT/peers-large.json" 2>&1 | grep -v Warning | tee "$OUT/peers-large.txt"
+}
+
+peers_small() {  # the last measurement's shape (d_in 384, d_sae 6144, k 32, bf16), on synthetic rows
+    timeout 100 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic 384 --data /tmp/synthetic-small \
+        --tokens "$(size 2000000 16384)" --heldout "$(size 50000 2000)" --repeats 2 --threads 8 \
+        --peer-python "$PEER_PY" --json "$OUT/peers-small.json" 2>&1 | grep -v Warning | tee "$OUT/peers-small.txt"
+}
+
+case "${1:-}" in
+prepare) prepare ;;
+all) setup_there; cuda_tests; train; peers_large; live; peers_small ;;  # most needed first
+cuda-tests) setup_there; cuda_tests ;;
+train) setup_there; train ;;
+live) setup_there; live ;;
+peers-large) setup_there; peers_large ;;
+peers-small) setup_there; peers_small ;;
 steps)
-    cuda_tests
-    timeout 200 python3 benchmarks/step_time.py --device cuda --profile 2>&1 | tee "$OUT/step_time.txt"
-    ;;
-peers)
-    tokens=${2:-20000000}; precision=${3:-bf16}
-    cuda_tests
-    [ -f /tmp/export/train.npy ] || timeout 120 python3 benchmarks/portable_activations.py unpack \
-        --bundle .gpu/minilm-l3 --out /tmp/export --device cuda || exit 1
-    timeout "${PEERS_TIMEOUT:-420}" python3 benchmarks/peers.py --device cuda --precision "$precision" --data /tmp/export \
-        --peer-python "$(command -v python3)" --tokens "$tokens" --repeats 3 --threads 8 \
-        --json "$OUT/peers-$precision.json" 2>&1 | grep -v Warning | tee "$OUT/peers-$precision.txt"
+    setup_there; cuda_tests
+    timeout 200 $PY benchmarks/step_time.py --device "$DEVICE" --profile 2>&1 | tee "$OUT/step_time.txt"
     ;;
 decompose)
-    shift
+    shift; setup_there
     for toy in "$@"; do
-        timeout "${DECOMPOSE_TIMEOUT:-280}" python3 benchmarks/decompose.py --toys "$toy" --published \
-            --device cuda --threads 8 --progress --out "$OUT" ${DECOMPOSE_STEPS:+--steps $DECOMPOSE_STEPS} \
+        timeout "${DECOMPOSE_TIMEOUT:-280}" $PY benchmarks/decompose.py --toys "$toy" --published \
+            --device "$DEVICE" --threads 8 --progress --out "$OUT" ${DECOMPOSE_STEPS:+--steps $DECOMPOSE_STEPS} \
             2>&1 | tr '\r' '\n' | awk '!/it\/s|s\/it/ || /[0-9]000\//' | tee "$OUT/$toy.txt"
     done
     ;;
+*) sed -n 2,9p "$0"; exit 2 ;;
 esac

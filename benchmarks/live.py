@@ -13,6 +13,9 @@ tokens a step) in each of, alternating, per round:
 Prints tokens/s per run and the medians, and saekit's rate as a fraction of the forward alone.
 
     .venv/bin/python benchmarks/live.py [--tokens 100000] [--rounds 3] [--threads 2] [--no-peer]
+
+On a GPU (benchmarks/lent_gpu.sh): `--device cuda --dtype bfloat16 --model DIR --windows 64`, where DIR
+may be a random model of the real shape (benchmarks/shape_model.py); the peer then runs in the same Python.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ def main() -> None:
     parser.add_argument("--expansion", type=int, default=8)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--no-peer", action="store_true", help="Skip sparsify.")
+    parser.add_argument("--model", default="offline-default", help="Model name or local directory.")
+    parser.add_argument("--text", default="offline-default", help="Text: offline-default or a local file.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="The model's dtype (float32, bfloat16).")
+    parser.add_argument("--windows", type=int, default=16, help="Windows of 128 tokens per forward.")
+    parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -50,51 +59,62 @@ def main() -> None:
     from saekit.data.stream import ActivationStream
     from saekit.data.tokens import TokenStream
     from saekit.models.hooks import capture
-    from saekit.models.loading import offline_default_directory
+    from saekit.models.loading import load_model, offline_default_directory
     from saekit.models.sites import resolve_hookpoints
 
-    model, tokenizer = offline_model()
+    if args.model == "offline-default" and args.device == "cpu" and args.dtype == "float32":
+        model, tokenizer = offline_model()
+    else:
+        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    model_dir = offline_default_directory() if args.model == "offline-default" else Path(args.model)
     site = f"resid_post.{args.layer}"
     point = resolve_hookpoints(model, [site])
 
     def windows() -> TokenStream:
-        return TokenStream(tokenizer, "offline-default", context=128, batch_size=16, max_tokens=args.tokens)
+        return TokenStream(tokenizer, args.text, context=128, batch_size=args.windows, max_tokens=args.tokens)
 
     ids = torch.cat([batch for batch, _ in windows()]).numpy()
     counted = sum(int(mask.sum()) for _, mask in windows())
     d_in = model.config.hidden_size
     spec = saekit.DictionarySpec.from_options(method="topk", d_in=d_in, d_sae=args.expansion * d_in, k=args.k,
                                               hookpoint=site)
-    batch_size = 2048
+    batch_size = 128 * args.windows
     budget = counted // batch_size * batch_size
-    print(f"{machine(args.threads)} model=SmolLM2-135M-Instruct site={site} d_sae={spec.dictionary.d_sae} "
-          f"k={args.k} windows={ids.shape[0]}x{ids.shape[1]} counted_tokens={counted} batch={batch_size}",
+    print(f"{machine(args.threads)} model={args.model} ({args.dtype} on {args.device}) site={site} "
+          f"d_sae={spec.dictionary.d_sae} k={args.k} windows={ids.shape[0]}x{ids.shape[1]} "
+          f"counted_tokens={counted} batch={batch_size}",
           flush=True)
 
+    def synchronized() -> float:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def forward() -> float:
-        started = time.perf_counter()
+        started = synchronized()
         for batch, _ in windows():
-            capture(model, batch, point)
-        return counted / (time.perf_counter() - started)
+            capture(model, batch.to(args.device), point)
+        return counted / (synchronized() - started)
 
     def train(prefetch: int) -> float:
-        started = time.perf_counter()
+        started = synchronized()
         saekit.train(ActivationStream(model, windows(), [site]), [spec], total_tokens=budget,
-                     batch_size=batch_size, progress=False, prefetch=prefetch)
-        return budget / (time.perf_counter() - started)
+                     batch_size=batch_size, progress=False, prefetch=prefetch, device=args.device)
+        return budget / (synchronized() - started)
 
     rates: dict[str, list[float]] = {"forward": [], "saekit": [], "saekit-p0": [], "sparsify": []}
     with tempfile.TemporaryDirectory() as folder:
         np.save(Path(folder) / "ids.npy", ids.astype(np.int64))
-        peer = [str(PEER_PYTHON), str(ROOT / "benchmarks" / "peer_live.py"), "--model",
-                str(offline_default_directory()), "--ids", str(Path(folder) / "ids.npy"), "--layer", str(args.layer),
+        peer = [str(args.peer_python), str(ROOT / "benchmarks" / "peer_live.py"), "--model",
+                str(model_dir), "--device", args.device, "--dtype", args.dtype, "--batch", str(args.windows),
+                "--ids", str(Path(folder) / "ids.npy"), "--layer", str(args.layer),
                 "--latents", str(spec.dictionary.d_sae), "--k", str(args.k), "--threads", str(args.threads),
                 "--exclude", *map(str, sorted(tokenizer.all_special_ids))]
         for round_ in range(args.rounds):
             rates["forward"].append(forward())
             rates["saekit"].append(train(prefetch=2))
             rates["saekit-p0"].append(train(prefetch=0))
-            if not args.no_peer and PEER_PYTHON.exists():
+            if not args.no_peer and args.peer_python.exists():
                 done = subprocess.run(peer, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
                     sys.exit(f"sparsify failed: {done.stderr.strip().splitlines()[-1:]}")

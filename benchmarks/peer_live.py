@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="Sequences per step.")
     parser.add_argument("--exclude", type=int, nargs="*", default=[], help="Token ids left out (specials).")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -39,7 +41,8 @@ def main() -> None:
 
     ids = np.load(args.ids)
     dataset = Dataset.from_dict({"input_ids": ids.tolist()}).with_format("torch")
-    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=getattr(torch, args.dtype)).eval()
+    model.to(args.device)
     counted = int(np.isin(ids, args.exclude, invert=True).sum())
     with tempfile.TemporaryDirectory() as folder:
         cfg = TrainConfig(SaeConfig(k=args.k, num_latents=args.latents), batch_size=args.batch,
@@ -49,6 +52,8 @@ def main() -> None:
             trainer = Trainer(cfg, dataset, model)
             started = time.perf_counter()
             trainer.fit()
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - started
     print(json.dumps({"library": "sparsify", "tokens": counted, "seconds": seconds,
                       "tokens_per_s": counted / seconds}))

@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--d-sae", type=int, default=0, help="latents (default 16 x d_in)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
@@ -217,7 +218,7 @@ def main() -> None:
     reader = RowReader(args.data / "train.npy")
     heldout = RowReader(args.data / "heldout.npy")
     args.tokens = args.tokens // args.batch * args.batch
-    d_sae = D_SAE_MULTIPLE * reader.width
+    d_sae = args.d_sae or D_SAE_MULTIPLE * reader.width
     rss_before = rss_mib()
     cpu_started = time.process_time()
     load_started = os.getloadavg()[0]

@@ -66,11 +66,38 @@ def export(cache_dir: Path, out: Path, heldout: int, seed: int = 0) -> Path:
     return save_split(rows, out, heldout, seed)
 
 
+def synthetic(out: Path, d_in: int, rows: int, heldout: int, device: str, seed: int = 0) -> Path:
+    """train.npy / heldout.npy (float16) of sparse sums of 8·d_in random unit directions, ~64 active per row
+    with exponential magnitudes, plus 1% noise: rows of a realistic width when no model of it is at hand (a
+    lent GPU). Speed does not depend on the data; FVU and dead fractions compare libraries on equal terms."""
+    if (out / "train.npy").exists() and (out / "heldout.npy").exists():
+        return out
+    generator = torch.Generator(device=device).manual_seed(seed)
+    n_features = 8 * d_in
+    features = torch.randn(n_features, d_in, device=device, generator=generator)
+    features /= features.norm(dim=1, keepdim=True)
+    chunks = []
+    for start in range(0, rows + heldout, 65536):
+        n = min(65536, rows + heldout - start)
+        active = torch.rand(n, n_features, device=device, generator=generator) < 64 / n_features
+        size = torch.empty(n, n_features, device=device).exponential_(generator=generator) * active
+        x = size @ features
+        x += 0.01 * x.std() * torch.randn(x.shape, device=device, generator=generator)
+        chunks.append(x.half().cpu())
+    all_rows = torch.cat(chunks)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", all_rows[:rows]), ("heldout", all_rows[rows:])):
+        np.save(out / f"{name}.tmp.npy", part.numpy())
+        (out / f"{name}.tmp.npy").rename(out / f"{name}.npy")
+    return out
+
+
 def run(library: str, data: Path, args: argparse.Namespace) -> dict:
     python = sys.executable if library == "saekit" else str(args.peer_python)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [python, str(ROOT / "benchmarks/peer_train.py"), "--library", library, "--data", str(data),
            "--tokens", str(args.tokens), "--threads", str(args.threads), "--batch", str(args.batch),
+           "--k", str(args.k), "--d-sae", str(args.d_sae),
            "--device", args.device, "--precision", args.precision]
     if library == "saekit":
         cmd += ["--saekit-options", args.saekit_options]
@@ -86,6 +113,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--d-sae", type=int, default=0, help="latents (default 16 x d_in)")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="D_IN",
+                        help="train on synthetic rows of this width, made in --data if absent (no cache needed)")
     parser.add_argument("--heldout", type=int, default=100_000)
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache/bench/minilm-l3")
     parser.add_argument("--data", type=Path, default=ROOT / ".cache/bench/minilm-l3-export")
@@ -106,9 +137,12 @@ def main() -> None:
         raise SystemExit("no peer environment: run SAEKIT_PEER_VENV=.cache/peer-venv bash "
                          "tests/interop/peer_env.sh")
     torch.set_num_threads(args.threads)
-    data = export(args.cache, args.data, args.heldout)
+    if args.synthetic:
+        data = synthetic(args.data, args.synthetic, min(args.tokens, 500_000), args.heldout, args.device)
+    else:
+        data = export(args.cache, args.data, args.heldout)
     d_in = int(np.load(data / "heldout.npy", mmap_mode="r").shape[1])
-    d_sae = 16 * d_in
+    d_sae = args.d_sae = args.d_sae or 16 * d_in
 
     runs: dict[str, list[dict]] = {lib: [] for lib in args.libraries}
     peak_dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
@@ -136,7 +170,7 @@ def main() -> None:
     tokens = runs[args.libraries[0]][0]["tokens"]
     loads = [r[k] for rs in runs.values() for r in rs for k in ("load_start", "load_end")]
     device = runs[args.libraries[0]][0]["device"]
-    print(f"\nTopK k=32, d_in={d_in}, d_sae={d_sae}, batch {args.batch}, {tokens:,} training tokens, "
+    print(f"\nTopK k={args.k}, d_in={d_in}, d_sae={d_sae}, batch {args.batch}, {tokens:,} training tokens, "
           f"{args.heldout:,} held out; {args.threads} threads; medians of {args.repeats} alternating runs")
     print(f"device: {device}; precision {args.precision}" + (
         " (sparsify's forward is bf16 autocast on this GPU whatever the precision)"
