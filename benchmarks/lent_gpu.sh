@@ -66,13 +66,13 @@ train() {  # `saekit train --device cuda` from a model, end to end, then `saekit
     timeout 100 $PY -m saekit.cli train --model "$model" --dataset .gpu/text --hookpoints resid_post.6 \
         --method topk --k 32 --d-sae 4608 --total-tokens "$(size 2000000 20000)" --batch-size 4096 \
         --device "$DEVICE" --model-dtype bfloat16 --no-progress --out /tmp/train-gpu 2>&1 | tee "$OUT/train.txt"
-    timeout 60 $PY -m saekit.cli eval /tmp/train-gpu/* --model "$model" --model-dtype bfloat16 --dataset .gpu/text \
+    timeout 60 $PY -m saekit.cli eval /tmp/train-gpu/topk-k32-4608 --model "$model" --model-dtype bfloat16 --dataset .gpu/text \
         --tokens "$(size 65536 2048)" --device "$DEVICE" 2>&1 | tail -8 | tee -a "$OUT/train.txt"
 }
 
 live() {  # forward alone vs saekit (prefetch 2 / 0) vs sparsify's Trainer, live from the model
     timeout 120 $PY benchmarks/live.py --model "$(model_dir | tail -1)" --text .gpu/text --device "$DEVICE" \
-        --dtype bfloat16 --windows 64 --tokens "$(size 500000 8000)" --rounds 2 --threads 8 \
+        --dtype bfloat16 --windows 64 --tokens "$(size 500000 20000)" --rounds 2 --threads 8 \
         --peer-python "$PEER_PY" 2>&1 | tee "$OUT/live.txt"
 }
 

@@ -27,7 +27,7 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
     "batchtopk": dict(lr=1e-3),
     "jumprelu": dict(lr=1e-3, sparsity_coefficient=1e-2),
     "gated": dict(lr=1e-3, sparsity_coefficient=5.0),
-    "relu": dict(lr=1e-3, sparsity_coefficient=25.0),
+    "relu": dict(lr=1e-3, sparsity_coefficient=25.0, sparsity_warmup=0.5),  # docs/methods.md, demo settings
     "matching_pursuit": dict(lr=1e-3),
 }
 TABLE = ["name", "method", "l0", "fvu", "explained_variance", "ce_loss_score", "kl_score",
