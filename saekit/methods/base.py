@@ -142,6 +142,9 @@ class Method:
         """Reject training options that do not apply to this method."""
         if training.ghost_grads and self.dead_latent_care != "ghost_grads":
             raise SaekitError(f"ghost_grads applies to relu, gated and jumprelu; {self.name} uses AuxK")
+        if training.target_l0 is not None and not self.uses_sparsity_coefficient:
+            raise SaekitError(f"target_l0 steers the sparsity coefficient of relu, gated and jumprelu; "
+                              f"{self.name} has none (its L0 is set by k)")
         if training.aux_k and self.dead_latent_care != "auxk":
             raise SaekitError(f"aux_k applies to the TopK family; {self.name} uses ghost_grads or "
                               "resample_every for dead latents")

@@ -19,6 +19,7 @@ from saekit.methods.jumprelu import DEFAULT_BANDWIDTH
 
 NORMALIZATIONS = ("none", "mean_norm_sqrt_d", "mean_squared_norm_1")
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
+OPTIONAL_FIELDS = frozenset({"target_l0"})  # None is a value here, not "use the method's default"
 
 
 class ResolvedTraining(Protocol):
@@ -45,6 +46,7 @@ class ResolvedTraining(Protocol):
     jumprelu_init_threshold: float
     threshold_ema: float
     threshold_start: float
+    target_l0: float | None
     sparse_kernels: bool
     seed: int
 
@@ -92,6 +94,10 @@ class TrainingConfig:
                                       default=0.999)
     threshold_start: float = help_field("BatchTopK/Matryoshka: fraction of steps before the inference "
                                         "threshold starts being estimated.", default=0.1)
+    target_l0: float | None = help_field(
+        "relu, gated, jumprelu: steer λ during training so the mean L0 approaches this value (a "
+        "multiplier on λ adjusted after every step once λ has warmed up; saekit.training.l0_target). "
+        "None: λ stays as given.", default=None)
     sparse_kernels: bool = help_field("TopK family: train with sparse decoder and encoder-gradient kernels "
                                       "(same result as dense, much faster).", default=True)
     seed: int = help_field("Random seed for initialisation.", default=0)
@@ -108,7 +114,8 @@ class TrainingConfig:
         if values["adam_betas"] is not None:
             values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
         out = TrainingConfig(**values)
-        unresolved = [f.name for f in dataclasses.fields(out) if getattr(out, f.name) is None]
+        unresolved = [f.name for f in dataclasses.fields(out)
+                      if getattr(out, f.name) is None and f.name not in OPTIONAL_FIELDS]
         if unresolved:  # a method's defaults must cover every None field
             raise SaekitError(f"no default for {', '.join(unresolved)} (method {dictionary.method!r})")
         resolved = cast(ResolvedTraining, out)
@@ -163,6 +170,8 @@ def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
         (training.resample_every >= 0, "resample_every must be >= 0"),
         (isinstance(training.seed, int) and not isinstance(training.seed, bool) and 0 <= training.seed < 2**63,
          "seed must be a non-negative integer"),
+        (training.target_l0 is None or (math.isfinite(training.target_l0) and training.target_l0 > 0),
+         "target_l0 must be a positive number (or None)"),
     ]
     for ok, message in checks:
         if not ok:

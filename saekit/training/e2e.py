@@ -78,7 +78,7 @@ class E2EObjective:
         acts = capture(self.model, ids, [self.site])[self.site.name]
         d.initialize(acts[mask.to(acts.device)].float().to(member.device), member.training, member.generator)
 
-    def loss(self, member: Any, batch: dict[str, Tensor], _target: Any, sparsity_coefficient: float,
+    def loss(self, member: Any, batch: dict[str, Tensor], _target: Any, sparsity_coefficient: float | Tensor,
              dead_mask: Tensor | None) -> LossResult:
         d, cfg = member.dictionary, self.cfg
         ids, mask = batch["input_ids"].to(self.device), batch["mask"].to(self.device).float()

@@ -18,6 +18,7 @@ from saekit.methods.dead_latents import squared_error
 from saekit.spec import DictionarySpec
 from saekit.training import normalization
 from saekit.training.distributed import Distributed
+from saekit.training.l0_target import L0Controller
 from saekit.training.objective import LocalObjective, Objective
 from saekit.training.schedules import lr_factor, warmup_factor
 
@@ -50,6 +51,8 @@ class SweepMember:
         self.window_tokens = [0, 0]
         self.fired_since_resample = torch.zeros(cfg.d_sae, dtype=torch.bool, device=self.device)
         self.method_state = self.dictionary.method.new_state()
+        self.l0_controller = None if training.target_l0 is None else L0Controller(
+            training.target_l0, total_steps, training.sparsity_warmup * total_steps, self.device)
 
     # --------------------------------------------------------------------------------------- start
     def start(self, first_batch: Tensor, first_target: Tensor | None = None) -> None:
@@ -76,8 +79,10 @@ class SweepMember:
                                      training.lr_decay * self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        coefficient = training.sparsity_coefficient * warmup_factor(
+        coefficient: float | Tensor = training.sparsity_coefficient * warmup_factor(
             step, training.sparsity_warmup * self.total_steps)
+        if self.l0_controller is not None:
+            coefficient = coefficient * self.l0_controller.multiplier()
         cares = training.aux_k > 0 or training.ghost_grads
         rows = self._rows(x)
         global_batch = rows * (self.dist.world if self.dist is not None else 1)
@@ -99,6 +104,11 @@ class SweepMember:
         d.method.after_step(d)
 
         self._update_statistics(result.encoding, result.encoding.rows, step)
+        if self.l0_controller is not None:
+            l0 = result.encoding.mean_l0_tensor()
+            if self.dist is not None:  # every rank steers by the global batch, so λ stays identical
+                l0 = self.dist.sum(l0) / self.dist.world
+            self.l0_controller.update(l0, step)
         if training.resample_every and (step + 1) % training.resample_every == 0:
             assert result.inputs is not None, "resampling needs the objective's normalised inputs"
             x, target = result.inputs
@@ -242,6 +252,7 @@ class SweepMember:
             "window_tokens": list(self.window_tokens),
             "fired_since_resample": self.fired_since_resample,
             "method": self.method_state.state_dict(),
+            **({"l0_controller": self.l0_controller.state_dict()} if self.l0_controller is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -259,3 +270,5 @@ class SweepMember:
         self.window_tokens = list(state["window_tokens"])
         self.fired_since_resample.copy_(state["fired_since_resample"])
         self.method_state.load_state_dict(state["method"])
+        if self.l0_controller is not None:
+            self.l0_controller.load_state_dict(state["l0_controller"])

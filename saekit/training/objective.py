@@ -29,7 +29,7 @@ class LossResult:
     inputs: tuple[Tensor, Tensor | None] | None = None  # the normalised (x, target), for resampling
 
 
-def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float, dead_mask: Tensor | None,
+def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float | Tensor, dead_mask: Tensor | None,
                   training: Any, target: Tensor | None = None) -> LossResult:
     """The full objective on a normalised batch x [B, d_in]; `target` is what to reconstruct
     (transcoders: the MLP output), by default x itself."""
@@ -62,7 +62,7 @@ class Objective(Protocol):
 
     def start(self, member: Any, x: Any, target: Any) -> None: ...
 
-    def loss(self, member: Any, x: Any, target: Any, sparsity_coefficient: float,
+    def loss(self, member: Any, x: Any, target: Any, sparsity_coefficient: float | Tensor,
              dead_mask: Tensor | None) -> LossResult: ...
 
 
@@ -72,7 +72,7 @@ class LocalObjective:
     def start(self, member: Any, x: Tensor, target: Tensor | None) -> None:
         member.start(x, target)
 
-    def loss(self, member: Any, x: Tensor, target: Tensor | None, sparsity_coefficient: float,
+    def loss(self, member: Any, x: Tensor, target: Tensor | None, sparsity_coefficient: float | Tensor,
              dead_mask: Tensor | None) -> LossResult:
         x = x.to(member.device, torch.float32) * member.scale_in
         if target is not None:
