@@ -23,7 +23,7 @@ def configs() -> list[saekit.DictionarySpec]:
         saekit.DictionarySpec.from_options(method="batchtopk", d_in=16, d_sae=48, k=3, lr=3e-3, dead_tokens=256,
                                 seed=1),
         saekit.DictionarySpec.from_options(method="relu", d_in=16, d_sae=48, sparsity_coefficient=2.0, lr=3e-3,
-                                resample_every=10, seed=2),
+                                resample_every=10, seed=2, target_l0=4.0),  # λ steering resumes too
         saekit.DictionarySpec.from_options(method="jumprelu", d_in=16, d_sae=48, sparsity_coefficient=1e-3,
                                 lr=3e-3, ghost_grads=True, dead_tokens=256, seed=3),
     ]
