@@ -4,6 +4,7 @@ dictionary_learning installed from PyPI; saekit NOT importable), never with saek
     python peer_helper.py create WORKDIR   # build + save dictionaries with the real libraries
     python peer_helper.py load WORKDIR     # load saekit-written dictionaries with the real libraries
     python peer_helper.py all WORKDIR      # both, importing the libraries once
+    python peer_helper.py synthetic WORKDIR  # SAELens's synthetic-data evals and generator (below)
 
 Inputs are `WORKDIR/inputs.safetensors` (`x [N, d_in]`, float32). Each case writes
 `outputs.safetensors` with `latents` (dense [N, d_sae]) and `recon` (the library's forward output),
@@ -304,8 +305,77 @@ def load_saekit_written(work: Path, x: torch.Tensor) -> None:
             raise ValueError(f"unknown format {case['format']}")
 
 
+# ---------------------------------------------------------------------------------------- synthetic
+def synthetic(work: Path) -> None:
+    """SAELens's SynthSAEBench code on saekit's inputs, in WORKDIR/synthetic (see
+    tests/interop/synthetic_case.py, which writes them and compares):
+    - metrics.json: `eval_sae_on_synthetic_data` for each SAELens-format dictionary in dictionaries/,
+      on the ground-truth codes and features of samples.safetensors (fed through a generator stub);
+    - generator.safetensors / generator.json: SAELens's SyntheticModel built from generator_config.json:
+      its probabilities, magnitude spreads and hierarchy, and statistics of its samples."""
+    from sae_lens import SAE
+    from sae_lens.synthetic.evals import eval_sae_on_synthetic_data
+    from sae_lens.synthetic.feature_dictionary import FeatureDictionary
+    from sae_lens.synthetic.synthetic_model import SyntheticModel, SyntheticModelConfig
+    from synthetic_stats import CodeStatistics
+
+    root = work / "synthetic"
+    tensors = load_file(str(root / "samples.safetensors"))
+    features, bias, codes = tensors["features"], tensors["bias"], tensors["codes"]
+    feature_dict = FeatureDictionary(features.shape[0], features.shape[1], bias=True, initializer=None)
+    with torch.no_grad():
+        feature_dict.feature_vectors.copy_(features)
+        feature_dict.bias.copy_(bias)
+
+    class Replay:
+        """An activation generator that hands out saekit's codes, in order."""
+
+        def __init__(self) -> None:
+            self.start = 0
+
+        def sample(self, n: int) -> torch.Tensor:
+            out = codes[self.start:self.start + n]
+            self.start += n
+            return out
+
+    metrics = {}
+    for path in sorted((root / "dictionaries").iterdir()):
+        sae = SAE.load_from_disk(str(path), device="cpu")
+        result = eval_sae_on_synthetic_data(sae, feature_dict, Replay(), num_samples=codes.shape[0],
+                                            batch_size=1024)
+        metrics[path.name] = result.to_dict()
+    (root / "metrics.json").write_text(json.dumps(metrics, indent=1))
+
+    request = json.loads((root / "generator_config.json").read_text())  # {"config": ..., "samples": n}
+    cfg = SyntheticModelConfig.from_dict(request["config"])
+    model = SyntheticModel(cfg, device="cpu")
+    n = cfg.num_features
+    parent = torch.full((n,), -1, dtype=torch.long)
+    exclusive = torch.zeros(n, dtype=torch.bool)
+    stack = list(model.hierarchy.roots) if model.hierarchy is not None else []
+    while stack:
+        node = stack.pop()
+        exclusive[node.feature_index] = bool(node.mutually_exclusive_children)
+        for child in node.children:
+            parent[child.feature_index] = node.feature_index
+            stack.append(child)
+    generator = model.activation_generator
+    stats = CodeStatistics(parent, exclusive, generator.mean_firing_magnitudes)
+    torch.manual_seed(0)
+    for _ in range(request["samples"] // 4096):
+        stats.update(generator.sample(4096))
+    save_file({"probabilities": generator.firing_probabilities.float().contiguous(),
+               "std_magnitudes": generator.std_firing_magnitudes.float().contiguous(),
+               "mean_magnitudes": generator.mean_firing_magnitudes.float().contiguous(),
+               "parent": parent, "exclusive": exclusive.to(torch.uint8)}, str(root / "generator.safetensors"))
+    (root / "generator.json").write_text(json.dumps(stats.result()))
+
+
 def main() -> None:
     mode, work = sys.argv[1], Path(sys.argv[2])
+    if mode == "synthetic":
+        synthetic(work)
+        return
     x = load_file(str(work / "inputs.safetensors"))["x"]
     if mode in ("create", "all"):
         root = work / "peer"
@@ -317,7 +387,7 @@ def main() -> None:
         (root / "cases.json").write_text(json.dumps(cases, indent=1))
     if mode in ("load", "all"):
         load_saekit_written(work, x)
-    if mode not in ("create", "load", "all"):
+    if mode not in ("create", "load", "all", "synthetic"):
         raise SystemExit(f"unknown mode {mode!r}")
 
 

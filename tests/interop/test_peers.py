@@ -103,19 +103,6 @@ def _saekit_dictionary(name: str):
 
 
 @pytest.fixture(scope="session")
-def peer_python() -> Path:
-    if os.environ.get("SAEKIT_PEER_TESTS", "1") == "0":
-        pytest.skip("SAEKIT_PEER_TESTS=0")
-    result = subprocess.run(["bash", str(HERE / "peer_env.sh")], cwd=ROOT, capture_output=True, text=True,
-                            timeout=1200)
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
-        pytest.fail("building the peer environment failed (tests/interop/peer_env.sh):\n" + "\n".join(tail))
-    venv = Path(os.environ.get("SAEKIT_PEER_VENV", ROOT / ".cache" / "peer-venv"))
-    return (venv if venv.is_absolute() else ROOT / venv) / "bin" / "python"
-
-
-@pytest.fixture(scope="session")
 def work(peer_python, tmp_path_factory) -> Path:
     """Run the peer side once: create the peers' dictionaries and load saekit's."""
     work = tmp_path_factory.mktemp("interop")
