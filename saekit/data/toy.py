@@ -2,7 +2,8 @@
 source of activations built from known sparse features.
 
 Variant used, as the spec asks us to state it:
-- G ground-truth features in R^h, rows ~ N(0, I) normalised to unit norm (h = 256, G = 512 by default).
+- G ground-truth features in R^h, rows ~ N(0, I) normalised to unit norm (h = 256, G = 512 by default),
+  drawn from their own seed stream (saekit.data.seeds), never the one a dictionary's init uses.
 - Marginal firing probabilities p_i ∝ γ^i (γ = 0.99), rescaled so that mean(p)·G = mean_active (5).
 - Correlation per example through a Gaussian copula: s = B·z + sqrt(1 − ||B_i||²)·ε with a random factor
   matrix B [G, rank] whose rows have norm `correlation` (a random PSD correlation matrix BBᵀ + D with
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from saekit.data.seeds import derived_seed
 from saekit.errors import SaekitError
 
 
@@ -56,7 +58,8 @@ class ToyData:
         self.chunk_size = chunk_size
         # Held-out data uses a disjoint seed space so evaluation never sees training rows.
         self.split_offset = {"train": 0, "test": 1_000_003}[split]
-        g = torch.Generator().manual_seed(cfg.seed)
+        # Not manual_seed(cfg.seed): a dictionary trained with the same seed would start on the features.
+        g = torch.Generator().manual_seed(derived_seed("toy features", cfg.seed))
         features = torch.randn(cfg.n_features, cfg.d_in, generator=g)
         self.features = features / features.norm(dim=-1, keepdim=True)
         decay = cfg.decay ** torch.arange(cfg.n_features, dtype=torch.float64)

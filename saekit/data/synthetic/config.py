@@ -24,7 +24,7 @@ class SyntheticConfig:
 
     n_features: int = help_field("Number N of ground-truth features.", default=16_384)
     d_in: int = help_field("Dimension of the activations the features are written into.", default=768)
-    seed: int = help_field("Seed of the model: directions and probabilities (seed), magnitude spreads "
+    seed: int = help_field("Seed of the model: directions (a stream derived from seed), magnitude spreads "
                            "(seed+1), hierarchy (seed+3), correlation (seed+4).", default=42)
     zipf_exponent: float = help_field("Feature i (rank r = i+1) fires with p_min + (p_max − p_min)·"
                                       "(r^−a − N^−a)/(1 − N^−a); this is a.", default=0.5)

@@ -2,7 +2,8 @@
 
 Built once from a `SyntheticConfig`, always on the CPU and in this order, so a seed gives the same model
 on every machine: hierarchy (random.Random(seed+3)), correlation factor (seed+4), directions and bias
-(seed), probabilities, magnitude spreads (seed+1). Directions are orthogonalised on the model's device
+(a stream derived from the seed, saekit.data.seeds: never a dictionary's init stream), probabilities,
+magnitude spreads (seed+1). Directions are orthogonalised on the model's device
 (the 16k preset's 16k × 16k Gram matrices are slow on a CPU); that step is deterministic per device.
 
 Per sample: feature i fires when a Gaussian-copula variable g_i = ε·F_i + η_i·√D_i (ε ~ N(0, I_r), η_i ~
@@ -23,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saekit.data.seeds import derived_seed
 from saekit.data.synthetic.config import SyntheticConfig
 from saekit.data.synthetic.hierarchy import (
     Hierarchy,
@@ -107,7 +109,8 @@ class SyntheticModel:
         capped = loading > 0.99
         factor[capped] *= (0.99 / loading[capped]).sqrt()[:, None]
 
-        g = torch.Generator().manual_seed(cfg.seed)
+        # Not manual_seed(cfg.seed): a dictionary trained with that seed would start on the directions.
+        g = torch.Generator().manual_seed(derived_seed("synthetic directions", cfg.seed))
         directions = torch.randn(n, cfg.d_in, generator=g)
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         bias = torch.randn(cfg.d_in, generator=g)
