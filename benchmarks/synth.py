@@ -43,7 +43,8 @@ def main() -> None:
     print(generation, flush=True)
 
     started = time.perf_counter()
-    result = run_synth_bench(preset, args.methods, device=args.device, progress=False, out=args.out)
+    result = run_synth_bench(preset, args.methods, device=args.device, progress=False, out=args.out,
+                             overwrite=True)  # this script's own figures folder
     total = time.perf_counter() - started
     rows = result["rows"]
     print(format_table(rows, COLUMNS))

@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="Hierarchy probability compensation of the synthetic model (default: exact).")
     synth.add_argument("--device", default="cpu", help="Device of the model, data and dictionaries.")
     synth.add_argument("--out", type=Path, default=None, help="Write results.json, table.txt and the plot here.")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="Write into --out even if saekit did not write it (default: refuse).")
     synth.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     synth.set_defaults(func=run_synth)
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
@@ -62,7 +64,8 @@ def run_synth(args: argparse.Namespace) -> int:
                           lr=args.lr)
     overrides = {"compensation": args.compensation} if args.compensation else None
     result = run_synth_bench(preset, args.methods, device=args.device, progress=not args.no_progress,
-                             synthetic_overrides=overrides, out=args.out)
+                             synthetic_overrides=overrides, out=args.out,
+                             overwrite=args.overwrite)
     print_table(result["rows"], COLUMNS)
     true_l0 = result["rows"][0]["true_l0"] if result["rows"] else float("nan")
     print(f"\ntrue L0 {true_l0:.2f}; training {result['train_s']:.0f} s for {len(result['rows'])} dictionaries "

@@ -111,12 +111,18 @@ def bench_spec(preset: BenchPreset, method: str, l0: float, d_in: int, **options
 
 def run_synth_bench(preset: BenchPreset, methods: Sequence[str] | None = None, device: str = "cpu",
                     progress: bool = True, options: dict[str, dict[str, Any]] | None = None,
-                    synthetic_overrides: dict[str, Any] | None = None, out: Path | None = None) -> dict[str, Any]:
+                    synthetic_overrides: dict[str, Any] | None = None, out: Path | None = None,
+                    overwrite: bool = False) -> dict[str, Any]:
     """Train every method at every L0 of `preset` in one sweep, score each on held-out samples, and
-    return {"rows": [...], ...} (also written to out/results.json with the plot, if `out` is given).
+    return {"rows": [...], ...} (also written to out/results.json with the plot, if `out` is given;
+    `out` must be absent, empty or saekit's own unless `overwrite`, checked before any work).
     `options` adds per-method dictionary/training options (e.g. {"batchtopk": {"aux_k": 0}})."""
     from saekit.evaluation.synthetic import evaluate_synthetic
+    from saekit.io import output_directory
     from saekit.training.trainer import train
+
+    if out is not None:
+        output_directory(out, overwrite)
 
     methods = list(methods or method_names())
     for method in methods:

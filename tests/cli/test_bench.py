@@ -39,6 +39,16 @@ def test_bench_synth_bad_input_is_one_line(capsys):
     assert "unknown method" in capsys.readouterr().err
 
 
+def test_bench_synth_refuses_an_output_folder_saekit_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["bench", "synth", "--methods", "topk", "--samples", "1024", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "was not written by saekit" in err and "--overwrite" in err and "Traceback" not in err
+    assert (out / "notes.txt").read_text() == "keep me" and not (out / "results.json").exists()
+
+
 def test_bench_spec_gives_k_or_a_target_and_the_published_prefix_fractions():
     preset = bench_preset("16k")
     assert bench_spec(preset, "batchtopk", 25, 768).dictionary.k == 25
