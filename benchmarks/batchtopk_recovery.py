@@ -14,7 +14,7 @@ held-out rows, and for BatchTopK/Matryoshka the same F1/L0/dead with the trainin
 instead of the inference threshold, plus the correlation between a row's L0 and its true number of
 active features (how much the per-row budget follows the data).
 
-    .venv/bin/python benchmarks/batchtopk_recovery.py [--only toy|synth] [--toy-tokens 2000000]
+    .venv/bin/python benchmarks/batchtopk_recovery.py [--only toy|synth] [--toy-tokens 2000000] [--toy small]
 """
 
 from __future__ import annotations
@@ -109,25 +109,36 @@ def specs_for(variants: dict[str, dict[str, Any]], base: Callable[[str, dict[str
     return [base(name, dict(options)) for name, options in variants.items()]
 
 
-def run_toy(tokens: int) -> list[dict[str, Any]]:
-    toy = ToyConfig()  # `saekit toy`'s defaults
+# `saekit toy`'s defaults (width = G, k = mean active 5, batch 1024), and a small problem for quick checks
+# (the CLI toy test's: 2x overcomplete, k = mean active 3, batch 512).
+TOY_SETTINGS: dict[str, dict[str, Any]] = {
+    "default": dict(toy=ToyConfig(), d_sae=512, k=5, batch=1024, prefixes=[16, 64, 256, 512]),
+    "small": dict(toy=ToyConfig(d_in=32, n_features=48, mean_active=3), d_sae=96, k=3, batch=512,
+                  prefixes=[3, 12, 48, 96]),
+}
+
+
+def run_toy(tokens: int, setting: str = "default") -> list[dict[str, Any]]:
+    chosen = TOY_SETTINGS[setting]
+    toy: ToyConfig = chosen["toy"]
     train_data = ToyData(toy)
     test = ToyData(toy, split="test")
     batches = [test.chunk(1000 + i) for i in range(20)]  # 20,480 held-out rows
 
     def base(name: str, options: dict[str, Any]) -> DictionarySpec:
         method = options.pop("method")
-        values: dict[str, Any] = dict(method=method, d_in=toy.d_in, d_sae=toy.n_features, k=5, lr=1e-3,
-                                      dead_tokens=100 * 1024, name=name.replace(" ", "-").replace("'", ""))
+        values: dict[str, Any] = dict(method=method, d_in=toy.d_in, d_sae=chosen["d_sae"], k=chosen["k"],
+                                      lr=1e-3, dead_tokens=100 * chosen["batch"],
+                                      name=name.replace(" ", "-").replace("'", ""))
         if method == "matryoshka":
-            values["matryoshka_prefixes"] = [16, 64, 256, 512]  # 1/32, 1/8, 1/2 and all, as published
+            values["matryoshka_prefixes"] = chosen["prefixes"]  # 1/32, 1/8, 1/2 and all, as published
         values.update(options)  # lr=None: the method's own default learning rate
         return DictionarySpec.from_options(**values)
 
     started = time.perf_counter()
     dictionaries = saekit.train(train_data, specs_for(TOY_VARIANTS, base), total_tokens=tokens,
-                                batch_size=1024, progress=False)
-    print(f"flat toy: trained {len(dictionaries)} dictionaries on {tokens:,} rows in "
+                                batch_size=chosen["batch"], progress=False)
+    print(f"flat toy ({setting}): trained {len(dictionaries)} dictionaries on {tokens:,} rows in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
     frequent = torch.arange(toy.n_features) < toy.n_features // 2  # p_i ∝ 0.99^i: low index = frequent
     return [score("toy", name, d, batches, train_data.features, frequent)
@@ -163,15 +174,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["toy", "synth"], default=None)
     parser.add_argument("--toy-tokens", type=int, default=2_000_000)
+    parser.add_argument("--toy", choices=list(TOY_SETTINGS), default="default",
+                        help="default: `saekit toy`'s problem; small: d 32, 48 features, width 96, k 3.")
     parser.add_argument("--synth-samples", type=int, default=None, help="Default: the CPU preset's.")
+    parser.add_argument("--toy-variants", type=json.loads, default=None,
+                        help='Replace the toy variants: JSON {"name": {"method": ..., option: value}}.')
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/figures/batchtopk-recovery.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    if args.toy_variants:
+        TOY_VARIANTS.clear()
+        TOY_VARIANTS.update(args.toy_variants)
     if args.only in (None, "toy"):
-        rows += run_toy(args.toy_tokens)
+        rows += run_toy(args.toy_tokens, args.toy)
         print(format_table(rows, COLUMNS), flush=True)
     if args.only in (None, "synth"):
         synth_rows = run_synth(args.synth_samples)
