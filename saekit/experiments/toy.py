@@ -11,7 +11,8 @@ from saekit.spec import DictionarySpec
 # The λ / k for each method on the default toy problem, documented for `saekit toy`. Chosen with
 # `saekit toy` defaults (2M tokens, batch 1024, d_sae = G = 512) while the toy's features were still
 # every dictionary's initial decoder (fixed: saekit.data.seeds), so "recovers at MMCS >= 0.9" is not
-# established for them any more; docs/synthetic.md gives the TopK-family figures since the fix.
+# established for them any more (docs/synthetic.md measures TopK, BatchTopK and Matryoshka on a
+# smaller toy since the fix; benchmarks/batchtopk_recovery.py runs the default one).
 TOY_PRESETS: dict[str, dict] = {
     "topk": dict(k=5, lr=1e-3),
     "batchtopk": dict(k=5, lr=1e-3),
