@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from saekit.commands.common import print_table
 from saekit.commands.sources import add_model_arguments, open_model, text_config, warn_other_model
 from saekit.errors import SaekitError
+from saekit.io import atomic_write_json
 
 TABLE = ["name", "method", "l0", "fvu", "explained_variance", "ce_loss_score", "kl_score",
          "delta_lm_loss", "dead_fraction", "relative_reconstruction_bias"]
@@ -20,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="Evaluate dictionaries spliced into their model (CE/KL scores, FVU, L0, ...).",
         description="For each dictionary, on held-out tokens (the test split) of the model: CE loss "
                     "clean / spliced / zero-ablated, CE-loss score, KL(clean || spliced) and KL score, "
-                    "delta LM loss, and every core metric. Results as JSON and a table.")
-    parser.add_argument("dictionaries", nargs="+", type=Path, help="Dictionary directories.")
+                    "delta LM loss, and every core metric. Results as JSON and a table. With --probing: "
+                    "sparse probing on the sae-probes datasets instead (k-sparse probes on latents vs a "
+                    "probe on raw activations, test AUC; docs/evaluation.md).")
+    parser.add_argument("dictionaries", nargs="*", type=Path, help="Dictionary directories.")
     parser.add_argument("--tokens", type=int, default=20_000, help="Held-out tokens to evaluate on.")
     parser.add_argument("--encoder", default="dictionary",
                         choices=("dictionary", "topk", "matching-pursuit", "gradient-pursuit"),
@@ -30,6 +34,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--l0", type=int, default=None, help="Atoms per token for --encoder.")
     parser.add_argument("--out", type=Path, default=None, help="Write results JSON here.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    probing = parser.add_argument_group("sparse probing (--probing)")
+    probing.add_argument("--probing", action="store_true",
+                         help="Run sparse probing on the sae-probes datasets instead of spliced metrics.")
+    probing.add_argument("--datasets", nargs="+", default=None,
+                         help="sae-probes datasets ({number}_{tag}; default: five small ones, us_state FL and "
+                              "CA, athlete_sport_football, world_country_Italy, toxic_is; `all` for the 113 "
+                              "binary datasets).")
+    probing.add_argument("--list-datasets", action="store_true", help="List the datasets and exit.")
+    probing.add_argument("--ks", nargs="+", type=int, default=None,
+                         help="Latents per sparse probe (default: 1 2 5 16).")
+    probing.add_argument("--probe-penalty", choices=("l1", "l2"), default="l1",
+                         help="Regularisation of the probes on latents (default l1, as SAEBench; the raw-"
+                              "activation baseline is always l2, as sae-probes' logreg baseline).")
+    probing.add_argument("--probe-seed", type=int, default=42, help="Seed of the split and the probes.")
+    probing.add_argument("--max-prompt-tokens", type=int, default=1024,
+                         help="Prompt tokens kept (left truncation, BOS kept).")
+    probing.add_argument("--probing-data", type=Path, default=None,
+                         help="sae-probes data folder (default: the installed sae-probes wheel's).")
+    probing.add_argument("--probing-cache", type=Path, default=None,
+                         help="Cache last-token activations here, per model and hookpoint (reruns and other "
+                              "dictionaries of the same hookpoint skip the model).")
     add_model_arguments(parser, hookpoints=False)
     parser.set_defaults(func=run)
 
@@ -38,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
     import saekit
     from saekit.evaluation.splice import evaluate_on_text
 
+    if args.list_datasets:
+        from saekit.evaluation.probing import available_datasets
+
+        print("\n".join(available_datasets(args.probing_data)))
+        return 0
+    if not args.dictionaries:
+        raise SaekitError("no dictionaries given: pass one or more dictionary directories")
     if args.tokens <= 0:
         raise SaekitError("--tokens must be positive")
     names = [path.name for path in args.dictionaries]
@@ -52,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     for d in dictionaries.values():
         warn_other_model(d, args.model)
     model, tokenizer = open_model(args)
+    if args.probing:
+        return run_probing(args, model, tokenizer, dictionaries)
     rows = evaluate_on_text(model, tokenizer, dictionaries, text_config(args), args.tokens, args.encoder,
                             args.l0, progress=not args.no_progress)
     print_table(rows, TABLE)
@@ -62,4 +96,39 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+PROBING_TABLE = ["dictionary", "dataset", "n_train", "n_test", "baseline_auc"]
+
+
+def run_probing(args: argparse.Namespace, model: Any, tokenizer: Any, dictionaries: dict[str, Any]) -> int:
+    """`saekit eval --probing`: sparse probing instead of spliced metrics."""
+    from saekit.evaluation.probing import (
+        DEFAULT_KS,
+        QUICK_DATASETS,
+        ProbingOptions,
+        available_datasets,
+        plot_probing,
+        sparse_probing,
+    )
+
+    datasets = args.datasets or list(QUICK_DATASETS)
+    if datasets == ["all"]:
+        datasets = available_datasets(args.probing_data)
+    options = ProbingOptions(ks=args.ks or list(DEFAULT_KS), penalty=args.probe_penalty, seed=args.probe_seed,
+                             max_length=args.max_prompt_tokens, batch_size=text_config(args).model_batch_size,
+                             data_dir=args.probing_data,
+                             cache_dir=args.probing_cache, progress=not args.no_progress)
+    result = sparse_probing(model, tokenizer, dictionaries, datasets, options)
+    ks = [f"auc_k{k}" for k in options.ks]
+    print_table(result["rows"], PROBING_TABLE + ks)
+    print("mean test AUC over datasets:")
+    print_table(result["summary"], ["dictionary", "datasets", "baseline_auc"] + ks)
+    timing = result["timing"]
+    print("time: " + ", ".join(f"{key.removesuffix('_s')} {value:.1f}s" for key, value in timing.items()))
+    if args.out is not None:
+        atomic_write_json(args.out, result)
+        plot = plot_probing(result, args.out.with_suffix(".png"))
+        print(f"results -> {args.out}, plot -> {plot}")
     return 0
