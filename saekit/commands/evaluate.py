@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
         args.model = recorded.pop()
     for d in dictionaries.values():
         warn_other_model(d, args.model)
-    model, tokenizer = open_model(args)
     if args.probing:
-        return run_probing(args, model, tokenizer, dictionaries)
+        return run_probing(args, dictionaries)
+    model, tokenizer = open_model(args)
     rows = evaluate_on_text(model, tokenizer, dictionaries, text_config(args), args.tokens, args.encoder,
                             args.l0, progress=not args.no_progress)
     print_table(rows, TABLE)
@@ -102,13 +102,14 @@ def run(args: argparse.Namespace) -> int:
 PROBING_TABLE = ["dictionary", "dataset", "n_train", "n_test", "baseline_auc"]
 
 
-def run_probing(args: argparse.Namespace, model: Any, tokenizer: Any, dictionaries: dict[str, Any]) -> int:
+def run_probing(args: argparse.Namespace, dictionaries: dict[str, Any]) -> int:
     """`saekit eval --probing`: sparse probing instead of spliced metrics."""
     from saekit.evaluation.probing import (
         DEFAULT_KS,
         QUICK_DATASETS,
         ProbingOptions,
         available_datasets,
+        check_datasets,
         plot_probing,
         sparse_probing,
     )
@@ -116,10 +117,12 @@ def run_probing(args: argparse.Namespace, model: Any, tokenizer: Any, dictionari
     datasets = args.datasets or list(QUICK_DATASETS)
     if datasets == ["all"]:
         datasets = available_datasets(args.probing_data)
+    check_datasets(datasets, args.probing_data)  # before the model loads
     options = ProbingOptions(ks=args.ks or list(DEFAULT_KS), penalty=args.probe_penalty, seed=args.probe_seed,
                              max_length=args.max_prompt_tokens, batch_size=text_config(args).model_batch_size,
                              data_dir=args.probing_data,
                              cache_dir=args.probing_cache, progress=not args.no_progress)
+    model, tokenizer = open_model(args)
     result = sparse_probing(model, tokenizer, dictionaries, datasets, options)
     ks = [f"auc_k{k}" for k in options.ks]
     print_table(result["rows"], PROBING_TABLE + ks)

@@ -35,7 +35,7 @@ def synthetic_record(tokenizer, rows: int = 300, T: int = 64, seed: int = 0) -> 
     target_ids = [vocab[w] for w in TARGETS]
     ids = rng.choice(common, size=(rows, T))
     ids[:, 0] = tokenizer.bos_token_id
-    for j, token in enumerate(target_ids):
+    for token in target_ids:
         hits = rng.random((rows, T - 1)) < 0.004
         ids[:, 1:][hits] = token
     counted = ids != tokenizer.bos_token_id
@@ -204,7 +204,7 @@ def tiny_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("autointerp")
     tokenizer = tiny_tokenizer()
     model_dir = save_tiny(root / "model", tiny_llama(len(tokenizer)), tokenizer)
-    corpus = write_corpus(root / "corpus", n_docs=600)  # every 20th document is held out: 30 to read
+    write_corpus(root / "corpus", n_docs=600)  # every 20th document is held out: 30 to read
     d = randomize(Dictionary(DictionaryConfig(method="topk", d_in=32, d_sae=24, k=4)), seed=3).eval()
     d.provenance = Provenance(model_name=str(model_dir), hookpoint="resid_post.0")
     saekit.save(d, root / "dict")

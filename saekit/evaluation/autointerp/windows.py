@@ -9,9 +9,9 @@ Sampling follows SAEBench's autointerp (METHODS-2 §7.1), per latent:
 - importance-weighted ("quantile") windows: centres drawn without replacement with probability ∝ a²
   among the activations below the weakest top one, so the explainer also sees how the latent fires
   weakly; n_iw_explain to the explainer, n_iw_score to the scorer;
-- random: n_random uniformly drawn centres (among tokens that count), shown to the scorer as inactive examples (SAEBench labels
-  them inactive without checking; `check_random` draws only windows where the latent stays below the
-  active threshold instead);
+- random: n_random uniformly drawn centres (among tokens that count), shown to the scorer as inactive
+  examples (SAEBench labels them inactive without checking; `check_random` draws only windows where the
+  latent stays below the active threshold instead);
 - a token counts as active when its value exceeds `active_fraction` × the latent's largest top value.
 """
 

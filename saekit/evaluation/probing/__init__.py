@@ -5,9 +5,10 @@ from saekit.evaluation.probing.run import (
     QUICK_DATASETS,
     ProbingOptions,
     available_datasets,
+    check_datasets,
     plot_probing,
     sparse_probing,
 )
 
-__all__ = ["DEFAULT_KS", "QUICK_DATASETS", "ProbingOptions", "available_datasets", "plot_probing",
+__all__ = ["DEFAULT_KS", "QUICK_DATASETS", "ProbingOptions", "available_datasets", "check_datasets", "plot_probing",
            "sparse_probing"]

@@ -75,14 +75,20 @@ class ProbingDataset:
     full_size: int  # rows in the file (the split sizes are computed from it, as sae-probes does)
 
 
+def check_names(names: list[str] | tuple[str, ...], folder: Path) -> None:
+    """A one-line error for the first name that is not a binary dataset, with close names as a hint."""
+    known = binary_datasets(folder)
+    for name in names:
+        if name not in known:
+            close = [k for k in known if name.lower() in k.lower()][:5]
+            hint = f" (did you mean {', '.join(close)}?)" if close else " (`saekit eval --list-datasets` lists them)"
+            raise SaekitError(f"unknown sae-probes dataset {name!r}{hint}")
+
+
 def read_dataset(name: str, folder: Path) -> ProbingDataset:
     from sklearn.preprocessing import LabelEncoder
 
-    known = binary_datasets(folder)
-    if name not in known:
-        close = [k for k in known if name.lower() in k.lower()][:5]
-        hint = f" (did you mean {', '.join(close)}?)" if close else " (`saekit eval --probing --list` lists them)"
-        raise SaekitError(f"unknown sae-probes dataset {name!r}{hint}")
+    check_names([name], folder)
     frame = _read_zst_csv(folder / "cleaned_data" / f"{name}.csv.zst")
     if "prompt" not in frame.columns or "target" not in frame.columns:
         raise SaekitError(f"dataset {name} has no prompt/target columns: the data files are damaged")

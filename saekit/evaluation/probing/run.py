@@ -26,6 +26,7 @@ from saekit.errors import SaekitError
 from saekit.evaluation.probing.activations import ActivationCache, last_token_activations, model_fingerprint
 from saekit.evaluation.probing.data import (
     binary_datasets,
+    check_names,
     data_directory,
     normal_split_sizes,
     read_dataset,
@@ -71,6 +72,11 @@ def available_datasets(data_dir: str | Path | None = None) -> list[str]:
     return list(binary_datasets(data_directory(data_dir)))
 
 
+def check_datasets(names: Sequence[str], data_dir: str | Path | None = None) -> None:
+    """Fail in one line on an unknown dataset name (before any model is loaded)."""
+    check_names(tuple(names), data_directory(data_dir))
+
+
 @torch.no_grad()
 def encode_rows(d: Dictionary, x: np.ndarray, batch: int = 128) -> np.ndarray:
     device, dtype = d.W_dec.device, d.W_dec.dtype
@@ -105,7 +111,7 @@ def sparse_probing(model: nn.Module, tokenizer: Any, dictionaries: dict[str, Dic
     cache = ActivationCache(options.cache_dir, model_fingerprint(model)) if options.cache_dir else None
     by_hookpoint: dict[str, dict[str, Dictionary]] = {}
     for name, d in dictionaries.items():
-        by_hookpoint.setdefault(d.provenance.hookpoint, {})[name] = d  # type: ignore[index]
+        by_hookpoint.setdefault(str(d.provenance.hookpoint), {})[name] = d
     points = {h: resolve_hookpoints(model, [h])[0] for h in by_hookpoint}
     rows: list[dict[str, Any]] = []
     timing = {"activations_s": 0.0, "encode_s": 0.0, "baseline_s": 0.0, "probes_s": 0.0}
