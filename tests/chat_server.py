@@ -4,8 +4,9 @@ deterministically, for the autointerp tests and benchmark (no network, no real m
 Models (the request's "model" field):
 - "oracle": as explainer, names the marked span seen most often ("This neuron activates on the token
   'X'."); as scorer, returns the numbers of the excerpts that contain X as a whole word ("None" if none).
+  delphi-style prompts get "[EXPLANATION]: the token 'X'" and a JSON list of 0/1, by the same rule.
   On a latent that fires exactly on one word this is the perfect explainer and scorer.
-- "none": explains like "oracle", always answers "None" when scoring.
+- "none": explains like "oracle", always answers "None" (delphi: all zeros) when scoring.
 - "garbage": answers text that is neither an explanation nor a list of numbers.
 - "slow": waits `server.delay` seconds (default 2), then answers like "oracle".
 Usage counts are a deterministic function of the text (characters / 4).
@@ -29,8 +30,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MARKED = re.compile(r"<<(.*?)>>", re.S)
-TARGET = re.compile(r"activates on the token '(.*?)'")
+TARGET = re.compile(r"the token '(.*?)'")
 EXCERPT = re.compile(r"^(\d+)\. (.*)$", re.M)
+DELPHI_EXCERPT = re.compile(r"^Excerpt (\d+): (.*)$", re.M)
 
 
 def fake_answer(model: str, messages: list[dict[str, str]]) -> str:
@@ -38,6 +40,15 @@ def fake_answer(model: str, messages: list[dict[str, str]]) -> str:
     user = messages[-1]["content"] if messages else ""
     if model == "garbage":
         return "I am not sure what you mean."
+    if "[EXPLANATION]" in system:  # delphi-style explanation
+        spans = Counter(span.strip() for span in MARKED.findall(user))
+        best = sorted(spans.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if spans else "nothing"
+        return f"They share one token.\n[EXPLANATION]: the token '{best}'"
+    if "JSON list" in system:  # delphi-style detection
+        found = TARGET.search(user)
+        word = found.group(1) if found else None
+        return json.dumps([int(model != "none" and word is not None and word in text.split())
+                           for _, text in DELPHI_EXCERPT.findall(user)])
     if "<<" in user:  # an explanation request: the excerpts carry marks
         spans = Counter(span.strip() for span in MARKED.findall(user))
         best = sorted(spans.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if spans else "nothing"

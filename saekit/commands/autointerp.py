@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 from saekit.commands.common import add_dataclass_arguments, print_table
@@ -48,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--latent-ids", type=int, nargs="+", default=None, help="Score exactly these latents.")
     what.add_argument("--tokens", type=int, default=200_000, help="Held-out tokens of the dashboard pass.")
     what.add_argument("--seed", type=int, default=42, help="Seed of the latent draw and the windows.")
+    what.add_argument("--scorer", choices=("saebench", "delphi"), default="saebench",
+                      help="saebench: explanation from 12 top + 7 importance-sampled windows, score = fraction "
+                           "of 14 windows classified (SAEBench); delphi: explanation from 40 windows over 10 "
+                           "activation quantiles, score = balanced detection accuracy on 50 activating + 50 "
+                           "non-activating windows (delphi; needs latents with >= 90 windows).")
     what.add_argument("--check-random", action="store_true",
                       help="Draw random (inactive) windows only where the latent stays below the active "
                            "threshold (SAEBench does not check; off by default).")
@@ -81,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
         raise SaekitError("the dictionary does not record its model: pass --subject-model")
     model, tokenizer = model_config(args, model=name).load(args.device)
     batches = text_config(args).token_stream(tokenizer, split="test", max_tokens=args.tokens)
+    start = time.perf_counter()
     record = gather_activations(model, d, batches, progress=not args.no_progress)
+    pass_s = time.perf_counter() - start
     options = AutointerpOptions(n_latents=args.latents, seed=args.seed, temperature=args.temperature,
+                                scorer=args.scorer,
                                 workers=args.workers, progress=not args.no_progress,
                                 sampling=SamplingOptions(check_random=args.check_random, seed=args.seed))
     result = autointerp(record, tokenizer, client, options, latents=args.latent_ids)
@@ -92,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if len(rows) > 20:
         print(f"... {len(rows) - 20} more latents (--out writes all)")
     score, std = result["autointerp_score"], result["autointerp_std"]
-    print(f"autointerp score {score:.3f} ± {std:.3f} over {result['scored']} latents"
+    print(f"autointerp score ({args.scorer}) {score:.3f} ± {std:.3f} over {result['scored']} latents"
           + (f" ({result['skipped']} skipped)" if result["skipped"] else "") if not math.isnan(score)
           else f"no latent could be scored ({result['skipped']} skipped)")
     usage = client.usage
@@ -100,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
           f"spent {usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens = "
           f"${usage.cost(args.price_in, args.price_out):.4f} at ${args.price_in:g}/${args.price_out:g} per "
           f"1M; cached answers saved {usage.cached_prompt_tokens} + {usage.cached_completion_tokens} tokens")
-    print(f"time: {result['seconds']:.1f}s for the chat part")
+    print(f"time: dashboard pass {pass_s:.1f}s ({record.n_tokens} tokens), chat part {result['seconds']:.1f}s")
     if args.out is not None:
         atomic_write_json(args.out, {**result, "endpoint_model": args.model, "dictionary": str(args.dictionary),
                                      "prices_per_million": [args.price_in, args.price_out]})

@@ -17,6 +17,7 @@ from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.evaluation.autointerp import AutointerpOptions, ChatClient, SamplingOptions, autointerp
+from saekit.evaluation.autointerp.delphi import DelphiOptions, delphi_detection, parse_binary_list
 from saekit.evaluation.autointerp.prompts import parse_explanation, parse_indices, window_text
 from saekit.evaluation.autointerp.windows import Window, sample_windows
 from saekit.inspect.dashboard_data import Activations
@@ -144,6 +145,40 @@ def test_rerun_is_answered_from_the_cache(server, record, tokenizer, tmp_path):
     assert [r["score"] for r in a["latents"]] == [r["score"] for r in b["latents"]]
 
 
+# --------------------------------------------------------------------------- delphi-style detection
+def test_delphi_parser():
+    assert parse_binary_list("[1,0,1,1,0]", 5) == [True, False, True, True, False]
+    assert parse_binary_list("Sure: [0, 0, 1, 0, 1] done", 5) == [False, False, True, False, True]
+    assert parse_binary_list("[1,0]", 5) is None and parse_binary_list("[1,2,0,0,0]", 5) is None
+    assert parse_binary_list("no list", 5) is None
+
+
+def test_delphi_oracle_has_balanced_accuracy_one(server, tokenizer, tmp_path):
+    record = synthetic_record(tokenizer, rows=1000, seed=1)
+    options = AutointerpOptions(scorer="delphi", workers=2)
+    result = autointerp(record, tokenizer, client_for(server, tmp_path), options, latents=[0, 1])
+    assert result["scorer"] == "delphi" and result["scored"] == 2
+    for latent in result["latents"]:
+        assert latent["examples"] == 100 and latent["unparsed"] == 0
+        assert latent["balanced_accuracy"] == 1.0 and latent["f1"] == 1.0
+    # 1 explanation + 100 examples / 5 per request = 21 requests per latent
+    assert server.requests == 42
+    silent = delphi_detection(record, 0, client_for(server, tmp_path, model="none"), _text(tokenizer))
+    assert silent["balanced_accuracy"] == 0.5 and silent["recall"] == 0.0
+
+
+def test_delphi_skips_latents_with_too_few_windows(server, record, tokenizer, tmp_path):
+    result = delphi_detection(record, 0, client_for(server, tmp_path), _text(tokenizer),
+                              DelphiOptions(min_windows=10_000))
+    assert "skipped" in result and server.requests == 0
+
+
+def _text(tokenizer):
+    from saekit.inspect.dashboard_data import TokenText
+
+    return TokenText(tokenizer)
+
+
 # --------------------------------------------------------------------------- client behaviour
 MESSAGES = [{"role": "system", "content": "say hi"}, {"role": "user", "content": "hi"}]
 
@@ -218,7 +253,7 @@ def test_command_end_to_end_with_cache_hit_on_rerun(capsys, server, tiny_setup, 
             "--out", str(tmp_path / "a.json")]
     assert main(args) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "autointerp score 0.714 ± 0.000 over 3 latents" in out
+    assert "autointerp score (saebench) 0.714 ± 0.000 over 3 latents" in out
     assert "chat: 6 requests, 0 answered from the cache" in out and "$" in out
     saved = json.loads((tmp_path / "a.json").read_text())
     assert saved["usage"]["requests"] == 6 and len(saved["latents"]) == 3

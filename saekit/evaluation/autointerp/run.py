@@ -22,6 +22,7 @@ import numpy as np
 
 from saekit.errors import SaekitError
 from saekit.evaluation.autointerp.client import ChatClient
+from saekit.evaluation.autointerp.delphi import DelphiOptions, delphi_detection
 from saekit.evaluation.autointerp.prompts import (
     explanation_messages,
     parse_explanation,
@@ -31,6 +32,9 @@ from saekit.evaluation.autointerp.prompts import (
 )
 from saekit.evaluation.autointerp.windows import SamplingOptions, alive_latents, sample_windows
 from saekit.inspect.dashboard_data import Activations, TokenText
+
+
+SCORERS = ("saebench", "delphi")
 
 
 @dataclass
@@ -43,11 +47,15 @@ class AutointerpOptions:
     temperature: float | None = None  # None: the endpoint's default (SAEBench sends none)
     workers: int = 4  # latents in flight at once
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    scorer: str = "saebench"  # or "delphi": delphi-style explanation and detection (balanced accuracy)
+    delphi: DelphiOptions = field(default_factory=DelphiOptions)
     progress: bool = False
 
     def __post_init__(self) -> None:
         if self.n_latents < 1 or self.workers < 1:
             raise SaekitError("n_latents and workers must be at least 1")
+        if self.scorer not in SCORERS:
+            raise SaekitError(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
 
 
 def choose_latents(record: Activations, options: AutointerpOptions) -> list[int]:
@@ -92,10 +100,19 @@ def score_latent(record: Activations, latent: int, client: ChatClient, text: Tok
     return result
 
 
+def _delphi_latent(record: Activations, latent: int, client: ChatClient, text: TokenText,
+                   options: AutointerpOptions) -> dict[str, Any]:
+    result = delphi_detection(record, latent, client, text, options.delphi)
+    if "balanced_accuracy" in result:
+        result["score"] = result["balanced_accuracy"]
+    return result
+
+
 def autointerp(record: Activations, tokenizer: Any, client: ChatClient, options: AutointerpOptions | None = None,
                latents: list[int] | None = None) -> dict[str, Any]:
     """{"latents": per-latent results, "autointerp_score", "autointerp_std", "scored", "skipped",
-    "usage": the client's counts, "seconds"}."""
+    "usage": the client's counts, "seconds"}. The score is SAEBench's detection fraction, or with
+    `scorer="delphi"` delphi's balanced detection accuracy."""
     from tqdm.auto import tqdm
 
     options = options or AutointerpOptions()
@@ -105,7 +122,10 @@ def autointerp(record: Activations, tokenizer: Any, client: ChatClient, options:
         text(int(token))
     start = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=options.workers)
-    futures = [pool.submit(score_latent, record, i, client, text, options) for i in chosen]
+    if options.scorer == "delphi":
+        futures = [pool.submit(_delphi_latent, record, i, client, text, options) for i in chosen]
+    else:
+        futures = [pool.submit(score_latent, record, i, client, text, options) for i in chosen]
     try:
         results = [f.result() for f in tqdm(futures, desc="autointerp", unit="latent",
                                               disable=not options.progress)]
@@ -113,7 +133,7 @@ def autointerp(record: Activations, tokenizer: Any, client: ChatClient, options:
         # on an error (a dead endpoint) the latents not yet started are dropped, not each retried in turn
         pool.shutdown(wait=True, cancel_futures=True)
     scores = [r["score"] for r in results if "score" in r]
-    return {"latents": results,
+    return {"scorer": options.scorer, "latents": results,
             "autointerp_score": float(np.mean(scores)) if scores else float("nan"),
             "autointerp_std": float(np.std(scores)) if scores else float("nan"),
             "scored": len(scores), "skipped": len(results) - len(scores),
