@@ -33,7 +33,6 @@ from saekit.evaluation.autointerp.prompts import (
 from saekit.evaluation.autointerp.windows import SamplingOptions, alive_latents, sample_windows
 from saekit.inspect.dashboard_data import Activations, TokenText
 
-
 SCORERS = ("saebench", "delphi")
 
 
