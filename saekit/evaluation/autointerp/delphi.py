@@ -194,12 +194,12 @@ def delphi_detection(record: Activations, latent: int, client: ChatClient, text:
         messages = [{"role": "system", "content": DETECT_SYSTEM},
                     {"role": "user", "content": DETECT_SHOT[0]}, {"role": "assistant", "content": DETECT_SHOT[1]},
                     {"role": "user", "content": f"Explanation: {explanation}\n\n{excerpts}"}]
-        answer = parse_binary_list(client.complete(messages, max_tokens=30, temperature=0.0).content, len(batch))
-        if answer is None:
+        votes = parse_binary_list(client.complete(messages, max_tokens=30, temperature=0.0).content, len(batch))
+        if votes is None:
             unparsed += len(batch)
             continue
         truth += [label for _, label in batch]
-        predicted += answer
+        predicted += votes
     result: dict[str, Any] = {"latent": latent, "explanation": explanation, "examples": len(truth),
                               "unparsed": unparsed}
     if not truth:
