@@ -100,13 +100,23 @@ def main() -> None:
     parser.add_argument("--train-tokens", type=int, default=150_000)
     parser.add_argument("--latents", type=int, default=30)
     parser.add_argument("--autointerp-tokens", type=int, default=20_000)
+    parser.add_argument("--parts", nargs="+", choices=("probing", "autointerp"), default=["probing", "autointerp"],
+                        help="Which evaluations to run (the SAE is trained or reused either way).")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(machine(torch.get_num_threads()))
     sae, train_s = train_sae(args.out, args.train_tokens)
     print(f"SAE: {sae} (trained in {train_s:.0f}s)" if train_s else f"SAE: {sae} (reused)")
 
-    result, probe_s = probing(sae, args.out)
+    if "probing" in args.parts:
+        report_probing(sae, args.out)
+    if "autointerp" in args.parts:
+        report_autointerp(sae, args)
+    print(machine(torch.get_num_threads()))
+
+
+def report_probing(sae: Path, out: Path) -> None:
+    result, probe_s = probing(sae, out)
     print(f"\nsparse probing at {HOOKPOINT}: test AUC, k-sparse L1 probes on latents vs L2 probe on raw activations")
     ks = result["options"]["ks"]
     print(f"{'dataset':32s} {'train':>5s} {'test':>5s} {'raw':>6s} " + " ".join(f"{'k=' + str(k):>6s}" for k in ks))
@@ -119,6 +129,8 @@ def main() -> None:
     timing = ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in result["timing"].items())
     print(f"probing time: {probe_s:.1f}s in all (model load included; {timing})")
 
+
+def report_autointerp(sae: Path, args: argparse.Namespace) -> None:
     print(f"\nautointerp through the local fake chat server ({args.latents} latents, "
           f"{args.autointerp_tokens} held-out tokens)")
     for label, (text, seconds) in zip(("first run", "rerun"), autointerp(sae, args.out, args.latents,
@@ -126,7 +138,6 @@ def main() -> None:
         lines = [line for line in text.splitlines() if line.startswith(("autointerp score", "chat:", "time:"))]
         print(f"[{label}, {seconds:.1f}s wall incl. model load and dashboard pass]")
         print("\n".join(lines))
-    print(machine(torch.get_num_threads()))
 
 
 if __name__ == "__main__":
