@@ -2,7 +2,7 @@
 
 1. Trains a TopK SAE (d_sae 2304 = 4 x 576, k 32) on SmolLM2-135M-Instruct's resid_post.15 (the middle
    of 30 layers) over --train-tokens tokens of the Python docs, or reuses the one a previous run saved.
-2. Sparse probing (`saekit eval --probing`, the library call behind it) on six sae-probes datasets:
+2. Sparse probing (`saekit eval --probing`, the library call behind it) on five sae-probes datasets:
    k-sparse L1 probes on latents (k 1, 2, 5, 16) vs an L2 probe on the raw activations; test AUC per
    dataset and the mean, a plot, and the time of each stage.
 3. Autointerp end to end through `saekit autointerp` against the local fake chat server
@@ -29,7 +29,7 @@ from common import machine
 ROOT = Path(__file__).resolve().parents[1]
 HOOKPOINT = "resid_post.15"
 DATASETS = ["117_us_state_FL", "118_us_state_CA", "154_athlete_sport_football", "125_world_country_Italy",
-            "95_toxic_is", "96_spam_is"]
+            "95_toxic_is"]
 
 
 def train_sae(out: Path, tokens: int) -> tuple[Path, float]:

@@ -237,8 +237,14 @@ def test_pipeline_caches_activations_and_shares_a_hookpoint(tiny, tmp_path, monk
     monkeypatch.setattr("saekit.evaluation.probing.run.last_token_activations", no_model)
     again = sparse_probing(tiny.model, tiny.tokenizer, {"a": a, "b": b}, ["1_last_word"], options)
     assert [r["auc_k5"] for r in again["rows"]] == [r["auc_k5"] for r in first["rows"]]
-    assert probing_activations.model_fingerprint(tiny.model) != \
-        probing_activations.model_fingerprint(tiny_llama(len(tiny.tokenizer), seed=1))
+    fingerprint = probing_activations.model_fingerprint
+    assert fingerprint(tiny.model) != fingerprint(tiny_llama(len(tiny.tokenizer), seed=1))
+    threads = torch.get_num_threads()
+    try:  # exact bytes, no float sums: the id does not depend on the thread count
+        torch.set_num_threads(2)
+        assert fingerprint(tiny.model) == fingerprint(tiny_llama(len(tiny.tokenizer), seed=0))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_eval_probing_command(capsys, tiny, tmp_path):
