@@ -1,16 +1,16 @@
-"""Sparse probing: the sae-probes data and split (read from the installed wheel), the probe and the
-latent selection checked against sae-probes' own functions, the spec's checks (identity "SAE" with
-k = d reproduces the baseline AUC; a 5000-row dataset splits 1024 (512/512) / 3975 (1988/1987)), and
-the pipeline and `saekit eval --probing` on a tiny model with a small dataset in sae-probes' format."""
+"""Sparse probing: the sae-probes data (unpacked from the wheel by `probing.fetch`) and its split, the
+spec's checks (identity "SAE" with k = d reproduces the baseline AUC; a 5000-row dataset splits
+1024 (512/512) / 3975 (1988/1987)), and the pipeline and `saekit eval --probing` on a tiny model with a
+small dataset in sae-probes' format. The comparison with sae-probes' own code (split, probes, ranking,
+activations and the whole pipeline) is tests/evaluation/test_probing_peer.py, in a side venv."""
 
 from __future__ import annotations
 
-import ast
-import importlib.machinery
-import importlib.util
+import base64
+import hashlib
 import json
-import sys
 import types
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -22,17 +22,19 @@ from saekit.cli import main
 from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
-from saekit.evaluation.probing import ProbingOptions, sparse_probing
+from saekit.evaluation.probing import ProbingOptions, fetch, sparse_probing
 from saekit.evaluation.probing import activations as probing_activations
 from saekit.evaluation.probing.activations import last_token_activations, tokenise_prompts
 from saekit.evaluation.probing.data import (
     binary_datasets,
+    cached_data_folder,
     data_directory,
     normal_split_sizes,
     read_dataset,
     split_indices,
 )
-from saekit.evaluation.probing.probes import fit_probe, mean_activation_normalised, rank_latents, sparse_probes
+from saekit.evaluation.probing.probes import fit_probe, sparse_probes
+from saekit.io import OWNER_MARK
 from saekit.models.sites import resolve_hookpoints
 from tests.helpers import randomize, save_tiny, tiny_llama, tiny_tokenizer
 
@@ -73,76 +75,61 @@ def test_unknown_dataset_and_missing_data_are_one_line_errors(tmp_path):
         data_directory(tmp_path)
 
 
-# --------------------------------------------------------------------------- against sae-probes' code
-@pytest.fixture
-def peer(monkeypatch):
-    """sae-probes' own `utils_data` and `utils_training`, loaded from the installed wheel's files with
-    the modules they import but these functions never use (TransformerLens, xgboost) stubbed."""
-    folder = data_directory().parent
-    package = types.ModuleType("sae_probes")
-    package.__path__ = [str(folder)]
-    package.__spec__ = importlib.machinery.ModuleSpec("sae_probes", None, is_package=True)
-    package.__spec__.submodule_search_locations = [str(folder)]
-    monkeypatch.setitem(sys.modules, "sae_probes", package)
-    activations = types.ModuleType("sae_probes.generate_model_activations")
-    activations.ensure_dataset_activations = None  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sae_probes.generate_model_activations", activations)
-    monkeypatch.setitem(sys.modules, "xgboost", types.ModuleType("xgboost"))
-    modules = {}
-    for name in ("constants", "utils_data", "utils_training"):
-        spec = importlib.util.spec_from_file_location(f"sae_probes.{name}", folder / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, f"sae_probes.{name}", module)
-        spec.loader.exec_module(module)
-        modules[name] = module
-    # run_sae_evals.py reads every dataset at import; take only its two selection functions
-    tree = ast.parse((folder / "run_sae_evals.py").read_text())
-    wanted = [node for node in tree.body if isinstance(node, ast.FunctionDef)
-              and node.name in ("get_sorted_indices", "mean_act_normalization")]
-    namespace = {"torch": torch, "Callable": object}
-    exec(compile(ast.Module(body=wanted, type_ignores=[]), "run_sae_evals.py", "exec"), namespace)
-    modules["run_sae_evals"] = types.SimpleNamespace(**namespace)
-    return types.SimpleNamespace(**modules)
+def test_data_is_the_wheel_unpacked_into_the_cache():
+    """scripts/setup.sh runs `python -m saekit.evaluation.probing.fetch`; saekit reads that folder."""
+    folder = data_directory()
+    assert folder == cached_data_folder() and (folder / OWNER_MARK).is_file()
+    assert len(list((folder / "cleaned_data").glob("*.csv.zst"))) == 155
 
 
-def test_split_equals_sae_probes(peer):
-    for name in ("5_hist_fig_ismale", "95_toxic_is", "117_us_state_FL"):
-        data = read_dataset(name, data_directory())
-        sizes = normal_split_sizes(data.full_size, len(data.labels))
-        ours = split_indices(data.labels, *sizes, seed=42)
-        theirs = peer.utils_data.get_train_test_indices(data.labels, *sizes, 0.5, 42)
-        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
-        labels = peer.utils_data.get_yvals(name)
-        assert np.array_equal(labels[:5000], data.labels)
+def test_missing_data_names_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAEKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # no sae-probes package either
+    with pytest.raises(SaekitError, match="python -m saekit.evaluation.probing.fetch"):
+        data_directory()
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")  # sae-probes' sklearn calls
-@pytest.mark.parametrize("rows", [8, 90, 400])  # leave-2-out, 6-fold, one hold-out
-@pytest.mark.parametrize("penalty", ["l1", "l2"])
-def test_probe_equals_sae_probes_find_best_reg(peer, rows, penalty):
-    rng = np.random.default_rng(rows)
-    x = rng.normal(size=(rows + 200, 6))
-    y = (x @ rng.normal(size=6) + rng.normal(size=len(x)) > 0).astype(int)
-    y[:2] = [0, 1]
-    ours = fit_probe(x[:rows], y[:rows], x[rows:], y[rows:], penalty, seed=42)
-    theirs = peer.utils_training.find_best_reg(x[:rows], y[:rows], x[rows:], y[rows:], penalty=penalty, seed=42)
-    assert ours.test_auc == pytest.approx(theirs.metrics.test_auc, abs=1e-12)
-    assert ours.val_auc == pytest.approx(theirs.metrics.val_auc, abs=1e-12)
-    assert ours.test_acc == theirs.metrics.test_acc and ours.test_f1 == pytest.approx(theirs.metrics.test_f1)
+def fake_wheel(path, members: dict[str, bytes], record: list[tuple[str, bytes]] | None = None):
+    """A zip laid out like the sae-probes wheel, its RECORD hashing `record` (default: the members)."""
+    lines = []
+    for name, data in (record if record is not None else list(members.items())):
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        lines.append(f"{name},sha256={digest},{len(data)}")
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        archive.writestr("sae_probes-0.4.2.dist-info/RECORD", "\n".join(lines) + "\n")
+    return path
 
 
-def test_latent_ranking_equals_sae_probes(peer):
-    rng = np.random.default_rng(0)
-    latents = np.maximum(rng.normal(size=(300, 50)), 0) * rng.exponential(size=50)
-    latents[:, 7] = 0  # a dead latent
-    y = rng.integers(0, 2, 300)
-    latents[y == 1, 3] += 1.5
-    theirs = peer.run_sae_evals.get_sorted_indices(torch.tensor(latents), torch.tensor(y),
-                                                   peer.run_sae_evals.mean_act_normalization)
-    ours = rank_latents(latents, y)
-    assert np.array_equal(ours[:49], theirs.numpy()[:49]) and ours[0] == 3 and ours[-1] == 7
-    assert np.allclose(mean_activation_normalised(latents),
-                       peer.run_sae_evals.mean_act_normalization(torch.tensor(latents)).numpy())
+def test_fetch_unpacks_only_the_checked_data_folder(tmp_path, monkeypatch):
+    members = {"sae_probes/__init__.py": b"import transformer_lens\n",
+               "sae_probes/data/probing_datasets_MASTER.csv.zst": b"master",
+               "sae_probes/data/cleaned_data/1_x.csv.zst": b"one",
+               "sae_probes/data/OOD data/1_x_OOD.csv.zst": b"ood"}
+    wheel = fake_wheel(tmp_path / "good.whl", members)
+    with pytest.raises(SaekitError, match="is not the sae-probes 0.4.2 wheel from PyPI"):
+        fetch.unpack_wheel(wheel, tmp_path / "out")
+    monkeypatch.setattr(fetch, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    out = fetch.unpack_wheel(wheel, tmp_path / "out")
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != OWNER_MARK)
+    assert files == ["OOD data/1_x_OOD.csv.zst", "cleaned_data/1_x.csv.zst", "probing_datasets_MASTER.csv.zst"]
+    assert (out / "cleaned_data" / "1_x.csv.zst").read_bytes() == b"one"
+    fetch.unpack_wheel(wheel, out)  # a rerun replaces saekit's own folder
+
+    tampered = fake_wheel(tmp_path / "tampered.whl", members,
+                          record=[(n, b"other" if n.endswith("1_x.csv.zst") else d) for n, d in members.items()])
+    escaping = fake_wheel(tmp_path / "escaping.whl", {**members, "sae_probes/data/../../evil": b"x"})
+    for bad, message in ((tampered, "does not match the wheel's RECORD"), (escaping, "refusing the member")):
+        monkeypatch.setattr(fetch, "WHEEL_SHA256", hashlib.sha256(bad.read_bytes()).hexdigest())
+        with pytest.raises(SaekitError, match=message):
+            fetch.unpack_wheel(bad, tmp_path / "bad")
+        assert not (tmp_path / "bad").exists() and not (tmp_path / "evil").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not saekit's")
+    monkeypatch.setattr(fetch, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    with pytest.raises(SaekitError, match="was not written by saekit"):
+        fetch.unpack_wheel(wheel, tmp_path / "mine")
 
 
 # --------------------------------------------------------------------------- spec check (1)

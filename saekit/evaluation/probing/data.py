@@ -1,11 +1,13 @@
-"""The sae-probes binary datasets, read from the files inside the `sae-probes` wheel, and their split.
+"""The sae-probes binary datasets, read from the files of the `sae-probes` wheel, and their split.
 
-The wheel (`pip install --no-deps sae-probes==0.4.2`; its own dependencies pull TransformerLens and
-SAELens, which saekit does not use) ships `data/probing_datasets_MASTER.csv.zst` and
-`data/cleaned_data/{number}_{tag}.csv.zst`. saekit reads those files from the installed package's folder
-without importing the package (its `__init__` imports TransformerLens). The rules below are sae-probes
-0.4.2's (`utils_data.py`, `generate_sae_activations.py`), so a probe here sees exactly the rows and the
-split that sae-probes would give it:
+The wheel (sae-probes 0.4.2 on PyPI) ships `data/probing_datasets_MASTER.csv.zst` and
+`data/cleaned_data/{number}_{tag}.csv.zst`. saekit does not install the package (its dependencies pull
+TransformerLens and SAELens, which saekit does not use): `python -m saekit.evaluation.probing.data`
+downloads the wheel with pip (`pip download --no-deps`; scripts/setup.sh runs it), checks its SHA-256
+and every data file against the wheel's RECORD, and unpacks only `data/` into
+`$SAEKIT_CACHE/probing/sae-probes-0.4.2/`. An installed sae-probes package is used too when that folder
+is missing. The rules below are sae-probes 0.4.2's (`utils_data.py`, `generate_sae_activations.py`), so a
+probe here sees exactly the rows and the split that sae-probes would give it:
 
 - the binary datasets are the MASTER rows of type "Binary Classification";
 - labels are encoded alphabetically (sklearn's `LabelEncoder`, e.g. `bigram` -> 0, `not_bigram` -> 1);
@@ -25,25 +27,35 @@ from pathlib import Path
 import numpy as np
 
 from saekit.errors import SaekitError
+from saekit.models.loading import cache_root
 
 PACKAGE = "sae_probes"
+VERSION = "0.4.2"
 MAX_ROWS = 5000
-INSTALL_HINT = "install it with `pip install --no-deps sae-probes==0.4.2` (scripts/setup.sh does)"
+FETCH_HINT = ("run `python -m saekit.evaluation.probing.fetch` once (it downloads the sae-probes "
+              f"{VERSION} wheel from PyPI and unpacks its datasets; scripts/setup.sh does), or pass the "
+              "data folder (--probing-data)")
+
+
+def cached_data_folder() -> Path:
+    """Where `python -m saekit.evaluation.probing.fetch` unpacks the datasets."""
+    return cache_root() / "probing" / f"sae-probes-{VERSION}"
 
 
 def data_directory(path: str | Path | None = None) -> Path:
     """The folder holding `probing_datasets_MASTER.csv.zst` and `cleaned_data/`: `path` when given,
-    else the installed sae-probes package's `data/` (found without importing the package)."""
+    else the unpacked wheel data under the saekit cache, else an installed sae-probes package's `data/`
+    (found without importing the package, whose `__init__` imports TransformerLens)."""
     if path is not None:
         folder = Path(path)
     else:
+        folder = cached_data_folder()
         spec = importlib.util.find_spec(PACKAGE)
-        if spec is None or not spec.submodule_search_locations:
-            raise SaekitError(f"the sae-probes datasets are not installed: {INSTALL_HINT}")
-        folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+        if not (folder / "probing_datasets_MASTER.csv.zst").is_file() and spec is not None \
+                and spec.submodule_search_locations:
+            folder = Path(next(iter(spec.submodule_search_locations))) / "data"
     if not (folder / "probing_datasets_MASTER.csv.zst").is_file():
-        raise SaekitError(f"{folder} holds no probing_datasets_MASTER.csv.zst: pass the sae-probes data "
-                          f"folder, or {INSTALL_HINT}")
+        raise SaekitError(f"{folder} holds no probing_datasets_MASTER.csv.zst: {FETCH_HINT}")
     return folder
 
 
@@ -127,3 +139,4 @@ def split_indices(labels: np.ndarray, num_train: int, num_test: int, pos_ratio: 
     train = rng.permutation(np.concatenate([train_pos, train_neg]))
     test = rng.permutation(np.concatenate([test_pos, test_neg]))
     return train, test
+

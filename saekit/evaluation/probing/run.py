@@ -53,7 +53,7 @@ class ProbingOptions:
     normalise: bool = True  # rank latents after mean-activation normalisation [mean_diff_normalization]
     max_length: int = 1024  # prompt tokens kept (left truncation)
     batch_size: int = 16  # prompts per model forward
-    data_dir: str | Path | None = None  # the sae-probes data folder (default: the installed wheel's)
+    data_dir: str | Path | None = None  # the sae-probes data folder (default: data.data_directory())
     cache_dir: str | Path | None = None  # activation cache (default: none)
     progress: bool = False
 
