@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probing.add_argument("--max-prompt-tokens", type=int, default=1024,
                          help="Prompt tokens kept (left truncation, BOS kept).")
     probing.add_argument("--probing-data", type=Path, default=None,
-                         help="sae-probes data folder (default: the installed sae-probes wheel's).")
+                         help="sae-probes data folder (default: the one that `python -m "
+                              "saekit.evaluation.probing.fetch` unpacked into the saekit cache).")
     probing.add_argument("--probing-cache", type=Path, default=None,
                          help="Cache last-token activations here, per model and hookpoint (reruns and other "
                               "dictionaries of the same hookpoint skip the model).")

@@ -168,7 +168,7 @@ def pipeline(answers, small_model):
     result = sparse_probing(model, tokenizer, {"topk": topk_dictionary()}, [PIPELINE_DATASET], options)
     out = answers / "pipeline"
     sae = json.loads(next((out / "sae_probes_tiny" / "normal_setting").glob("*.json")).read_text())
-    baseline = json.loads(next((out / "baseline_results_tiny" / "normal").glob("*.json")).read_text())
+    baseline = json.loads(next((out / "baseline_results_tiny" / "normal_setting").glob("*.json")).read_text())
     return result["rows"][0], sae, baseline[0], np.load(out / "activations.npy")
 
 
