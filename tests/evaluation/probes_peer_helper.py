@@ -78,13 +78,20 @@ def pipeline(work: Path, request: dict) -> None:
     from sae_probes.run_baselines import run_baseline_dataset_layer
     from sae_probes.run_sae_evals import run_sae_eval
     from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir, dataset, hook = request["model_dir"], request["dataset"], request["hook_name"]
     hf_model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    model = HookedTransformer.from_pretrained_no_processing(
-        model_dir, hf_model=hf_model, tokenizer=AutoTokenizer.from_pretrained(model_dir), device="cpu",
-        dtype=torch.float32)
+    # HookedTransformer.from_pretrained_no_processing's steps; it accepts only official model names, its
+    # config and weight loaders also take a local folder.
+    cfg = loading.get_pretrained_model_config(model_dir, hf_cfg=hf_model.config.to_dict(), device="cpu",
+                                              dtype=torch.float32)
+    state = loading.get_pretrained_state_dict(model_dir, cfg, hf_model, dtype=torch.float32)
+    model = HookedTransformer(cfg, AutoTokenizer.from_pretrained(model_dir), move_to_device=False)
+    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                      fold_value_biases=False, refactor_factored_attn_matrices=False)
+    model.eval()
     out, cache = work / "pipeline", work / "pipeline" / "model_cache"
     generate.generate_single_dataset_activations(
         model=model, model_name="tiny", dataset_path=DATA_PATH / "cleaned_data" / f"{dataset}.csv.zst",

@@ -123,8 +123,10 @@ def answers(probes_python, small_model, tmp_path_factory):
 
 
 def topk_dictionary() -> Dictionary:
-    """A random TopK SAE on resid_post.1 of the small model (every call builds the same one)."""
-    dictionary = randomize(Dictionary(DictionaryConfig(method="topk", d_in=32, d_sae=96, k=8)), seed=3).eval()
+    """A random TopK SAE on resid_post.1 of the small model (every call builds the same one); k large
+    enough that more than 16 latents separate the classes on the training rows, so the k = 16 choice has
+    no ties between latents that never fire (whose order sae-probes' argsort leaves open)."""
+    dictionary = randomize(Dictionary(DictionaryConfig(method="topk", d_in=32, d_sae=64, k=24)), seed=3).eval()
     dictionary.provenance = Provenance(model_name="small", hookpoint="resid_post.1")
     return dictionary
 
@@ -182,15 +184,17 @@ def test_activations_equal_transformer_lens_through_sae_probes(pipeline, small_m
     point = resolve_hookpoints(model, ["resid_post.1"])[0]
     ours = last_token_activations(model, tokenizer, data.prompts, point, batch_size=16, max_length=1024)
     assert ours.shape == theirs.shape == (728, 32)
-    assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
+    assert np.abs(ours - theirs).max() < 1e-5 * np.abs(theirs).max()
 
 
 def test_sparse_probing_equals_run_sae_eval_and_the_baseline(pipeline):
     row, sae, baseline, _activations = pipeline
     assert [entry["k"] for entry in sae] == KS
+    pair = 1 / (row["n_test"] // 2 * (row["n_test"] - row["n_test"] // 2))  # one positive/negative pair
     for entry, probe in zip(sae, row["probes"]):
         assert probe["k"] == entry["k"]
         assert list(probe["indices"]) == entry["indices"]
-        assert row[f"auc_k{entry['k']}"] == pytest.approx(entry["test_auc"], abs=1e-6)
-    assert row["baseline_auc"] == pytest.approx(baseline["test_auc"], abs=1e-6)
+        # saga stops at max_iter on some C, so activations equal to ~1e-7 can move a test pair or two
+        assert row[f"auc_k{entry['k']}"] == pytest.approx(entry["test_auc"], abs=2.5 * pair)
+    assert row["baseline_auc"] == pytest.approx(baseline["test_auc"], abs=1e-9)  # lbfgs converges
     assert (row["n_train"], row["n_test"]) == (baseline["num_train"], 728 - baseline["num_train"] - 1)
