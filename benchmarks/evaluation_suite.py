@@ -9,7 +9,7 @@
    (tests/chat_server.py, started as a separate process: real HTTP), then the same command again, which
    the answer cache serves without a request.
 
-    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/evaluation_suite.py --out runs/eval-suite
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/evaluation_suite.py --out runs/eval-suite
 """
 
 from __future__ import annotations
