@@ -143,6 +143,11 @@ class Dictionary(nn.Module):
         biases, and b_dec from the first batch (zeros, mean or geometric median; docs/methods.md
         "Common to all methods"). The method's own parameters start as `add_parameters` made them.
 
+        Crosscoders with `crosscoder_init="same"` give every source block of a latent the same direction
+        (each block at norm 1/√n of the row's): for two near-identical models a shared latent then starts
+        with decoder cosine 1 instead of ≈ 0, which random independent blocks only lose slowly
+        (docs/diffing.md measures it).
+
         Transcoders cannot tie (input and output spaces differ; Gemma Scope does not tie them either):
         the encoder gets its own random directions at the same norm, and b_dec is set from the target.
         W_skip starts at zero."""
@@ -154,7 +159,13 @@ class Dictionary(nn.Module):
             rows = torch.randn(n, d, generator=generator, dtype=torch.float32)
             return rows / rows.norm(dim=-1, keepdim=True)
 
-        self.W_dec.copy_(random_rows(cfg.d_sae, d_out) * training.decoder_init_norm)
+        n = cfg.n_sources
+        if n > 1 and training.crosscoder_init == "same":
+            # One direction per latent, repeated in every source block; the whole row keeps the norm.
+            block = random_rows(cfg.d_sae, d_out // n) / n ** 0.5
+            self.W_dec.copy_(block.repeat(1, n) * training.decoder_init_norm)
+        else:
+            self.W_dec.copy_(random_rows(cfg.d_sae, d_out) * training.decoder_init_norm)
         if self.method.has_encoder:
             if cfg.is_transcoder:
                 self.W_enc.copy_(random_rows(cfg.d_sae, cfg.d_in).T * training.decoder_init_norm)

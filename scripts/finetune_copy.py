@@ -1,48 +1,67 @@
-"""Fine-tune a copy of a causal LM on different text, to give crosscoders a real model pair offline.
+"""Fine-tune a copy of a causal LM on the King James Bible, to give crosscoders a real model pair offline.
 
 The offline machines have no base/chat pair of one family (see OFFLINE.md), so `saekit diff` is shown on
-SmolLM2-135M-Instruct and a copy fine-tuned here on the King James Bible (Debian's `bible-kjv`): the
-copy should grow latents for archaic scripture that the original lacks. Only the MLPs of the first
-`--layers` blocks train (cheap on CPU, and the hookpoint of the diff, e.g. resid_post.6, sees them).
+SmolLM2-135M-Instruct and a copy fine-tuned here on the KJV (Debian's `bible-kjv`, saekit's named text
+`kjv`): the copy should grow directions for archaic scripture that the original lacks. Only the MLPs of
+the first `--layers` blocks train (cheap on CPU, and the hookpoint of the diff, e.g. resid_post.6, sees
+them); every other weight stays bit-identical (saved in float32). Training reads only the text's train
+split, so the held-out chapters that `saekit diff --dataset kjv` reports on were never trained on.
 
-    .venv/bin/python scripts/finetune_copy.py --out .cache/smollm2-kjv --steps 150
+    .venv/bin/python scripts/finetune_copy.py            # -> ~/.cache/saekit/models/smollm2-kjv
+    saekit diff --models base=offline-default kjv=~/.cache/saekit/models/smollm2-kjv \\
+        --dataset kjv --hookpoint resid_post.6 --out runs/diff-kjv
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
+import json
 import time
 from pathlib import Path
 
 import torch
 
 
-def bible_text() -> str:
-    if shutil.which("bible") is None:
-        raise SystemExit("needs Debian's bible-kjv: apt-get install -y bible-kjv bible-kjv-text")
-    return subprocess.run(["bible", "-f", "Gen1:1-Rev22:21"], capture_output=True, text=True,
-                          check=True).stdout
+@torch.no_grad()
+def held_out_loss(model: torch.nn.Module, windows: torch.Tensor) -> float:
+    """Mean next-token cross-entropy over the held-out windows."""
+    losses = [float(model(input_ids=windows[i:i + 8], labels=windows[i:i + 8]).loss)
+              for i in range(0, len(windows), 8)]
+    return sum(losses) / len(losses)
+
+
+def token_windows(tokenizer: object, split: str, context: int) -> torch.Tensor:
+    from saekit.data.tokens import documents
+
+    ids: list[int] = []
+    for text in documents("kjv", split):
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+        ids.append(tokenizer.eos_token_id)  # type: ignore[attr-defined]
+    flat = torch.tensor(ids[: len(ids) // context * context])
+    return flat.reshape(-1, context)
 
 
 def main() -> None:
-    from saekit.data.model_loading import load_model
+    from saekit.io import atomic_directory
+    from saekit.models.loading import cache_root, load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="offline-default")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=cache_root() / "models" / "smollm2-kjv")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--layers", type=int, default=7, help="Train the MLPs of blocks 0..layers-1.")
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--eval-windows", type=int, default=64, help="Held-out windows for the losses.")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model)
-    ids = torch.tensor(tokenizer(bible_text())["input_ids"])
-    windows = ids[: len(ids) // args.context * args.context].reshape(-1, args.context)
+    windows = token_windows(tokenizer, "train", args.context)
+    held_out = token_windows(tokenizer, "test", args.context)[: args.eval_windows]
+    before = held_out_loss(model, held_out)
+    print(f"held-out KJV loss before: {before:.3f} ({len(windows)} training windows)", flush=True)
     order = torch.randperm(len(windows))
     model.requires_grad_(False)
     trained = [p for i in range(args.layers) for p in model.model.layers[i].mlp.parameters()]
@@ -60,9 +79,17 @@ def main() -> None:
         if step % 10 == 0 or step == args.steps - 1:
             print(f"step {step} loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
     model.eval()
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
+    model.requires_grad_(False)
+    after = held_out_loss(model, held_out)
+    print(f"held-out KJV loss after: {after:.3f}", flush=True)
+    record = {"base_model": args.model, "text": "kjv (train split)", "steps": args.steps, "batch": args.batch,
+              "context": args.context, "trained": f"MLPs of blocks 0..{args.layers - 1}", "lr": args.lr,
+              "held_out_loss_before": before, "held_out_loss_after": after,
+              "seconds": round(time.perf_counter() - started)}
+    with atomic_directory(args.out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {args.out}")
 
 

@@ -62,8 +62,8 @@ class ModelConfig:
 class TextConfig:
     """The text the model reads: documents, packing into windows, order."""
 
-    dataset: str = help_field("Text: `offline-default` (Python 3.11 docs), a local file or directory "
-                              "(text/jsonl/parquet), or a Hugging Face dataset name.",
+    dataset: str = help_field("Text: `offline-default` (Python 3.11 docs), `kjv` (King James Bible), a local "
+                              "file or directory (text/jsonl/parquet), or a Hugging Face dataset name.",
                               default="offline-default")
     text_column: str = help_field("Dataset column holding the text.", default="text")
     context_size: int = help_field("Tokens per sequence.", default=128)

@@ -11,7 +11,6 @@ counted tokens.
 
 from __future__ import annotations
 
-import glob
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ from torch import Tensor
 from saekit.errors import SaekitError
 
 OFFLINE_TEXT = "offline-default"
-PYTHON_DOCS = "/usr/share/doc/python3.11/html/_sources"
 TEXT_SUFFIXES = (".txt", ".rst", ".md", ".text")
 HOLDOUT_EVERY = 20  # every 20th document is held out for evaluation
 
@@ -40,7 +38,8 @@ def _local_files(path: Path) -> list[Path]:
 
 
 def documents(source: str, split: str = "train", text_column: str = "text") -> Iterator[str]:
-    """Documents of `source`: `offline-default` (the Python 3.11 docs), a local file or directory
+    """Documents of `source`: a named offline text (`offline-default`: the Python 3.11 docs, `kjv`: the
+    King James Bible; see `saekit.data.offline_texts`), a local file or directory
     (text files are one document each; jsonl/parquet rows via `datasets`), or a Hugging Face dataset
     name (streamed). Every HOLDOUT_EVERY-th document forms the `test` split."""
     if split not in ("train", "test"):
@@ -51,13 +50,10 @@ def documents(source: str, split: str = "train", text_column: str = "text") -> I
 
 
 def _all_documents(source: str, text_column: str) -> Iterator[str]:
-    if source == OFFLINE_TEXT:
-        files = sorted(glob.glob(f"{PYTHON_DOCS}/**/*.rst.txt", recursive=True))
-        if not files:
-            raise SaekitError("the offline default text is not installed: run scripts/setup.sh "
-                              "(it installs Debian's python3.11-doc)")
-        for name in files:
-            yield Path(name).read_text(encoding="utf-8", errors="replace")
+    from saekit.data.offline_texts import NAMED_TEXTS
+
+    if source in NAMED_TEXTS:
+        yield from NAMED_TEXTS[source]()
         return
     path = Path(source)
     if path.exists():

@@ -20,6 +20,7 @@ from saekit.methods.jumprelu import DEFAULT_BANDWIDTH
 NORMALIZATIONS = ("none", "mean_norm_sqrt_d", "mean_squared_norm_1")
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 OPTIONAL_FIELDS = frozenset({"target_l0"})  # None is a value here, not "use the method's default"
+CROSSCODER_INITS = ("same", "independent")
 
 
 class ResolvedTraining(Protocol):
@@ -37,6 +38,7 @@ class ResolvedTraining(Protocol):
     b_dec_init: str
     unit_norm_decoder: bool
     decoder_init_norm: float
+    crosscoder_init: str
     aux_k: int
     aux_coefficient: float
     dead_tokens: int
@@ -80,6 +82,11 @@ class TrainingConfig:
     unit_norm_decoder: bool | None = help_field("Keep decoder rows at unit norm (project the parallel "
                                                 "gradient, renormalise after each step).", default=None)
     decoder_init_norm: float | None = help_field("Initial norm of each decoder row.", default=None)
+    crosscoder_init: str = help_field(
+        "Crosscoders: 'same' starts every source block of a latent at the same random direction (so "
+        "latents shared by near-identical models start aligned; the diffing toolkit's default), "
+        "'independent' draws each block separately (Anthropic's recipe). See docs/diffing.md.",
+        default="same")
     aux_k: int | None = help_field("AuxK: latents used to reconstruct the residual from dead latents "
                                    "(TopK family). Default min(512, d_in // 2); 0 disables.", default=None)
     aux_coefficient: float = help_field("AuxK loss weight α.", default=1 / 32)
@@ -149,6 +156,8 @@ def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
         (training.normalize_activations in NORMALIZATIONS,
          f"normalize_activations must be one of {', '.join(NORMALIZATIONS)}"),
         (training.b_dec_init in B_DEC_INITS, f"b_dec_init must be one of {', '.join(B_DEC_INITS)}"),
+        (training.crosscoder_init in CROSSCODER_INITS,
+         f"crosscoder_init must be one of {', '.join(CROSSCODER_INITS)}"),
         (training.lr > 0, "lr must be positive"),
         (training.adam_eps > 0, "adam_eps must be positive"),
         (training.sparsity_coefficient >= 0, "sparsity_coefficient must be >= 0"),
