@@ -4,6 +4,8 @@ site. Test modules import from here, never from each other."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,13 @@ def chunks(data: dict[str, torch.Tensor], sizes=(300, 700, 1), start: int = 0):
 # One whitespace-free word, so the word-level tiny tokenizer keeps it as a single token.
 EVIL = '"><script>window.__pwned=1</script><img/src=x/onerror="window.__pwned=2">'
 SITE_D_SAE = 48
+
+# Headless Chromium for the browser tests (scripts/setup_browser.sh installs it), and where their
+# screenshots go.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+BROWSER_OUTPUT = Path(os.environ.get("SAEKIT_TEST_OUTPUT",
+                                     Path(__file__).resolve().parents[1] / "out" / "test-output")) / "browser"
 
 
 def make_site_inputs(root: Path) -> tuple[Path, Path, Path]:

@@ -152,8 +152,9 @@ def loss_difference(held: HeldOut, latents: Tensor, classes: dict[str, Tensor], 
     """Where the models' next-token losses differ on held-out text, and which latents fire there.
 
     delta = loss(first) − loss(second) per token (positive: the second model predicts better). Each
-    latent gets the correlation of its activation with delta over the tokens, and the share of the total
-    delta that falls on the tokens where it fires; each class the same for "any latent of the class fires".
+    latent gets the correlation of its activation with delta over the tokens, the mean delta where it
+    fires, and the share of Σ|delta| that falls on the tokens where it fires (of |delta|, because the signed
+    total can be near zero); each class the same for "any latent of the class fires".
     """
     valid = torch.isfinite(held.losses).all(-1)
     delta = (held.losses[valid, 0] - held.losses[valid, 1]).double()
@@ -162,8 +163,8 @@ def loss_difference(held: HeldOut, latents: Tensor, classes: dict[str, Tensor], 
     d_centered = delta - delta.mean()
     correlation = (centered.T @ d_centered) / (centered.norm(dim=0) * d_centered.norm()).clamp_min(1e-12)
     fires = f > 0
-    total = float(delta.sum())
-    share = (fires.double().T @ delta) / total if total else torch.zeros(f.shape[1], dtype=torch.float64)
+    total = float(delta.abs().sum())
+    share = (fires.double().T @ delta.abs()) / total if total else torch.zeros(f.shape[1], dtype=torch.float64)
     class_of = {}
     for name, mask in classes.items():
         for i in torch.nonzero(mask).flatten().tolist():
@@ -172,12 +173,12 @@ def loss_difference(held: HeldOut, latents: Tensor, classes: dict[str, Tensor], 
     explaining = [{"latent": int(i), "class": class_of.get(int(i), "dead"), "correlation": float(correlation[i]),
                    "fires": int(fires[:, i].sum()), "mean_delta_when_firing":
                        float(delta[fires[:, i]].mean()) if bool(fires[:, i].any()) else float("nan"),
-                   "share_of_delta": float(share[i])} for i in ranked]
+                   "share_of_abs_delta": float(share[i])} for i in ranked]
     by_class = {}
     for name in ("first_only", "second_only", "shared"):
         any_fires = fires[:, classes[name]].any(1)
         by_class[name] = {"token_fraction": float(any_fires.double().mean()),
-                          "share_of_delta": float(delta[any_fires].sum() / total) if total else 0.0,
+                          "share_of_abs_delta": float(delta[any_fires].abs().sum() / total) if total else 0.0,
                           "mean_delta_when_firing": float(delta[any_fires].mean()) if bool(any_fires.any())
                           else float("nan")}
     # The target tokens whose loss changed most (summed over their occurrences).
@@ -185,10 +186,11 @@ def loss_difference(held: HeldOut, latents: Tensor, classes: dict[str, Tensor], 
     targets = held.ids[window_pos[:, 0], window_pos[:, 1] + 1]
     sums = torch.zeros(int(held.ids.max()) + 1, dtype=torch.float64).index_add_(0, targets, delta)
     counts = torch.bincount(targets, minlength=sums.numel())
-    order = sums.argsort()
-    tokens = [{"token": tokenizer.decode([int(t)]), "count": int(counts[t]), "total_delta": float(sums[t]),
-               "mean_delta": float(sums[t] / counts[t])} for t in [*order[-top:].flip(0), *order[:top]]
-              if counts[t] > 0]
+    order = sums.argsort(descending=True)
+    gained = [t for t in order[:top].tolist() if sums[t] > 0]  # the second model predicts them better
+    lost = [t for t in order.flip(0)[:top].tolist() if sums[t] < 0]
+    tokens = [{"token": tokenizer.decode([t]), "count": int(counts[t]), "total_delta": float(sums[t]),
+               "mean_delta": float(sums[t] / counts[t])} for t in gained + lost]
     return {"tokens": int(valid.sum()), "mean_loss": [float(held.losses[valid, m].mean()) for m in range(2)],
             "mean_delta": float(delta.mean()), "latents": explaining, "by_class": by_class,
             "target_tokens": tokens, "labels": labels}
@@ -221,7 +223,7 @@ def diff_report(crosscoder: Dictionary, held: HeldOut, tokenizer: Any, model_nam
     for start in range(0, len(held.inputs), 4096):
         scaling.update(held.inputs[start:start + 4096], latents[start:start + 4096])
     betas = scaling.betas()
-    survives = survives_latent_scaling(betas)
+    survives = survives_latent_scaling(betas, own)
     per_latent = {int(i): {key: betas[key][n].tolist() for key in betas} | {"survives": bool(survives[n])}
                   for n, i in enumerate(probed)}
 

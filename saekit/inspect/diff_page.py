@@ -146,9 +146,10 @@ def render_diff_page(report: dict[str, Any]) -> str:
         ["dead", "never fired on the held-out tokens", _num(report["dead"]), "–"]]
     parts.append("<h2>Latents by relative decoder norm</h2>"
                  f"<p>r = ‖d<sub>{esc(second)}</sub>‖ / (‖d<sub>{esc(first)}</sub>‖ + ‖d<sub>{esc(second)}</sub>‖)"
-                 f" per latent. Latent scaling confirms a model-specific latent when ν<sub>ε</sub> &lt; "
-                 f"{NU_ERROR_MAX}, ν<sub>r</sub> &lt; {NU_RECONSTRUCTION_MAX} and it fired at least "
-                 f"{MIN_SCALING_COUNT} times. Shared latents (random baseline sample): median ν<sub>ε</sub> = "
+                 f" per latent. Latent scaling confirms a model-specific latent when |ν<sub>ε</sub>| &lt; "
+                 f"{NU_ERROR_MAX}, |ν<sub>r</sub>| &lt; {NU_RECONSTRUCTION_MAX}, its own model's β<sub>ε</sub> "
+                 f"&gt; 0 and it fired at least {MIN_SCALING_COUNT} times. Shared latents (random baseline "
+                 f"sample): median ν<sub>ε</sub> = "
                  f"{_num(report['shared_baseline_nu']['nu_error'])}, ν<sub>r</sub> = "
                  f"{_num(report['shared_baseline_nu']['nu_reconstruction'])}.</p>"
                  + _table(["class", "rule", "latents", "confirmed by latent scaling"], rows, numeric_from=2))
@@ -166,9 +167,9 @@ def render_diff_page(report: dict[str, Any]) -> str:
                  f"<p>Δ = loss({esc(first)}) − loss({esc(second)}) per token, over {losses['tokens']:,} "
                  f"held-out tokens: mean Δ = {_num(losses['mean_delta'])} nats (positive: {esc(second)} "
                  "predicts better).</p>")
-    parts.append(_table(["tokens where any … latent fires", "share of tokens", "share of total Δ",
+    parts.append(_table(["tokens where any … latent fires", "share of tokens", "share of Σ|Δ|",
                          "mean Δ there"],
-                        [[esc(name), _num(v["token_fraction"]), _num(v["share_of_delta"]),
+                        [[esc(name), _num(v["token_fraction"]), _num(v["share_of_abs_delta"]),
                           _num(v["mean_delta_when_firing"])]
                          for name, v in (
                              (f"{first}-only", losses["by_class"]["first_only"]),
@@ -176,11 +177,11 @@ def render_diff_page(report: dict[str, Any]) -> str:
                              ("shared", losses["by_class"]["shared"]))]))
     shown = {item["latent"] for items in report["model_specific"].values() for item in items}
     parts.append("<h3>Latents whose activation tracks Δ most (|correlation|)</h3>" + _table(
-        ["latent", "class", "correlation with Δ", "firings", "mean Δ when firing", "share of total Δ"],
+        ["latent", "class", "correlation with Δ", "firings", "mean Δ when firing", "share of Σ|Δ|"],
         [[(f'<a href="#latent-{item["latent"]}">{item["latent"]}</a>' if item["latent"] in shown
            else str(item["latent"])), esc(item["class"].replace("first", first).replace("second", second)),
           _num(item["correlation"]), _num(item["fires"]), _num(item["mean_delta_when_firing"]),
-          _num(item["share_of_delta"])] for item in losses["latents"]]))
+          _num(item["share_of_abs_delta"])] for item in losses["latents"]]))
     parts.append("<h3>Next tokens whose loss changed most (summed over occurrences)</h3>" + _table(
         ["token", "occurrences", "total Δ", "mean Δ"],
         [[f'<span class="tok">{show_token(t["token"])}</span>', _num(t["count"]), _num(t["total_delta"]),

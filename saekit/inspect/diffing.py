@@ -6,7 +6,8 @@ relative decoder norm r_i = ||d_i^B|| / (||d_i^A|| + ||d_i^B||) is ≈ 0 for fir
 ≈ 1 for second-model-only, ≈ 0.5 for shared ones. Thresholds (ours, stated): first-only r < 0.1,
 second-only r > 0.9, shared 0.3 ≤ r ≤ 0.7; the rest are "other". Decoder-norm labels from an L1
 crosscoder can be artefacts (complete shrinkage, latent decoupling): `LatentScaling` checks them, and
-`survives_latent_scaling` applies our thresholds (ν_error < 0.2, ν_reconstruction < 0.5, ≥ 10 firings).
+`survives_latent_scaling` applies our thresholds (|ν_error| < 0.2, |ν_reconstruction| < 0.5,
+β^own_error > 0, ≥ 10 firings).
 """
 
 from __future__ import annotations
@@ -135,11 +136,15 @@ def source_scales(d: Dictionary) -> Tensor:
     return torch.tensor([float(v) for v in values], dtype=torch.float32)
 
 
-def survives_latent_scaling(scaling: dict[str, Tensor], min_count: int = MIN_SCALING_COUNT) -> Tensor:
-    """Model-specific by latent scaling: both ratios below their thresholds and enough firings to
-    estimate them (thresholds are ours; see the module docstring)."""
-    return ((scaling["nu_error"] < NU_ERROR_MAX) & (scaling["nu_reconstruction"] < NU_RECONSTRUCTION_MAX)
-            & (scaling["count"] >= min_count))
+def survives_latent_scaling(scaling: dict[str, Tensor], own: Tensor, min_count: int = MIN_SCALING_COUNT
+                            ) -> Tensor:
+    """Model-specific by latent scaling: the latent explains its own model's error (β^own_error > 0), both
+    ratios are small in magnitude (|ν_error| < NU_ERROR_MAX, |ν_reconstruction| < NU_RECONSTRUCTION_MAX: a
+    large negative ν means the direction is in the other model too, with the opposite sign), and it
+    fired often enough to estimate them (thresholds are ours; see the module docstring)."""
+    own_beta = scaling["beta_error"].gather(1, own.long()[:, None]).squeeze(1)
+    return ((own_beta > 0) & (scaling["nu_error"].abs() < NU_ERROR_MAX)
+            & (scaling["nu_reconstruction"].abs() < NU_RECONSTRUCTION_MAX) & (scaling["count"] >= min_count))
 
 
 def diffing_summary(d: Dictionary, alive: Tensor | None = None, bins: int = 20) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Dashboards in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
+"""Dashboards in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium;
+the `browser` fixture is in conftest.py).
 
 scripts/setup_browser.sh (run by scripts/setup.sh) installs both. Screenshots of the index and of a
 latent page go to $SAEKIT_TEST_OUTPUT/browser (default: out/test-output/browser in the repository).
@@ -6,39 +7,17 @@ latent page go to $SAEKIT_TEST_OUTPUT/browser (default: out/test-output/browser 
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 
-from tests.helpers import EVIL
+from tests.helpers import BROWSER_OUTPUT as OUTPUT
+from tests.helpers import CHROMIUM, DRIVER, EVIL
 from tests.helpers import SITE_D_SAE as D_SAE
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-OUTPUT = Path(os.environ.get("SAEKIT_TEST_OUTPUT",
-                             Path(__file__).resolve().parents[2] / "out" / "test-output")) / "browser"
 
 selenium = pytest.importorskip("selenium", reason="run scripts/setup_browser.sh (selenium missing)")
 if not (CHROMIUM and DRIVER):
     pytest.skip("run scripts/setup_browser.sh (chromium / chromedriver missing)", allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,1000", "--allow-file-access-from-files"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def column(driver, index: int) -> list[str]:

@@ -1,15 +1,20 @@
-"""Two-model activation streams and `saekit diff` on two tiny models."""
+"""Model diffing end to end: two-model streams, the held-out pass, the loss comparison, `saekit diff` and
+its report page (the `diff_run` fixture is in conftest.py)."""
 
 import json
+import re
 
+import pytest
 import torch
 
 from saekit.cli import main
+from saekit.data.config import TextConfig
 from saekit.data.stream import ActivationStream
 from saekit.data.tokens import TokenStream
+from saekit.experiments.diff import HeldOut, held_out_pass, loss_difference
 from saekit.models.hooks import capture
 from saekit.models.sites import resolve_hookpoints
-from tests.helpers import save_tiny, tiny_llama, tiny_tokenizer, write_corpus
+from tests.helpers import EVIL, tiny_llama, tiny_tokenizer, write_corpus
 
 
 def test_two_model_stream_runs_both_models_on_the_same_tokens(tmp_path):
@@ -27,35 +32,108 @@ def test_two_model_stream_runs_both_models_on_the_same_tokens(tmp_path):
     assert not torch.allclose(batch["base/resid_post.0"], batch["chat/resid_post.0"])
 
 
-def test_diff_command_trains_a_crosscoder_and_writes_a_report(tmp_path, capsys):
-    tokenizer = tiny_tokenizer(extra_tokens=('<script>alert("x")</script>',))
-    base = save_tiny(tmp_path / "base", tiny_llama(len(tokenizer), seed=0), tokenizer)
-    chat = save_tiny(tmp_path / "chat", tiny_llama(len(tokenizer), seed=1), tokenizer)
-    corpus = write_corpus(tmp_path / "c", n_docs=60)
-    (corpus / "evil.txt").write_text(' '.join(['<script>alert("x")</script> the cat'] * 40))
-    code = main(["diff", "--models", f"base={base}", f"chat={chat}", "--hookpoint", "resid_post.1",
-                 "--dataset", str(corpus), "--context-size", "32", "--tokens", "4096", "--batch-size", "256",
-                 "--k", "4", "--eval-tokens", "2000", "--out", str(tmp_path / "d"), "--no-progress"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    report = json.loads((tmp_path / "d" / "report.json").read_text())
+def test_held_out_pass_matches_each_models_own_loss_and_activations(tmp_path):
+    tokenizer = tiny_tokenizer()
+    models = {"a": tiny_llama(len(tokenizer), seed=0), "b": tiny_llama(len(tokenizer), seed=1)}
+    text = TextConfig(dataset=str(write_corpus(tmp_path / "c", n_docs=60)), context_size=24, model_batch_size=4)
+    held = held_out_pass(models, tokenizer, text, "resid_post.1", eval_tokens=300)
+    ids = held.ids
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[held.positions[:, 0], held.positions[:, 1]] = False
+    mask = ~mask  # the counted positions, rebuilt from the pass
+    assert held.inputs.shape == (int(mask.sum()), 64) and len(held.losses) == len(held.inputs)
+    for m, model in enumerate(models.values()):
+        acts = capture(model, ids, resolve_hookpoints(model, ["resid_post.1"]))["resid_post.1"]
+        torch.testing.assert_close(held.inputs[:, m * 32:(m + 1) * 32], acts[mask])
+        # Hugging Face's own loss over the same (input counted, target counted) pairs.
+        labels = ids.clone()
+        labels[~mask] = -100
+        labels[:, 1:][~mask[:, :-1]] = -100
+        expected = float(model(input_ids=ids, labels=labels).loss.detach())
+        assert float(held.losses[:, m].nanmean()) == pytest.approx(expected, rel=1e-5)
+        logits = model(input_ids=ids).logits.detach()
+        assert torch.equal(held.predictions[:, m], logits.argmax(-1)[mask])
+
+
+def test_loss_difference_finds_the_latent_that_fires_where_the_losses_differ():
+    """Tokens 0-9 are where the second model is better (Δ = 2), elsewhere Δ = 0; latent 1 fires on exactly
+    those tokens, latent 0 everywhere, latent 2 on unrelated ones."""
+    n = 40
+    positions = torch.stack([torch.zeros(n, dtype=torch.long), torch.arange(n)], dim=-1)
+    losses = torch.full((n, 2), 1.0)
+    losses[:10, 0] = 3.0
+    losses[-1] = float("nan")
+    held = HeldOut(torch.arange(n + 1)[None] % 7, positions, torch.zeros(n, 8), losses, torch.zeros(n, 2).long())
+    latents = torch.zeros(n, 3)
+    latents[:, 0] = 1.0
+    latents[:10, 1] = torch.linspace(1, 2, 10)
+    latents[20:25, 2] = 1.0
+    classes = {"first_only": torch.tensor([False, False, True]), "second_only": torch.tensor([False, True, False]),
+               "shared": torch.tensor([True, False, False]), "other": torch.zeros(3, dtype=torch.bool)}
+
+    class Decoder:
+        def decode(self, ids):
+            return f"<t{ids[0]}>"
+
+    result = loss_difference(held, latents, classes, ["a", "b"], Decoder())
+    assert result["tokens"] == n - 1 and result["mean_delta"] == pytest.approx(20 / 39)
+    assert result["mean_loss"] == pytest.approx([59 / 39, 1.0])
+    top = result["latents"][0]
+    assert top["latent"] == 1 and top["class"] == "second_only" and top["correlation"] > 0.8
+    assert top["share_of_abs_delta"] == pytest.approx(1.0) and top["mean_delta_when_firing"] == pytest.approx(2.0)
+    assert result["by_class"]["second_only"] == pytest.approx(
+        {"token_fraction": 10 / 39, "share_of_abs_delta": 1.0, "mean_delta_when_firing": 2.0})
+    assert result["by_class"]["shared"]["share_of_abs_delta"] == pytest.approx(1.0)
+    assert result["by_class"]["first_only"]["share_of_abs_delta"] == 0.0
+    assert sum(t["total_delta"] for t in result["target_tokens"] if t["total_delta"] > 0) == pytest.approx(20.0)
+
+
+def test_diff_command_writes_a_readable_report(diff_run, capsys):
+    out = diff_run["out"]
+    report = json.loads((out / "report.json").read_text())
     counts = report["summary"]["counts"]
     assert sum(counts.values()) + report["dead"] == 128
-    assert (tmp_path / "d" / "relative_norms.png").exists()
-    page = (tmp_path / "d" / "report.html").read_text()
-    assert "<script>" not in page
-    assert "shared" in captured.out
-    # Reporting on the saved crosscoder again gives the same counts.
-    code = main(["diff", "--models", f"base={base}", f"chat={chat}", "--hookpoint", "resid_post.1",
-                 "--dataset", str(corpus), "--context-size", "32", "--eval-tokens", "2000",
-                 "--crosscoder", str(tmp_path / "d" / "crosscoder"), "--out", str(tmp_path / "e")])
+    assert report["crosscoder"]["training"]["crosscoder_init"] == "same"
+    scaling = report["latent_scaling"]
+    assert scaling["second_only"]["labelled"] == counts["second_only"]
+    assert 0 <= scaling["second_only"]["survive"] <= counts["second_only"]
+    page = (out / "report.html").read_text()
+    assert "<script" not in page and EVIL not in page and "window.__pwned" in page  # escaped, not run
+    assert page.count("<svg") == 2 and "<pre" not in page and '{"' not in page  # plots, no JSON dump
+    # The header names each model once, label and model apart ("base = base=..." was a bug).
+    models = re.findall(r"<tr><td>(base|chat)</td><td>([^<]*)</td>", page)
+    assert models == [("base", str(diff_run["base"])), ("chat", str(diff_run["chat"]))]
+    assert "base=" not in page.split("<h2>")[0]
+    for cell in ("r &lt; 0.1", "r &gt; 0.9", "0.3 ≤ r ≤ 0.7", "confirmed by latent scaling"):
+        assert cell in page
+    assert counts["second_only"] >= 1
+    shown = report["model_specific"]["chat"]
+    assert len(shown) == counts["second_only"] and report["model_specific"]["base"] == []
+    for item in shown + report["model_specific"]["base"]:
+        assert f'id="latent-{item["latent"]}"' in page and "ν<sub>ε</sub>" in page
+        assert len(item["beta_error"]) == 2 and item["contexts"]
+        for context in item["contexts"]:
+            assert context["values"][context["peak"]] == pytest.approx(context["activation"])
+    losses = report["loss_difference"]
+    assert 200 < losses["tokens"] <= report["eval_tokens"] and len(losses["mean_loss"]) == 2
+
+
+def test_diff_reports_again_from_a_saved_crosscoder_and_rejects_bad_input(diff_run, capsys):
+    root, args = diff_run["root"], diff_run["args"]
+    code = main([*args, "--crosscoder", str(diff_run["out"] / "crosscoder"), "--out", str(root / "e"),
+                 "--no-progress"])
     assert code == 0
-    again = json.loads((tmp_path / "e" / "report.json").read_text())
-    assert again["summary"]["counts"] == counts
-    code = main(["diff", "--models", f"base={base}", f"also={base}", "--hookpoint", "x",
-                 "--out", str(tmp_path / "f")])
+    first = json.loads((diff_run["out"] / "report.json").read_text())
+    again = json.loads((root / "e" / "report.json").read_text())
+    assert again["summary"]["counts"] == first["summary"]["counts"]
+    assert again["latent_scaling"] == first["latent_scaling"]
+    capsys.readouterr()
+    base = diff_run["base"]
+    code = main(["diff", "--models", f"base={base}", f"also={base}", "--hookpoint", "x", "--out", str(root / "f")])
     err = capsys.readouterr().err
     assert code == 2 and "hookpoint 'x' matches no module" in err.strip().splitlines()[-1]
-    code = main(["diff", "--models", f"base={base}", str(chat), "--hookpoint", "resid_post.1",
-                 "--out", str(tmp_path / "f")])
+    code = main(["diff", "--models", f"base={base}", str(base), "--hookpoint", "resid_post.1",
+                 "--out", str(root / "f")])
     assert code == 2 and "LABEL=MODEL" in capsys.readouterr().err
+    code = main([*args, "--tokens", "0", "--out", str(root / "f")])
+    assert code == 2 and "--tokens must be positive" in capsys.readouterr().err

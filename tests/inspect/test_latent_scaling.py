@@ -93,6 +93,17 @@ def test_a_direction_present_in_both_models_has_ratio_one_and_an_absent_one_zero
         assert betas["nu_reconstruction"][0] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_survival_needs_small_ratios_of_either_sign_a_positive_own_beta_and_enough_firings():
+    nan = float("nan")
+    scaling = {"beta_error": torch.tensor([[0.05, 1.0], [-4.0, 1.0], [0.0, -0.3], [0.0, 1.0], [nan, nan]]),
+               "nu_error": torch.tensor([0.05, -4.0, -0.0, 0.0, nan]),
+               "nu_reconstruction": torch.tensor([0.4, 0.1, 0.1, 0.1, nan]),
+               "count": torch.tensor([50, 50, 50, 9, 0])}
+    own = torch.ones(5, dtype=torch.long)
+    assert survives_latent_scaling(scaling, own).tolist() == [True, False, False, False, False]
+    assert survives_latent_scaling(scaling, own, min_count=5).tolist() == [True, False, False, True, False]
+
+
 def test_latent_scaling_tells_complete_shrinkage_from_a_model_specific_latent():
     """An L1 crosscoder shrinks the first block of features that are only weaker (0.3×) in the first
     model to zero, labelling them second-only; latent scaling finds them in the first model's error
@@ -114,7 +125,7 @@ def test_latent_scaling_tells_complete_shrinkage_from_a_model_specific_latent():
     scaling = LatentScaling(d, labelled, torch.ones_like(labelled))
     scaling.update(x, f)
     betas = scaling.betas()
-    survive = survives_latent_scaling(betas)
+    survive = survives_latent_scaling(betas, torch.ones_like(labelled))
     for n, i in enumerate(labelled.tolist()):
         if i in weak:
             assert 0.2 < betas["nu_error"][n] < 0.45 and not survive[n], betas["nu_error"][n]
