@@ -61,21 +61,28 @@ def repeated_stream(models: dict[str, Any], tokenizer: Any, text: TextConfig, ho
         yield from ActivationStream(models, pass_text.token_stream(tokenizer, "train"), [hookpoint])
 
 
+def crosscoder_spec(widths: dict[str, int], model_names: dict[str, str], hookpoint: str, dataset: str,
+                    context_size: int, options: dict[str, Any], expansion: int = 4) -> DictionarySpec:
+    """The spec of a crosscoder over both models at `hookpoint` (sources `label/hookpoint`, one decoder
+    block each, d_sae = expansion × d_model); `options` are its dictionary options (method, k, lr, ...)."""
+    sources = [f"{label}/{hookpoint}" for label in model_names]
+    return DictionarySpec.from_options(
+        d_in=sum(widths[s] for s in sources), d_sae=expansion * widths[sources[0]], source_hookpoints=sources,
+        name="crosscoder", model_name=",".join(f"{k}={v}" for k, v in model_names.items()),
+        dataset=dataset, context_size=context_size, **options)
+
+
 def train_crosscoder(models: dict[str, Any], tokenizer: Any, text: TextConfig, hookpoint: str,
                      model_names: dict[str, str], options: dict[str, Any], expansion: int = 4,
                      tokens: int = 100_000, batch_size: int = 1024, out: Path | None = None,
                      device: str = "cpu", progress: bool = True) -> Dictionary:
     """A crosscoder reading both models' activations at `hookpoint` (one decoder block per model),
-    trained on `tokens` tokens of `text`; `options` are its dictionary options (method, k, lr, ...)."""
+    trained on `tokens` tokens of `text` (in passes, if the text is shorter)."""
     import saekit
     from saekit.data.stream import ActivationStream
 
-    sources = [f"{label}/{hookpoint}" for label in model_names]
     widths = ActivationStream(models, text.token_stream(tokenizer, "train"), [hookpoint]).widths()
-    spec = DictionarySpec.from_options(
-        d_in=sum(widths[s] for s in sources), d_sae=expansion * widths[sources[0]], source_hookpoints=sources,
-        name="crosscoder", model_name=",".join(f"{k}={v}" for k, v in model_names.items()),
-        dataset=text.dataset, context_size=text.context_size, **options)
+    spec = crosscoder_spec(widths, model_names, hookpoint, text.dataset, text.context_size, options, expansion)
     log_file = str(out / "log.jsonl") if out is not None else None
     return saekit.train(repeated_stream(models, tokenizer, text, hookpoint), [spec], total_tokens=tokens,
                         batch_size=batch_size, device=device, log_file=log_file, progress=progress)[0]

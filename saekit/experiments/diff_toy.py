@@ -12,7 +12,8 @@ The second model's activations are multiplied by `second_scale` (models with dif
 which per-model normalisation handles).
 
 `score_specific_latents` matches a crosscoder's latents to the true model-specific directions and returns
-recall and precision of the latents it labels model-specific.
+recall and precision of the latents it labels model-specific; `matched_shared_cosine` measures how well
+the latents that learned a shared feature align their two decoder blocks.
 """
 
 from __future__ import annotations
@@ -101,3 +102,14 @@ def score_specific_latents(d: Dictionary, pair: ToyPair, labelled: Tensor, sourc
     return {"labelled": n_labelled, "true_positive": int(true_positive),
             "recall": float(recalled) / len(group),
             "precision": float(true_positive) / n_labelled if n_labelled else float("nan")}
+
+
+def matched_shared_cosine(d: Dictionary, pair: ToyPair) -> float:
+    """Median over the true shared features of cos(d^first, d^second) of the latent whose first block
+    matches the feature best (truth: the drifted directions' cosine, ≈ 0.995 by default). Unlike the
+    median over every latent labelled shared, it measures latents that learned something, not untouched
+    ones."""
+    blocks = decoder_blocks(d)
+    truth = torch.nn.functional.normalize(pair.first[pair.groups["shared"]], dim=-1)
+    best = (truth @ torch.nn.functional.normalize(blocks[:, 0], dim=-1).T).argmax(1)
+    return float(torch.nn.functional.cosine_similarity(blocks[best, 0], blocks[best, 1], dim=-1).median())
