@@ -137,3 +137,17 @@ def test_diff_reports_again_from_a_saved_crosscoder_and_rejects_bad_input(diff_r
     assert code == 2 and "LABEL=MODEL" in capsys.readouterr().err
     code = main([*args, "--tokens", "0", "--out", str(root / "f")])
     assert code == 2 and "--tokens must be positive" in capsys.readouterr().err
+
+
+def test_report_page_escapes_model_labels_and_names(diff_run):
+    """Labels and model names come from the command line: render the run's report under hostile ones."""
+    from saekit.inspect.diff_page import render_diff_page
+
+    report = json.loads((diff_run["out"] / "report.json").read_text())
+    evil_labels = ["<b>base</b>", EVIL]
+    report["model_specific"] = dict(zip(evil_labels, report["model_specific"].values()))
+    report["models"] = {evil_labels[0]: EVIL, evil_labels[1]: "<img src=x>"}
+    report["labels"] = evil_labels
+    page = render_diff_page(report)
+    assert "<script" not in page and "<img" not in page and "<b>base" not in page
+    assert "&lt;b&gt;base&lt;/b&gt;" in page
