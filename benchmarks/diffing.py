@@ -13,10 +13,10 @@ truth ≈ 0.995), reconstruction FVU, and recall / precision of the latents labe
 and after latent scaling.
 
 `kjv` runs both models once over the KJV's train split at `resid_post.6` (activations cached in float16
-under ~/.cache/saekit/bench), and once over held-out chapters (activations, next-token losses), then
-trains the default crosscoder at each budget (the train split is ~0.95M tokens: larger budgets are
-several passes) and prints the shared-latent cosine median, counts per class, how many KJV-only latents
-latent scaling confirms, with examples, and the loss comparison. It writes each budget's report page.
+under ~/.cache/saekit/bench; `--train-tokens` caps it), and once over held-out chapters (activations,
+next-token losses), then trains the default crosscoder at each budget (the train split is ~0.95M tokens:
+larger budgets are several passes) and prints the shared-latent cosine median, counts per class, how many
+KJV-only latents latent scaling confirms, with examples, and the loss comparison. It writes each budget's report page.
 The KJV copy comes from scripts/finetune_copy.py (run it once).
 """
 
@@ -137,15 +137,18 @@ def synthetic(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ kjv
-def cached_train_activations(models: dict[str, Any], tokenizer: Any, text: Any, folder: Path) -> torch.Tensor:
-    """[n, 2·d] float16 activations of the KJV train split (both models), computed once."""
+def cached_train_activations(models: dict[str, Any], tokenizer: Any, text: Any, folder: Path,
+                             tokens: int | None) -> torch.Tensor:
+    """[n, 2·d] float16 activations of the KJV train split (both models; its first `tokens` tokens, all
+    when None), computed once."""
     from saekit.data.stream import ActivationStream
 
-    path = folder / "train.pt"
+    path = folder / f"train-{tokens or 'all'}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     started = time.perf_counter()
-    stream = ActivationStream(models, text.token_stream(tokenizer, "train"), [HOOKPOINT], progress=True)
+    stream = ActivationStream(models, text.token_stream(tokenizer, "train", max_tokens=tokens), [HOOKPOINT],
+                              progress=True)
     rows = [torch.cat([batch[f"{label}/{HOOKPOINT}"] for label in models], dim=-1).half() for batch in stream]
     data = torch.cat(rows)
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,7 +196,7 @@ def kjv(args: argparse.Namespace) -> None:
     text = TextConfig(dataset="kjv", context_size=128, model_batch_size=16)
     models, tokenizer = load_pair(names)
     folder = cache_root() / "bench" / f"diff-kjv-{HOOKPOINT}"
-    data = cached_train_activations(models, tokenizer, text, folder)
+    data = cached_train_activations(models, tokenizer, text, folder, args.train_tokens)
     held = cached_held_out(models, tokenizer, text, folder, args.eval_tokens)
     width = data.shape[1] // 2
     print(f"KJV pair at {HOOKPOINT}: {len(data):,} train tokens cached, {len(held.inputs):,} held-out tokens; "
@@ -274,7 +277,10 @@ def main() -> None:
     k.add_argument("--lr", type=float, default=None)
     k.add_argument("--expansion", type=int, default=4)
     k.add_argument("--batch-size", type=int, default=1024)
-    k.add_argument("--eval-tokens", type=int, default=32_768)
+    k.add_argument("--eval-tokens", type=int, default=16_384)
+    k.add_argument("--train-tokens", type=int, default=None,
+                   help="Cache only the first N train tokens (default: the whole train split, ~0.95M); larger "
+                        "budgets are passes over them.")
     k.add_argument("--out", default="runs/diff-kjv-bench")
     for command in (s, k):
         command.add_argument("--threads", type=int, default=1)

@@ -94,6 +94,8 @@ def test_diff_command_writes_a_readable_report(diff_run, capsys):
     counts = report["summary"]["counts"]
     assert sum(counts.values()) + report["dead"] == 128
     assert report["crosscoder"]["training"]["crosscoder_init"] == "same"
+    # The corpus' train split is ~4k tokens: the 16,384-token budget was trained in passes, not cut short.
+    assert report["crosscoder"]["training_tokens"] == 16_384
     scaling = report["latent_scaling"]
     assert scaling["second_only"]["labelled"] == counts["second_only"]
     assert 0 <= scaling["second_only"]["survive"] <= counts["second_only"]
