@@ -115,6 +115,8 @@ def synthetic(args: argparse.Namespace) -> None:
           f"{'2nd-only R/P':>13} {'after LS':>10} {'1st-only R/P':>13} {'after LS':>10}")
     rows = []
     for name, pair_options, options, joint in recipes:
+        if args.only and not any(word in name for word in args.only):
+            continue
         for steps in args.steps:
             runs = []
             for seed in args.seeds:
@@ -268,6 +270,7 @@ def main() -> None:
     s = sub.add_parser("synthetic")
     s.add_argument("--steps", type=int, nargs="+", default=[100, 400, 1600])
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    s.add_argument("--only", nargs="+", default=None, help="Only the recipes whose name contains one of these.")
     s.add_argument("--json", default=None, help="Also write the rows here.")
     k = sub.add_parser("kjv")
     k.add_argument("--copy", default=str(cache_root() / "models" / "smollm2-kjv"))

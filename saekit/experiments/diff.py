@@ -213,7 +213,7 @@ def diff_report(crosscoder: Dictionary, held: HeldOut, tokenizer: Any, model_nam
     alive = (latents > 0).any(0)
     classes = classify_latents(crosscoder, alive)
     r = relative_decoder_norms(crosscoder)
-    norms = decoder_blocks(crosscoder).norm(dim=-1)
+    norms = decoder_blocks(crosscoder, trained_space=True).norm(dim=-1)
     cosines = torch.nn.functional.cosine_similarity(decoder_blocks(crosscoder)[:, 0],
                                                     decoder_blocks(crosscoder)[:, 1], dim=-1)
     frequency = (latents > 0).float().mean(0)

@@ -57,7 +57,7 @@ def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> s
 
 
 def _histogram_svg(values: list[float], bins: int, value_range: tuple[float, float], xlabel: str,
-                   title: str, marker: float | None = None) -> str:
+                   title: str, marker: float | None = None, thresholds: tuple[float, ...] = ()) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,6 +65,8 @@ def _histogram_svg(values: list[float], bins: int, value_range: tuple[float, flo
 
     fig, ax = plt.subplots(figsize=(5.4, 3.1))
     ax.hist(values, bins=bins, range=value_range, color="#4a72b0")
+    for x in thresholds:
+        ax.axvline(x, color="#888", linewidth=.8, linestyle="--")
     if marker is not None:
         ax.axvline(marker, color="#c04000", linewidth=1.2, label=f"median {marker:.3f}")
         ax.legend(fontsize=8)
@@ -157,7 +159,8 @@ def render_diff_page(report: dict[str, Any]) -> str:
     parts.append('<div class="plots">'
                  + _histogram_svg(report["relative_norms"], 40, (0.0, 1.0),
                                   f"relative decoder norm ({first}-only 0 … 1 {second}-only)",
-                                  "relative decoder norms of live latents")
+                                  "relative decoder norms of live latents (dashed: class thresholds)",
+                                  thresholds=(FIRST_ONLY, SHARED_LOW, SHARED_HIGH, SECOND_ONLY))
                  + _histogram_svg(report["shared_cosines"], 40, (-1.0, 1.0),
                                   f"cos(d_{first}, d_{second})", "decoder cosine of shared latents",
                                   marker=median)

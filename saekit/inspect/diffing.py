@@ -1,8 +1,8 @@
-"""Model diffing with crosscoders: which latents belong to which model (CC, MIN; docs/methods.md
-"Transcoders, crosscoders, meta-SAEs").
+"""Model diffing with crosscoders: which latents belong to which model (CC, MIN; docs/diffing.md).
 
 For a crosscoder over two sources (e.g. base and chat), latent i has one decoder block per source. The
-relative decoder norm r_i = ||d_i^B|| / (||d_i^A|| + ||d_i^B||) is ≈ 0 for first-model-only latents,
+relative decoder norm r_i = ||d_i^B|| / (||d_i^A|| + ||d_i^B||) (blocks in the space the crosscoder was
+trained in, where both models' activations had the same mean norm) is ≈ 0 for first-model-only latents,
 ≈ 1 for second-model-only, ≈ 0.5 for shared ones. Thresholds (ours, stated): first-only r < 0.1,
 second-only r > 0.9, shared 0.3 ≤ r ≤ 0.7; the rest are "other". Decoder-norm labels from an L1
 crosscoder can be artefacts (complete shrinkage, latent decoupling): `LatentScaling` checks them, and
@@ -25,16 +25,21 @@ FIRST_ONLY, SECOND_ONLY, SHARED_LOW, SHARED_HIGH = 0.1, 0.9, 0.3, 0.7
 NU_ERROR_MAX, NU_RECONSTRUCTION_MAX, MIN_SCALING_COUNT = 0.2, 0.5, 10
 
 
-def decoder_blocks(d: Dictionary) -> Tensor:
-    """W_dec as [d_sae, n_sources, d] (one block per source)."""
-    return d.W_dec.detach().reshape(d.d_sae, d.cfg.n_sources, -1)
+def decoder_blocks(d: Dictionary, trained_space: bool = False) -> Tensor:
+    """W_dec as [d_sae, n_sources, d] (one block per source). With `trained_space`, each block is in the
+    space the crosscoder was trained in (times its source's normalisation scale), where every source's
+    activations had the same mean norm; saved weights take raw activations."""
+    blocks = d.W_dec.detach().reshape(d.d_sae, d.cfg.n_sources, -1)
+    return blocks * source_scales(d).to(blocks)[None, :, None] if trained_space else blocks
 
 
 def relative_decoder_norms(d: Dictionary) -> Tensor:
-    """r_i = ||d_i^second|| / (||d_i^first|| + ||d_i^second||) for a two-source crosscoder."""
+    """r_i = ||d_i^second|| / (||d_i^first|| + ||d_i^second||) for a two-source crosscoder, on the blocks
+    in the trained space: with raw blocks a model whose activations are 4× larger would seem to own every
+    latent (benchmarks/diffing.py, "second model 4× louder")."""
     if d.cfg.n_sources != 2:
         raise ValueError(f"relative decoder norms need a 2-source crosscoder, got {d.cfg.n_sources}")
-    norms = decoder_blocks(d).norm(dim=-1)
+    norms = decoder_blocks(d, trained_space=True).norm(dim=-1)
     return norms[:, 1] / norms.sum(-1).clamp_min(1e-12)
 
 
@@ -86,7 +91,7 @@ class LatentScaling:
             raise ValueError(f"latent scaling needs a 2-source crosscoder, got {d.cfg.n_sources}")
         self.latents, self.own = latents.long(), own.long()
         self.scale = source_scales(d)  # [2]
-        blocks = decoder_blocks(d).float() * self.scale[None, :, None]  # [d_sae, 2, d]
+        blocks = decoder_blocks(d, trained_space=True).float()  # [d_sae, 2, d]
         self.blocks = blocks
         self.bias = d.b_dec.detach().float().reshape(2, -1) * self.scale[:, None]
         self.probes = blocks[self.latents, self.own]  # [L, d]

@@ -93,6 +93,18 @@ def test_a_direction_present_in_both_models_has_ratio_one_and_an_absent_one_zero
         assert betas["nu_reconstruction"][0] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_relative_norms_are_measured_where_both_models_had_the_same_scale():
+    """A crosscoder trained on normalised activations and folded for a second model 4× louder has raw
+    second blocks 4× smaller... or larger: r must not change with the fold."""
+    trained = random_crosscoder(scales=(1.0, 1.0))
+    trained.meta.pop("normalization")
+    folded = random_crosscoder(scales=(1.0, 1.0))
+    folded.fold_activation_scale(torch.cat([torch.ones(6), torch.full((6,), 0.25)]))
+    folded.meta["normalization"] = {"input_scale": [1.0, 0.25]}
+    torch.testing.assert_close(relative_decoder_norms(folded), relative_decoder_norms(trained))
+    assert not torch.allclose(decoder_blocks(folded), decoder_blocks(trained))
+
+
 def test_survival_needs_small_ratios_of_either_sign_a_positive_own_beta_and_enough_firings():
     nan = float("nan")
     scaling = {"beta_error": torch.tensor([[0.05, 1.0], [-4.0, 1.0], [0.0, -0.3], [0.0, 1.0], [nan, nan]]),
