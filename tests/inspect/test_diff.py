@@ -108,8 +108,9 @@ def test_diff_command_writes_a_readable_report(diff_run, capsys):
     assert "base=" not in page.split("<h2>")[0]
     for cell in ("r &lt; 0.1", "r &gt; 0.9", "0.3 ≤ r ≤ 0.7", "confirmed by latent scaling"):
         assert cell in page
-    assert counts["second_only"] >= 1
+    assert counts["second_only"] >= 1 and counts["first_only"] == 0
     shown = report["model_specific"]["chat"]
+    assert diff_run["chat_latent"] in [item["latent"] for item in shown]
     assert len(shown) == counts["second_only"] and report["model_specific"]["base"] == []
     for item in shown + report["model_specific"]["base"]:
         assert f'id="latent-{item["latent"]}"' in page and "ν<sub>ε</sub>" in page
@@ -122,10 +123,10 @@ def test_diff_command_writes_a_readable_report(diff_run, capsys):
 
 def test_diff_reports_again_from_a_saved_crosscoder_and_rejects_bad_input(diff_run, capsys):
     root, args = diff_run["root"], diff_run["args"]
-    code = main([*args, "--crosscoder", str(diff_run["out"] / "crosscoder"), "--out", str(root / "e"),
+    code = main([*args, "--crosscoder", str(diff_run["trained"] / "crosscoder"), "--out", str(root / "e"),
                  "--no-progress"])
     assert code == 0
-    first = json.loads((diff_run["out"] / "report.json").read_text())
+    first = json.loads((diff_run["trained"] / "report.json").read_text())
     again = json.loads((root / "e" / "report.json").read_text())
     assert again["summary"]["counts"] == first["summary"]["counts"]
     assert again["latent_scaling"] == first["latent_scaling"]
