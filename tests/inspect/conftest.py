@@ -64,8 +64,8 @@ def diff_run(tmp_path_factory):
     out = root / "d"
     args = ["diff", "--models", f"base={base}", f"chat={chat}", "--hookpoint", "resid_post.1",
             "--dataset", str(corpus), "--context-size", "32", "--eval-tokens", "1500"]
-    code = main([*args, "--tokens", "16384", "--batch-size", "256", "--k", "4", "--lr", "3e-3", "--out", str(root / "t"),
-                 "--no-progress"])
+    code = main([*args, "--tokens", "16384", "--batch-size", "256", "--k", "4", "--lr", "3e-3",
+                 "--out", str(root / "t"), "--no-progress"])
     assert code == 0
     # 64 steps do not separate the neuron's latent cleanly (its base block is still ~0.2 of the row:
     # "other"), and which classes a short run reaches is not what these tests check (test_latent_scaling
