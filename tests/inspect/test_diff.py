@@ -110,7 +110,10 @@ def test_diff_command_writes_a_readable_report(diff_run, capsys):
         assert cell in page
     assert counts["second_only"] >= 1 and counts["first_only"] == 0
     shown = report["model_specific"]["chat"]
-    assert diff_run["chat_latent"] in [item["latent"] for item in shown]
+    # Its base block was zeroed by hand, but the base model still carries the direction (the trained block
+    # was ~0.2 of the row): latent scaling must see it in the base model's error and reject the label.
+    edited = next(item for item in shown if item["latent"] == diff_run["chat_latent"])
+    assert not edited["survives"] and edited["nu_error"] > 0.2 and edited["beta_error"][1] > 0
     assert len(shown) == counts["second_only"] and report["model_specific"]["base"] == []
     for item in shown + report["model_specific"]["base"]:
         assert f'id="latent-{item["latent"]}"' in page and "ν<sub>ε</sub>" in page
