@@ -202,7 +202,8 @@ class Method:
             return None
         from saekit.methods.dead_latents import ghost_grads_loss
 
-        return "ghost", ghost_grads_loss(d, residual, enc.pre, dead_mask, per_token_error), 1.0
+        return "ghost", ghost_grads_loss(d, residual, enc.pre, dead_mask, per_token_error,
+                                         training.ghost_grads_form), 1.0
 
     # ------------------------------------------------------------------------------------ upkeep
     def after_step(self, d: Dictionary) -> None:

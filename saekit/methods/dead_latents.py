@@ -2,6 +2,14 @@
 
 Both reconstruct the main loss's residual e = y − ŷ (detached) from the latents that have not fired for
 `dead_tokens` tokens, so gradient reaches encoder directions that the main loss no longer trains.
+
+Ghost grads come in three forms (`TrainingConfig.ghost_grads_form`; docs/methods.md "Dead latents"):
+- original: Anthropic's January-2024 form (exp of the dead pre-activations), as SAELens pre-v6 coded it;
+- scaled: the same loss multiplied by the fraction of latents that are dead, which is how the one public
+  code of GDM's "Improving ghost grads" (Progress Update #1) differs from plain ghost grads (saex's
+  `dm_ghost_grads`; METHODS.md §5(b)); a reconstruction, since the post's body was not read;
+- softplus: scaled, with softplus in place of exp (saex's form: "DeepMind's scaled ghost gradients,
+  modified to use Softplus").
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from saekit.sparse import sparse_decode, sparse_topk_of_columns
@@ -27,21 +36,38 @@ def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x - x_hat).pow(2).sum(-1)
 
 
-def ghost_grads_loss(d: Dictionary, residual: Tensor, pre: Tensor | None, dead_mask: Tensor,
-                     per_token_error: Tensor) -> Tensor:
-    """Ghost grads (JAN24, as SAELens pre-v6 implemented it; docs/methods.md "Dead latents").
+# The ghost-grads forms: (activation of the dead pre-activations, scale the loss by the dead fraction).
+GHOST_GRADS_FORMS: dict[str, tuple[str, bool]] = {
+    "original": ("exp", False),
+    "scaled": ("exp", True),
+    "softplus": ("softplus", True),
+}
 
-    Dead latents' exp(pre-activation) reconstruct the residual, rescaled to half its norm, and the
-    loss is put on the scale of the main MSE by a detached per-token factor.
+
+def ghost_grads_loss(d: Dictionary, residual: Tensor, pre: Tensor | None, dead_mask: Tensor,
+                     per_token_error: Tensor, form: str = "original") -> Tensor:
+    """Ghost grads (docs/methods.md "Dead latents") in one of `GHOST_GRADS_FORMS`.
+
+    Dead latents' exp (or softplus) of their pre-activations reconstruct the residual, rescaled to half
+    its norm, and the loss is put on the scale of the main MSE by a detached per-token factor; the
+    scaled forms then multiply it by n_dead / d_sae, so the term fades as latents come back to life
+    instead of pulling with full weight on a handful of dead ones.
     """
     assert pre is not None, "ghost grads need the dense pre-activations"
+    activation, scaled = GHOST_GRADS_FORMS[form]
+    dead_pre = pre[:, dead_mask]
+    # exp is clamped so one large pre-activation cannot overflow; softplus grows linearly and needs none
+    codes = dead_pre.clamp(max=30.0).exp() if activation == "exp" else F.softplus(dead_pre)
     residual = residual.detach()
-    ghost = pre[:, dead_mask].clamp(max=30.0).exp() @ d.W_dec[dead_mask]
+    ghost = codes @ d.W_dec[dead_mask]
     scale = residual.norm(dim=-1, keepdim=True) / (2 * ghost.norm(dim=-1, keepdim=True) + 1e-8)
     ghost = ghost * scale.detach()
     ghost_error = squared_error(residual, ghost)
     rescale = (per_token_error / (ghost_error + 1e-6)).detach()
-    return (rescale * ghost_error).mean()
+    loss = (rescale * ghost_error).mean()
+    if scaled:
+        loss = loss * dead_mask.float().mean()
+    return loss
 
 
 def auxk_loss(d: Dictionary, x: Tensor, residual: Tensor, dead_mask: Tensor, aux_k: int,

@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 
 from saekit.config import DictionaryConfig, check_fields, help_field
 from saekit.errors import SaekitError
+from saekit.methods.dead_latents import GHOST_GRADS_FORMS
 from saekit.methods.jumprelu import DEFAULT_BANDWIDTH
 
 NORMALIZATIONS = ("none", "mean_norm_sqrt_d", "mean_squared_norm_1")
@@ -43,6 +44,7 @@ class ResolvedTraining(Protocol):
     aux_coefficient: float
     dead_tokens: int
     ghost_grads: bool
+    ghost_grads_form: str
     resample_every: int
     jumprelu_bandwidth: float
     jumprelu_init_threshold: float
@@ -93,6 +95,10 @@ class TrainingConfig:
     dead_tokens: int = help_field("A latent is dead once it has not fired for this many tokens.",
                                   default=10_000_000)
     ghost_grads: bool = help_field("Ghost grads on dead latents (relu, gated, jumprelu).", default=False)
+    ghost_grads_form: str = help_field(
+        "Which ghost grads: 'original' (Anthropic, Jan 2024: exp of dead pre-activations), 'scaled' (the "
+        "same times the fraction of dead latents, GDM's improvement as reconstructed) or 'softplus' "
+        "(scaled, with softplus for exp). Needs ghost_grads.", default="original")
     resample_every: int = help_field("Resample dead latents every this many steps (0 disables).",
                                      default=0)
     jumprelu_bandwidth: float = help_field("JumpReLU straight-through bandwidth ε.", default=DEFAULT_BANDWIDTH)
@@ -177,6 +183,10 @@ def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
         (0.0 < training.threshold_ema < 1.0, "threshold_ema must be in (0, 1)"),
         (0.0 <= training.threshold_start <= 1.0, "threshold_start must be a fraction in [0, 1]"),
         (training.resample_every >= 0, "resample_every must be >= 0"),
+        (training.ghost_grads_form in GHOST_GRADS_FORMS,
+         f"ghost_grads_form must be one of {', '.join(GHOST_GRADS_FORMS)}, got {training.ghost_grads_form!r}"),
+        (training.ghost_grads or training.ghost_grads_form == "original",
+         "ghost_grads_form applies only with ghost_grads: pass ghost_grads=True as well"),
         (isinstance(training.seed, int) and not isinstance(training.seed, bool) and 0 <= training.seed < 2**63,
          "seed must be a non-negative integer"),
         (training.target_l0 is None or (math.isfinite(training.target_l0) and training.target_l0 > 0),
