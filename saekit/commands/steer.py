@@ -64,6 +64,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vector.add_argument("--out", type=Path, default=None, help="Write the decomposition as JSON.")
     vector.add_argument("--html", type=Path, default=None,
                         help="Write the decomposition as a page linking each latent's dashboard.")
+    improve = vector.add_argument_group(
+        "improve", "With --improve: build the vector's SAE reconstruction, the vector with irrelevant latents "
+                   "removed and the best single latent, and compare them with the vector as concept strength "
+                   "against cost curves (docs/steering.md).")
+    improve.add_argument("--improve", nargs="?", const=Path("steering-improved"), type=Path, default=None,
+                         metavar="DIR", help="Evaluate and improve the vector; write curves.png, index.html, "
+                                             "report.json and the vectors (.npy) to DIR (default: "
+                                             "steering-improved).")
+    improve.add_argument("--concept-words", nargs="+", default=None, metavar="WORD",
+                         help="Words whose probability measures the concept (e.g. angry furious rage).")
+    improve.add_argument("--concept-name", default=None, help="Name shown on the page (default: the "
+                                                              "positive file's name).")
+    improve.add_argument("--neutral", type=Path, default=None,
+                         help="Prompts to steer (one per line; default: twelve built-in sentence openings).")
+    improve.add_argument("--scales", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0, 4.0],
+                         help="Steering scales, in units of the mean activation norm at the hookpoint.")
+    improve.add_argument("--display-scale", type=float, default=None,
+                         help="Scale of the generations shown and of the latent screen (default: the "
+                              "middle scale).")
+    improve.add_argument("--candidates", type=int, default=64, help="Latents screened one by one.")
+    improve.add_argument("--random-directions", type=int, default=16,
+                         help="Random directions that set the screen's relevance threshold.")
+    improve.add_argument("--cost-tokens", type=int, default=2048,
+                         help="Held-out tokens (test split of --dataset) the cost is measured on.")
+    improve.add_argument("--dataset", default="offline-default", help="Text for the cost (its test split).")
+    improve.add_argument("--max-new-tokens", type=int, default=24, help="Tokens generated per prompt.")
+    improve.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     vector.set_defaults(func=run_vector)
 
 
@@ -118,6 +145,8 @@ def run_vector(args: argparse.Namespace) -> int:
 
     if args.vector is not None and (args.positive is not None or args.negative is not None):
         raise SaekitError("give either --vector or --positive/--negative prompts, not both")
+    if args.improve is not None:
+        return run_improve(args)
     if args.vector is not None:
         import saekit
 
@@ -148,4 +177,42 @@ def run_vector(args: argparse.Namespace) -> int:
     if args.html is not None:
         write_decomposition_page(result, args.html, f"{args.dictionary} · l0 {args.l0}")
         print(f"page -> {args.html}")
+    return 0
+
+
+def run_improve(args: argparse.Namespace) -> int:
+    """`steering-vector --improve`: the four vectors' curves, generations, page and vectors."""
+    from saekit.data.config import TextConfig
+    from saekit.inspect.steering_eval import NEUTRAL_PROMPTS, Concept, check_scales
+    from saekit.inspect.steering_improve import improve_steering_vector
+    from saekit.inspect.steering_page import LABELS, write_steering_report
+
+    if args.vector is not None:
+        raise SaekitError("--improve builds the vector from --positive and --negative prompts: drop --vector")
+    positive, negative = _prompts(args.positive, "--positive"), _prompts(args.negative, "--negative")
+    neutral = _prompts(args.neutral, "--neutral") if args.neutral is not None else list(NEUTRAL_PROMPTS)
+    concept = Concept(args.concept_name or args.positive.stem, positive, negative, args.concept_words or [])
+    scales = check_scales(args.scales)
+    if args.display_scale is not None:
+        check_scales([args.display_scale], "--display-scale")
+    for flag in ("candidates", "cost_tokens", "max_new_tokens"):
+        if getattr(args, flag) <= 0:
+            raise SaekitError(f"--{flag.replace('_', '-')} must be positive")
+    d, model, tokenizer = _open(args)
+    text = TextConfig(dataset=args.dataset, context_size=128, model_batch_size=8)
+    held_out = list(text.token_stream(tokenizer, split="test", max_tokens=args.cost_tokens))
+    if not held_out:
+        raise SaekitError(f"the test split of {args.dataset} holds not one {text.context_size}-token window to "
+                          "measure the cost on: use more text")
+    report = improve_steering_vector(model, tokenizer, d, concept, neutral, held_out, scales, args.display_scale,
+                                     candidates=args.candidates, random_directions=args.random_directions,
+                                     max_new_tokens=args.max_new_tokens, position=args.position,
+                                     progress=not args.no_progress)
+    page = write_steering_report([report], args.improve, f"{args.dictionary} · {concept.name}")
+    print(f"{'vector':<30} {'strength at ActAdd cost':>24} {'probe':>7}")
+    for row in report.summary():
+        print(f"{LABELS[row['method']]:<30} {row['strength_at_budget']:>24.4g} {row['probe']:>7.3f}")
+    print(f"most strength at the ActAdd vector's cost: {LABELS[report.improved]} -> "
+          f"{args.improve / 'concept-0' / 'improved.npy'}")
+    print(f"page -> {page}")
     return 0

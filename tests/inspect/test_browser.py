@@ -78,3 +78,45 @@ def test_latent_page_highlights_tokens_and_runs_nothing(browser, site):
     browser.save_screenshot(str(OUTPUT / "latent-0.png"))
     browser.find_element(By.CSS_SELECTOR, "#near a").click()  # nearest-latent links work
     assert "/latents/" in browser.current_url and browser.find_element(By.TAG_NAME, "h1").text
+
+
+def _steering_report(name: str):
+    """A small hand-made report (the page is under test here, not the numbers)."""
+    import torch
+
+    from saekit.inspect.steering_eval import Concept
+    from saekit.inspect.steering_improve import Screen, SteeringReport
+
+    methods = ["actadd", "sae_reconstruction", "pruned", "best_latent"]
+    curves = {m: [{"scale": s, "strength": s * (i + 1) / 4, "cost": s / 10} for s in (0.5, 1.0, 2.0)]
+              for i, m in enumerate(methods)}
+    prompts = ["I think that", EVIL]
+    screen = Screen(1.0, 0.1, [0.0, 0.05], [{"latent": 3, "coefficient": 0.5, "contribution_norm": 0.5,
+                                             "effect": 0.4, "relevant": True},
+                                            {"latent": 9, "coefficient": -0.2, "contribution_norm": 0.2,
+                                             "effect": -0.1, "relevant": False}])
+    return SteeringReport(Concept(name, ["a " + EVIL], ["b"], [EVIL]), "resid_post.0", 3.0, [0.5, 1.0, 2.0], 1.0,
+                          {m: torch.ones(4) for m in methods}, curves, screen, 0.1, {m: 0.2 for m in methods},
+                          "best_latent", prompts, {m: [f"{m} says {EVIL}", "ok"] for m in ["unsteered", *methods]},
+                          {m: [0.5, 0.25] for m in ["unsteered", *methods]}, 0.75, [5], 2.0)
+
+
+def test_steering_page_shows_curves_and_generations_side_by_side(browser, tmp_path):
+    from saekit.inspect.steering_page import write_steering_report
+
+    page = write_steering_report([_steering_report("anger"), _steering_report(EVIL)], tmp_path / "steer", EVIL)
+    browser.get(page.as_uri())
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(OUTPUT / "steering.png"))
+    figure = browser.find_element(By.CSS_SELECTOR, ".figure svg")
+    assert figure.size["width"] > 400 and figure.size["height"] > 150
+    tables = browser.find_elements(By.CSS_SELECTOR, "table.generations")
+    assert len(tables) == 2
+    headers = [th.text for th in tables[0].find_elements(By.CSS_SELECTOR, "th")]
+    assert headers == ["prompt", "unsteered", "ActAdd (difference of means)", "SAE reconstruction",
+                       "irrelevant latents removed", "best single latent"]
+    rows = tables[1].find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == 2 and EVIL in rows[1].text and f"pruned says {EVIL}" in rows[0].text
+    assert browser.find_element(By.ID, "concept-1").text == EVIL  # the name as text, not markup
+    assert "★" in browser.find_elements(By.CSS_SELECTOR, "table.summary")[0].text
+    assert browser.execute_script("return typeof window.__pwned") == "undefined"

@@ -56,7 +56,7 @@ def test_ghost_loss_and_its_gradient_match_the_hand_computation(form, generator)
     training = TrainingConfig(ghost_grads=True, ghost_grads_form=form).resolved(cfg)
     d = Dictionary(cfg, training=training)
     with torch.no_grad():
-        for name, tensor in d.named_parameters():
+        for tensor in d.parameters():
             tensor.copy_(0.5 * torch.randn(tensor.shape, generator=generator))
     x = torch.randn(5, 6, generator=generator)
     dead = torch.zeros(12, dtype=torch.bool)
