@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     improve.add_argument("--neutral", type=Path, default=None,
                          help="Prompts to steer (one per line; default: twelve built-in sentence openings).")
     improve.add_argument("--scales", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0, 4.0],
-                         help="Steering scales, in units of the mean activation norm at the hookpoint.")
+                         help="Steering scales, in units of the median activation norm at the hookpoint.")
     improve.add_argument("--display-scale", type=float, default=None,
                          help="Scale of the generations shown and of the latent screen (default: the "
                               "middle scale).")

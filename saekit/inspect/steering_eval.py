@@ -2,7 +2,7 @@
 
 A `SteeringBench` holds everything fixed while vectors are compared: the model, the hookpoint, a set of
 neutral prompts, the concept's words and a stretch of held-out text. Any direction u (normalised to unit
-norm) is applied as x + α·ρ·u at every position of the hookpoint, with ρ the mean activation norm there
+norm) is applied as x + α·ρ·u at every position of the hookpoint, with ρ the median activation norm there
 on the neutral prompts, so α reads "a fraction of a typical activation" whatever the vector's own norm.
 
 - strength(u, α): the shift in log Σ_{w ∈ concept words} p(w | prefix), teacher-forced at every
@@ -133,15 +133,16 @@ class SteeringBench:
         if width is not None and width != self.width:
             raise SaekitError(f"the vector or dictionary has width {width} but {hookpoint} of the model has width "
                               f"{self.width}: use one made for this model's hookpoint")
-        # ρ: the unit of α (mean activation norm over the counted neutral tokens)
-        self.activation_norm = float(acts[self.counted].norm(dim=-1).mean())
+        # ρ, the unit of α: the median activation norm over the counted neutral tokens (the median, as the
+        # first position of a sequence without BOS is an attention sink with several times the norm)
+        self.activation_norm = float(acts[self.counted].norm(dim=-1).median())
         self.held_out = [(ids.to(self.device), mask.to(self.device)) for ids, mask in held_out]
         self.base_logprob = self._concept_logprob(None)
         self.clean_ce = self._held_out_ce(None)
 
     # ------------------------------------------------------------------------------------ edits
-    def edit(self, direction: Tensor, scale: float) -> Callable[[Tensor], Tensor]:
-        """x ↦ x + scale·ρ·u, u = direction/‖direction‖."""
+    def step(self, direction: Tensor, scale: float) -> Tensor:
+        """scale·ρ·u, u = direction/‖direction‖: what the edit adds."""
         direction = direction.detach().float().reshape(-1).to(self.device)
         if direction.shape[0] != self.width:
             raise SaekitError(f"the direction has width {direction.shape[0]}, the hookpoint {self.width}")
@@ -149,7 +150,11 @@ class SteeringBench:
         if not math.isfinite(norm) or norm == 0:
             raise SaekitError("the steering direction is zero or not finite: nothing to steer with")
         check_scales([scale], "the steering scale")
-        step = direction * (scale * self.activation_norm / norm)
+        return direction * (scale * self.activation_norm / norm)
+
+    def edit(self, direction: Tensor, scale: float) -> Callable[[Tensor], Tensor]:
+        """x ↦ x + scale·ρ·u at every position."""
+        step = self.step(direction, scale)
 
         def add(value: Tensor) -> Tensor:
             return value + step.to(value.dtype)
@@ -164,12 +169,14 @@ class SteeringBench:
 
     # ---------------------------------------------------------------------------------- readings
     @torch.no_grad()
-    def _concept_logprob(self, edit: Callable[[Tensor], Tensor] | None) -> Tensor:
-        """Per prompt: mean over its counted positions of log Σ_{w ∈ concept} p(w | prefix)."""
-        logits = self._forward(edit, input_ids=self.ids, attention_mask=self.attention)
+    def _concept_logprob(self, edit: Callable[[Tensor], Tensor] | None, copies: int = 1) -> Tensor:
+        """Per prompt: mean over its counted positions of log Σ_{w ∈ concept} p(w | prefix); with
+        `copies`, the prompts repeated that many times in one batch ([copies·P], copy-major)."""
+        logits = self._forward(edit, input_ids=self.ids.repeat(copies, 1),
+                               attention_mask=self.attention.repeat(copies, 1))
         logp = F.log_softmax(logits.float(), dim=-1)
-        concept = torch.logsumexp(logp[..., self.concept_ids], dim=-1)  # [P, T]
-        mask = self.counted.float()
+        concept = torch.logsumexp(logp[..., self.concept_ids], dim=-1)  # [copies·P, T]
+        mask = self.counted.float().repeat(copies, 1)
         return (concept * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
     @torch.no_grad()
@@ -183,7 +190,29 @@ class SteeringBench:
 
     def strength(self, direction: Tensor, scale: float) -> float:
         """Mean over neutral prompts of the concept log-probability shift (nats)."""
-        return float((self._concept_logprob(self.edit(direction, scale)) - self.base_logprob).mean())
+        return self.strengths([direction], scale)[0]
+
+    def strengths(self, directions: Sequence[Tensor], scale: float | Sequence[float], batch: int = 8
+                  ) -> list[float]:
+        """`strength` of each direction (at one scale, or each at its own), `batch` directions per forward
+        pass (the neutral prompts are short: one pass over many copies uses the CPU far better than many
+        small ones)."""
+        scales = [float(scale)] * len(directions) if isinstance(scale, (int, float)) else list(scale)
+        if len(scales) != len(directions):
+            raise SaekitError(f"{len(directions)} directions but {len(scales)} scales")
+        out: list[float] = []
+        prompts = self.ids.shape[0]
+        for start in range(0, len(directions), batch):
+            steps = torch.stack([self.step(u, a) for u, a in zip(directions[start:start + batch],
+                                                                  scales[start:start + batch])])
+            rows = steps.repeat_interleave(prompts, dim=0)[:, None, :]  # [copies·P, 1, d]
+
+            def add(value: Tensor, rows: Tensor = rows) -> Tensor:
+                return value + rows.to(value.dtype)
+
+            shift = self._concept_logprob(add, len(steps)) - self.base_logprob.repeat(len(steps))
+            out.extend(shift.view(len(steps), prompts).mean(-1).tolist())
+        return out
 
     def cost(self, direction: Tensor, scale: float) -> float:
         """Held-out CE, steered minus clean (nats per token)."""

@@ -79,10 +79,11 @@ class Screen:
 
 
 def screen_latents(bench: SteeringBench, d: Dictionary, coefficients: Tensor, scale: float, candidates: int = 64,
-                   random_directions: int = 16, seed: int = 0, progress: bool = False) -> Screen:
+                   random_directions: int = 16, seed: int = 0, progress: bool = False, batch: int = 8) -> Screen:
     """Steer with each of the `candidates` latents of largest contribution ‖c_i d_i‖, one at a time, and
     with `random_directions` random unit directions; the relevance threshold is the random effects'
-    mean + 2 standard deviations, and never below 0 (a latent must move the concept the right way)."""
+    mean + 2 standard deviations, and never below 0 (a latent must move the concept the right way).
+    `batch` directions share one forward pass."""
     from tqdm.auto import tqdm
 
     if candidates <= 0 or random_directions < 2:
@@ -94,14 +95,17 @@ def screen_latents(bench: SteeringBench, d: Dictionary, coefficients: Tensor, sc
     if not order:
         raise SaekitError("no latent contributes to the vector: the prompt sets give the same latents")
     generator = torch.Generator().manual_seed(seed)
-    randoms = [bench.strength(torch.randn(bench.width, generator=generator), scale)
-               for _ in tqdm(range(random_directions), desc="random directions", disable=not progress)]
-    mean = sum(randoms) / len(randoms)
-    spread = math.sqrt(sum((r - mean) ** 2 for r in randoms) / (len(randoms) - 1))
-    screen = Screen(scale, max(0.0, mean + 2 * spread), randoms)
-    for i in tqdm(order, desc="screening latents", disable=not progress):
-        sign = 1.0 if float(coefficients[i]) > 0 else -1.0
-        effect = bench.strength(sign * decoder[i], scale)
+    randoms = [torch.randn(bench.width, generator=generator) for _ in range(random_directions)]
+    latents = [math.copysign(1.0, float(coefficients[i])) * decoder[i] for i in order]
+    effects: list[float] = []
+    directions = randoms + latents
+    for start in tqdm(range(0, len(directions), batch), desc="screening latents", disable=not progress):
+        effects += bench.strengths(directions[start:start + batch], scale, batch)
+    random_effects, latent_effects = effects[:random_directions], effects[random_directions:]
+    mean = sum(random_effects) / len(random_effects)
+    spread = math.sqrt(sum((r - mean) ** 2 for r in random_effects) / (len(random_effects) - 1))
+    screen = Screen(scale, max(0.0, mean + 2 * spread), random_effects)
+    for i, effect in zip(order, latent_effects):
         screen.rows.append({"latent": i, "coefficient": float(coefficients[i]),
                             "contribution_norm": float(contributions[i]), "effect": effect,
                             "relevant": effect > screen.threshold})
@@ -207,8 +211,10 @@ def improve_steering_vector(model: nn.Module, tokenizer: Any, d: Dictionary, con
     vectors = improved_vectors(d, vector.to(d.W_dec.device), coefficients, screen)
 
     curves: dict[str, list[dict[str, float]]] = {}
-    for name, u in tqdm(vectors.items(), desc="sweeping scales", disable=not progress):
-        curves[name] = [{"scale": s, "strength": bench.strength(u, s), "cost": bench.cost(u, s)} for s in scales]
+    pairs = [(name, s) for name in vectors for s in scales]
+    strengths = bench.strengths([vectors[name] for name, _ in pairs], [s for _, s in pairs])
+    for (name, s), strength in zip(tqdm(pairs, desc="costs", disable=not progress), strengths):
+        curves.setdefault(name, []).append({"scale": s, "strength": strength, "cost": bench.cost(vectors[name], s)})
     at_display = [p for p in curves["actadd"] if p["scale"] == display]
     budget = at_display[0]["cost"] if at_display else bench.cost(vectors["actadd"], display)
     at_budget = {name: strength_at_cost(points, budget) for name, points in curves.items()}

@@ -99,7 +99,7 @@ def _concept_section(report: SteeringReport, index: int) -> str:
     return (f'<h2 id="concept-{index}">{esc(concept.name)}</h2>'
             f'<p class="muted">{len(concept.positive)} positive / {len(concept.negative)} negative prompts; concept '
             f'words: {esc(", ".join(concept.words))}; hookpoint {esc(report.hookpoint)}; scales in units of '
-            f'ρ = {esc(fmt(report.activation_norm))} (mean activation norm): '
+            f'ρ = {esc(fmt(report.activation_norm))} (median activation norm): '
             f'{esc(", ".join(fmt(s) for s in report.scales))}</p>'
             f'<p>Strength at the ActAdd vector\'s cost at scale {esc(fmt(report.display_scale))} '
             f'(Δ CE = {_number(report.budget)} nats/token); probe: mean probability of the concept on the '

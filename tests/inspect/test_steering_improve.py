@@ -72,7 +72,7 @@ def test_strength_and_cost_match_an_independent_computation(setup):
         hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[1][0]
         keep = torch.tensor([i not in special for i in ids[0].tolist()])
         norms.append(hidden[keep].norm(dim=-1))
-    rho = float(torch.cat(norms).mean())
+    rho = float(torch.cat(norms).median())
     assert bench.activation_norm == pytest.approx(rho, rel=1e-5)
     step = 1.5 * rho * u / u.norm()
 
@@ -89,6 +89,12 @@ def test_strength_and_cost_match_an_independent_computation(setup):
 
     expected = np.mean([concept_logprob(p, True) - concept_logprob(p, False) for p in NEUTRAL])
     assert bench.strength(u, 1.5) == pytest.approx(expected, abs=1e-4)
+    # batched: several directions (and scales) per forward pass give each one's own strength
+    others = [torch.randn(32, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    batched = bench.strengths([u, *others], [1.5, 0.5, 1.0, 2.0], batch=3)
+    alone = [bench.strength(v, a) for v, a in zip([u, *others], [1.5, 0.5, 1.0, 2.0])]
+    assert batched == pytest.approx(alone, abs=1e-5) and batched[0] == pytest.approx(expected, abs=1e-4)
+    assert len(set(np.round(batched, 6))) == 4
 
     def held_out_ce(hook):
         total = count = 0.0
