@@ -90,6 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="Held-out tokens (test split of --dataset) the cost is measured on.")
     improve.add_argument("--dataset", default="offline-default", help="Text for the cost (its test split).")
     improve.add_argument("--max-new-tokens", type=int, default=24, help="Tokens generated per prompt.")
+    improve.add_argument("--overwrite", action="store_true",
+                         help="Replace --improve DIR even if saekit did not write it.")
     improve.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     vector.set_defaults(func=run_vector)
 
@@ -186,6 +188,7 @@ def run_improve(args: argparse.Namespace) -> int:
     from saekit.inspect.steering_eval import NEUTRAL_PROMPTS, Concept, check_scales
     from saekit.inspect.steering_improve import improve_steering_vector
     from saekit.inspect.steering_page import LABELS, write_steering_report
+    from saekit.io import check_replaceable
 
     if args.vector is not None:
         raise SaekitError("--improve builds the vector from --positive and --negative prompts: drop --vector")
@@ -198,6 +201,7 @@ def run_improve(args: argparse.Namespace) -> int:
     for flag in ("candidates", "cost_tokens", "max_new_tokens"):
         if getattr(args, flag) <= 0:
             raise SaekitError(f"--{flag.replace('_', '-')} must be positive")
+    check_replaceable(args.improve, args.overwrite)  # before the model is loaded
     d, model, tokenizer = _open(args)
     text = TextConfig(dataset=args.dataset, context_size=128, model_batch_size=8)
     held_out = list(text.token_stream(tokenizer, split="test", max_tokens=args.cost_tokens))
@@ -208,7 +212,7 @@ def run_improve(args: argparse.Namespace) -> int:
                                      candidates=args.candidates, random_directions=args.random_directions,
                                      max_new_tokens=args.max_new_tokens, position=args.position,
                                      progress=not args.no_progress)
-    page = write_steering_report([report], args.improve, f"{args.dictionary} · {concept.name}")
+    page = write_steering_report([report], args.improve, f"{args.dictionary} · {concept.name}", args.overwrite)
     print(f"{'vector':<30} {'strength at ActAdd cost':>24} {'probe':>7}")
     for row in report.summary():
         print(f"{LABELS[row['method']]:<30} {row['strength_at_budget']:>24.4g} {row['probe']:>7.3f}")

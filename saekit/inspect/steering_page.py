@@ -11,7 +11,7 @@ from typing import Any
 
 from saekit.inspect.html import esc, fmt, page
 from saekit.inspect.steering_improve import SteeringReport
-from saekit.io import atomic_write_bytes, atomic_write_json
+from saekit.io import atomic_directory, atomic_write_bytes, atomic_write_json
 
 LABELS = {"actadd": "ActAdd (difference of means)", "sae_reconstruction": "SAE reconstruction",
           "pruned": "irrelevant latents removed", "best_latent": "best single latent", "unsteered": "unsteered"}
@@ -116,12 +116,19 @@ def _concept_section(report: SteeringReport, index: int) -> str:
             f'<tbody>{"".join(generations)}</tbody></table>')
 
 
-def write_steering_report(reports: list[SteeringReport], out_dir: str | Path, title: str = "") -> Path:
-    """curves.png, index.html and report.json in `out_dir`, and per concept a folder of vectors."""
+def write_steering_report(reports: list[SteeringReport], out_dir: str | Path, title: str = "",
+                          overwrite: bool = False) -> Path:
+    """curves.png, index.html and report.json in `out_dir`, and per concept a folder of vectors. The
+    directory is written whole (`io.atomic_directory`): it replaces only an earlier saekit output, or
+    anything with `overwrite`."""
+    with atomic_directory(out_dir, overwrite) as tmp:
+        _write_report_files(reports, tmp, title)
+    return Path(out_dir) / "index.html"
+
+
+def _write_report_files(reports: list[SteeringReport], out: Path, title: str) -> None:
     import numpy as np
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fig = curves_figure(reports)
     atomic_write_bytes(out / "curves.png", _figure_bytes(fig, "png"))
     svg = _figure_bytes(fig, "svg").decode("utf-8")
@@ -144,6 +151,4 @@ def write_steering_report(reports: list[SteeringReport], out_dir: str | Path, ti
             "cross-entropy on held-out text. Up and to the left is better; the dotted line is the cost of the "
             "ActAdd vector at the display scale. ★ most strength at that cost (its vector: improved.npy).</p>"
             + "".join(_concept_section(r, i) for i, r in enumerate(reports)))
-    path = out / "index.html"
-    atomic_write_bytes(path, page("steering vectors", body, css).encode("utf-8"))
-    return path
+    atomic_write_bytes(out / "index.html", page("steering vectors", body, css).encode("utf-8"))

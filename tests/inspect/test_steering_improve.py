@@ -239,3 +239,17 @@ def test_cli_improve_and_its_bad_input(setup, tmp_path, capsys):
     wide = [a if a != str(root / "dict") else str(tmp_path / "narrow") for a in common]
     one_line_error([*wide, "--positive", str(tmp_path / "pos.txt"), "--improve", str(out)],
                    "has width 16 but resid_post.0 of the model has width 32")
+    # the output directory: saekit's own is replaced by a second run, anything else refused before the
+    # model loads unless --overwrite
+    (out / "stale.txt").write_text("from the first run")
+    assert main([*common, "--positive", str(tmp_path / "pos.txt"), "--scales", "1", "--improve", str(out)]) == 0
+    assert not (out / "stale.txt").exists() and (out / "index.html").is_file()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    one_line_error([*common, "--positive", str(tmp_path / "pos.txt"), "--improve", str(foreign)],
+                   "was not written by saekit")
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert main([*common, "--positive", str(tmp_path / "pos.txt"), "--scales", "1", "--improve", str(foreign),
+                 "--overwrite"]) == 0
+    assert not (foreign / "notes.txt").exists() and (foreign / "report.json").is_file()
