@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import io
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,8 +30,8 @@ import saekit
 from saekit.cli import main as cli
 from saekit.data.cache import open_cache
 from saekit.data.config import TextConfig
-from saekit.inspect.steering_eval import NEUTRAL_PROMPTS, Concept
-from saekit.inspect.steering_improve import improve_steering_vector
+from saekit.inspect.steering_eval import NEUTRAL_PROMPTS, Concept, SteeringBench, concept_token_ids
+from saekit.inspect.steering_improve import improve_steering_vector, mean_latent_difference, screen_latents
 from saekit.inspect.steering_page import LABELS, write_steering_report
 
 CONCEPTS = [
@@ -80,6 +81,22 @@ def train_sae(cache_dir: Path, hookpoint: str, d_sae: int, k: int, steps: int, b
     return d
 
 
+def screens_by_scale(model, tokenizer, d: saekit.Dictionary, concept: Concept, held_out, scales: list[float],
+                     candidates: int, random_directions: int) -> None:
+    """The latent screen run at every scale: how its verdict depends on the scale it is run at."""
+    bench = SteeringBench(model, tokenizer, d.provenance.hookpoint, NEUTRAL_PROMPTS,
+                          concept_token_ids(tokenizer, concept.words), held_out)
+    coefficients = mean_latent_difference(model, tokenizer, d, concept.positive, concept.negative)
+    print(f"{'screen at':>10} {'random mean':>12} {'random sd':>10} {'threshold':>10} {'relevant':>9} best latent")
+    for scale in scales:
+        screen = screen_latents(bench, d, coefficients, scale, candidates, random_directions)
+        spread = statistics.stdev(screen.random_effects)
+        relevant = sum(row["relevant"] for row in screen.rows)
+        print(f"{'a=' + format(scale, 'g'):>10} {statistics.mean(screen.random_effects):>+12.3f} {spread:>10.3f} "
+              f"{screen.threshold:>10.3f} {relevant:>5}/{len(screen.rows):<3} {screen.best['latent']} "
+              f"({screen.best['effect']:+.3f})")
+
+
 def bad_input(dictionary: Path, tmp: Path) -> None:
     """The CLI's answers to bad input, one line each."""
     (tmp / "pos.txt").write_text("\n".join(CONCEPTS[0].positive))
@@ -110,8 +127,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--steps", type=int, default=280)
     parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0])
     parser.add_argument("--display-scale", type=float, default=None)
+    parser.add_argument("--screen-scale", type=float, default=None)
     parser.add_argument("--cost-tokens", type=int, default=512)
     parser.add_argument("--candidates", type=int, default=32)
     parser.add_argument("--random-directions", type=int, default=12)
@@ -134,7 +152,7 @@ def main() -> None:
     for concept in CONCEPTS:
         started = time.perf_counter()
         report = improve_steering_vector(model, tokenizer, d, concept, NEUTRAL_PROMPTS, held_out, args.scales,
-                                         args.display_scale, candidates=args.candidates,
+                                         args.display_scale, args.screen_scale, candidates=args.candidates,
                                          random_directions=args.random_directions, max_new_tokens=args.max_new_tokens)
         reports.append(report)
         removed = sum(not row["relevant"] for row in report.screen.rows)
@@ -151,6 +169,8 @@ def main() -> None:
             print(f"{LABELS[row['method']]:<30} {cells} {row['strength_at_budget']:>10.3f} {row['probe']:>6.3f}")
         print(f"(cells: strength/cost; budget = ActAdd's cost at a={report.display_scale:g}: {report.budget:.3f}; "
               f"unsteered probe {report.summary()[0]['probe']:.3f}; most strength at budget: {report.improved})")
+        screens_by_scale(model, tokenizer, d, concept, held_out, args.scales, args.candidates,
+                         args.random_directions)
     page = write_steering_report(reports, args.out, f"offline-default {args.hookpoint}, {dictionary}")
     print(f"\npage -> {page}, curves -> {args.out / 'curves.png'}\n")
     with tempfile.TemporaryDirectory() as tmp:

@@ -78,11 +78,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                               "positive file's name).")
     improve.add_argument("--neutral", type=Path, default=None,
                          help="Prompts to steer (one per line; default: twelve built-in sentence openings).")
-    improve.add_argument("--scales", nargs="+", type=float, default=[0.25, 0.5, 1.0, 2.0, 4.0],
+    improve.add_argument("--scales", nargs="+", type=float, default=[0.125, 0.25, 0.5, 1.0],
                          help="Steering scales, in units of the median activation norm at the hookpoint.")
     improve.add_argument("--display-scale", type=float, default=None,
-                         help="Scale of the generations shown and of the latent screen (default: the "
-                              "middle scale).")
+                         help="Scale of the generations shown and of the budget (default: the middle "
+                              "scale).")
+    improve.add_argument("--screen-scale", type=float, default=None,
+                         help="Scale at which each candidate latent and the random directions are steered "
+                              "alone to decide relevance (default: the smallest scale, where a random "
+                              "direction's effect is small).")
     improve.add_argument("--candidates", type=int, default=64, help="Latents screened one by one.")
     improve.add_argument("--random-directions", type=int, default=16,
                          help="Random directions that set the screen's relevance threshold.")
@@ -196,8 +200,9 @@ def run_improve(args: argparse.Namespace) -> int:
     neutral = _prompts(args.neutral, "--neutral") if args.neutral is not None else list(NEUTRAL_PROMPTS)
     concept = Concept(args.concept_name or args.positive.stem, positive, negative, args.concept_words or [])
     scales = check_scales(args.scales)
-    if args.display_scale is not None:
-        check_scales([args.display_scale], "--display-scale")
+    for flag in ("display_scale", "screen_scale"):
+        if getattr(args, flag) is not None:
+            check_scales([getattr(args, flag)], f"--{flag.replace('_', '-')}")
     for flag in ("candidates", "cost_tokens", "max_new_tokens"):
         if getattr(args, flag) <= 0:
             raise SaekitError(f"--{flag.replace('_', '-')} must be positive")
@@ -209,7 +214,8 @@ def run_improve(args: argparse.Namespace) -> int:
         raise SaekitError(f"the test split of {args.dataset} holds not one {text.context_size}-token window to "
                           "measure the cost on: use more text")
     report = improve_steering_vector(model, tokenizer, d, concept, neutral, held_out, scales, args.display_scale,
-                                     candidates=args.candidates, random_directions=args.random_directions,
+                                     screen_scale=args.screen_scale, candidates=args.candidates,
+                                     random_directions=args.random_directions,
                                      max_new_tokens=args.max_new_tokens, position=args.position,
                                      progress=not args.no_progress)
     page = write_steering_report([report], args.improve, f"{args.dictionary} · {concept.name}", args.overwrite)

@@ -182,13 +182,16 @@ def _mean(values: Sequence[float]) -> float:
 
 def improve_steering_vector(model: nn.Module, tokenizer: Any, d: Dictionary, concept: Concept,
                             neutral: Sequence[str], held_out: Sequence[tuple[Tensor, Tensor]],
-                            scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+                            scales: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
                             display_scale: float | None = None, screen_scale: float | None = None,
                             candidates: int = 64, random_directions: int = 16, max_new_tokens: int = 24,
                             position: str = "all", progress: bool = True) -> SteeringReport:
     """Build the four vectors of `concept` with dictionary `d`, sweep each over `scales` on the neutral
     prompts (strength) and `held_out` windows (cost), and generate at `display_scale` (default: the
-    middle scale). The screening scale defaults to the display scale."""
+    middle scale). The latent screen runs at `screen_scale`, by default the smallest scale: there the edit
+    is nearly linear, and a random direction's effect on the concept words is small, where at large scales
+    every edit disturbs the model so much that random directions move the concept by about a nat either
+    way and drown the latents' own effects."""
     from tqdm.auto import tqdm
 
     if d.cfg.n_sources > 1:
@@ -196,7 +199,7 @@ def improve_steering_vector(model: nn.Module, tokenizer: Any, d: Dictionary, con
     scales = sorted(check_scales(scales))
     display = check_scales([display_scale], "display_scale")[0] if display_scale is not None else \
         scales[len(scales) // 2]
-    screen_at = check_scales([screen_scale], "screen_scale")[0] if screen_scale is not None else display
+    screen_at = check_scales([screen_scale], "screen_scale")[0] if screen_scale is not None else scales[0]
     site, read = d.provenance.write_site, d.provenance.hookpoint
     if not site or not read:
         raise SaekitError("the dictionary does not record its hookpoint: cannot steer with it")

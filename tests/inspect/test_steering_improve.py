@@ -193,6 +193,7 @@ def test_improve_end_to_end_writes_curves_page_and_vectors(setup, tmp_path):
     assert set(report.curves) == {"actadd", "sae_reconstruction", "pruned", "best_latent"}
     assert all([p["scale"] for p in points] == [0.5, 1.0, 2.0] for points in report.curves.values())
     assert report.display_scale == 1.0 and report.improved in report.curves
+    assert report.screen.scale == 0.5  # the screen runs at the smallest scale unless told otherwise
     assert report.budget == pytest.approx(report.curves["actadd"][1]["cost"])
     assert set(report.generations) == {"unsteered", *report.curves}
     assert all(len(texts) == len(NEUTRAL) for texts in report.generations.values())
@@ -242,8 +243,12 @@ def test_cli_improve_and_its_bad_input(setup, tmp_path, capsys):
     # the output directory: saekit's own is replaced by a second run, anything else refused before the
     # model loads unless --overwrite
     (out / "stale.txt").write_text("from the first run")
-    assert main([*common, "--positive", str(tmp_path / "pos.txt"), "--scales", "1", "--improve", str(out)]) == 0
+    assert main([*common, "--positive", str(tmp_path / "pos.txt"), "--scales", "1", "--screen-scale", "0.25",
+                 "--improve", str(out)]) == 0
     assert not (out / "stale.txt").exists() and (out / "index.html").is_file()
+    assert json.loads((out / "report.json").read_text())[0]["screen"]["scale"] == 0.25
+    one_line_error([*common, "--positive", str(tmp_path / "pos.txt"), "--screen-scale", "-1", "--improve", str(out)],
+                   "--screen-scale must be finite positive numbers, got -1.0")
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
