@@ -2,7 +2,7 @@
 
 Public API (a contract for notebooks and outside tools):
     DictionaryConfig, TrainingConfig, Provenance, DictionarySpec, RunConfig, Dictionary, train, save,
-    load, evaluate, method_names, SaekitError
+    load, evaluate, method_names, SaekitError; multi-layer transcoders in `saekit.circuits`
 """
 
 import os
@@ -18,8 +18,7 @@ from saekit.config import DictionaryConfig, Provenance
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.evaluation.metrics import evaluate
-from saekit.formats.detect import load_any as load  # any format, local or Hugging Face Hub
-from saekit.formats.native import save
+from saekit.formats.detect import load, save  # any format, local or Hub; transcoder sets and CLTs too
 from saekit.methods import method_names
 from saekit.spec import DictionarySpec
 from saekit.training.config import RunConfig, TrainingConfig

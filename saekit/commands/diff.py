@@ -66,6 +66,7 @@ def _parse_models(pairs: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     import saekit
     from saekit.experiments.diff import diff_report, held_out_pass, load_pair, train_crosscoder
+    from saekit.formats.detect import load_any
     from saekit.inspect.diff_page import write_diff_report
 
     names = _parse_models(args.models)
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                                   bool(args.trust_remote_code))
 
     if args.crosscoder is not None:
-        crosscoder = saekit.load(args.crosscoder)
+        crosscoder = load_any(args.crosscoder)
         if crosscoder.cfg.n_sources != 2:
             raise SaekitError(f"{args.crosscoder} is not a two-model crosscoder")
     else:

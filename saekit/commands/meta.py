@@ -32,11 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import saekit
+    from saekit.formats.detect import load_any
     from saekit.training.meta import train_meta_sae
 
     if args.k <= 0 or args.epochs <= 0 or args.batch_size <= 0:
         raise SaekitError("--k, --epochs and --batch-size must be positive")
-    d = saekit.load(args.dictionary, device=args.device)
+    d = load_any(args.dictionary, device=args.device)
     if args.width is not None and not args.k <= args.width:
         raise SaekitError(f"--width {args.width} must be at least --k {args.k}")
     result = train_meta_sae(d, d_meta=args.width, k=args.k, epochs=args.epochs,

@@ -102,10 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _open(args: argparse.Namespace, check=None):
     """(dictionary, model, tokenizer); `check(d)` runs before the (slow) model load."""
-    import saekit
     from saekit.data.config import ModelConfig
+    from saekit.formats.detect import load_any
 
-    d = saekit.load(args.dictionary, device=args.device)
+    d = load_any(args.dictionary, device=args.device)
     if check is not None:
         check(d)
     name = args.model or d.provenance.model_name
@@ -154,9 +154,9 @@ def run_vector(args: argparse.Namespace) -> int:
     if args.improve is not None:
         return run_improve(args)
     if args.vector is not None:
-        import saekit
+        from saekit.formats.detect import load_any
 
-        d = saekit.load(args.dictionary, device=args.device)
+        d = load_any(args.dictionary, device=args.device)
         try:
             vector = torch.from_numpy(np.load(args.vector, allow_pickle=False)).float()
         except (OSError, ValueError) as error:

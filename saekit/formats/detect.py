@@ -7,6 +7,12 @@
 | sparsify            | cfg.json + sae.safetensors                                 |
 | dictionary_learning | ae.pt (+ config.json), or a bare .pt file                  |
 | gemma_scope         | params.npz (file or folder), or params.safetensors         |
+| saekit_transcoder_set | transcoder_set.json + one saekit folder per layer        |
+| saekit_clt          | clt.json + layer_<i>.safetensors + manifest.json           |
+| circuit-tracer      | config.yaml (model_kind) + layer_{i} or W_enc_{l}/W_dec_{l} |
+
+`load` returns a `Dictionary`, or for the multi-layer formats a `TranscoderSet` or a
+`CrossLayerTranscoder`; `load_any` insists on a single dictionary (commands that need one use it).
 
 A name that is not a local path but looks like `org/repo` is fetched from the Hugging Face Hub first.
 A folder holding several dictionaries (a sparsify run, a dictionary_learning sweep) is refused with the
@@ -22,9 +28,13 @@ from typing import Any
 
 import torch
 
+from saekit.circuits.clt import CrossLayerTranscoder
+from saekit.circuits.transcoder_set import TranscoderSet
 from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.formats.registry import formats, get_format, writable
+
+Loaded = Dictionary | TranscoderSet | CrossLayerTranscoder
 
 # Files that only make sense inside their folder (ae.pt and params.npz load on their own).
 MEMBER_FILES = ("cfg.json", "config.json", "sae_weights.safetensors", "sae.safetensors",
@@ -84,15 +94,18 @@ def _members(path: Path, depth: int = 2) -> list[str]:
     return found
 
 
-def load_any(path_or_repo: str | Path, *, subfolder: str | None = None, revision: str | None = None,
-             format: str | None = None, dtype: torch.dtype | None = None,
-             device: str | torch.device = "cpu", hookpoint: str | None = None,
-             model_name: str | None = None, dict_class: str | None = None) -> Dictionary:
-    """Load a dictionary in any supported format, from a local path or a Hugging Face repository id.
+def load(path_or_repo: str | Path, *, subfolder: str | None = None, revision: str | None = None,
+         format: str | None = None, dtype: torch.dtype | None = None,
+         device: str | torch.device = "cpu", hookpoint: str | None = None,
+         model_name: str | None = None, dict_class: str | None = None) -> Loaded:
+    """Load a dictionary in any supported format, from a local path or a Hugging Face repository id;
+    a transcoder set or cross-layer transcoder folder (saekit's or circuit-tracer's) loads as one
+    `TranscoderSet` / `CrossLayerTranscoder`.
 
     `format` skips detection; `dtype` casts (files keep their dtype otherwise: sparsify's bf16 stays
-    bf16); `hookpoint`/`model_name` fill in what a format does not record (or override it);
-    `dict_class` disambiguates a dictionary_learning `ae.pt` that has no config.json."""
+    bf16); `hookpoint`/`model_name` fill in what a format does not record (or override it; single
+    dictionaries only, model_name also for multi-layer ones); `dict_class` disambiguates a
+    dictionary_learning `ae.pt` that has no config.json."""
     name = str(path_or_repo)
     repo_id = None
     path = Path(name)
@@ -110,7 +123,19 @@ def load_any(path_or_repo: str | Path, *, subfolder: str | None = None, revision
     if path.is_file() and path.name in MEMBER_FILES:  # a file of a dictionary folder names the folder
         path = path.parent
     fmt = get_format(format or detect_format(path))
-    d = fmt.load(path, dtype=dtype, repo_id=repo_id, subfolder=subfolder, dict_class=dict_class)
+    loaded = fmt.load(path, dtype=dtype, repo_id=repo_id, subfolder=subfolder, dict_class=dict_class)
+    if isinstance(loaded, (TranscoderSet, CrossLayerTranscoder)):
+        if hookpoint is not None:
+            raise SaekitError(f"{path} holds one transcoder per layer, each with its own hookpoints: drop "
+                              "hookpoint=")
+        if model_name is not None:
+            for member in (loaded.transcoders if isinstance(loaded, TranscoderSet) else [loaded]):
+                member.provenance.model_name = model_name
+        if repo_id is not None:
+            loaded.meta.setdefault("source", {}).update({"repo_id": repo_id, "subfolder": subfolder,
+                                                         "revision": revision})
+        return loaded.to(device)
+    d = loaded
     if dtype is not None and d.W_dec.dtype != dtype:
         d = d.to(dtype)
     if repo_id is not None:
@@ -124,22 +149,48 @@ def load_any(path_or_repo: str | Path, *, subfolder: str | None = None, revision
     return d.to(device)
 
 
-def save_as(d: Dictionary, path: str | Path, to: str, overwrite: bool = False) -> Path:
+def load_any(path_or_repo: str | Path, **kwargs: Any) -> Dictionary:
+    """`load`, for callers that need one dictionary: a transcoder set or CLT is refused with the way
+    to get one of its layers."""
+    loaded = load(path_or_repo, **kwargs)
+    if isinstance(loaded, TranscoderSet):
+        raise SaekitError(f"{path_or_repo} is a transcoder set ({len(loaded)} layers): pass one layer's folder "
+                          f"(e.g. {Path(str(path_or_repo)) / ('layer_' + str(loaded.layers[0]))}) or use a command "
+                          "that takes sets (eval, dashboard, convert, info)")
+    if isinstance(loaded, CrossLayerTranscoder):
+        raise SaekitError(f"{path_or_repo} is a cross-layer transcoder ({loaded.n_layers} layers): this needs a "
+                          "single dictionary; eval, dashboard, convert and info take CLTs")
+    return loaded
+
+
+MULTI_LAYER_FORMATS = ("saekit", "circuit-tracer")
+
+
+def save(obj: Loaded, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a dictionary, transcoder set or cross-layer transcoder in saekit's format."""
+    return save_as(obj, path, "saekit", overwrite)
+
+
+def save_as(d: Loaded, path: str | Path, to: str, overwrite: bool = False) -> Path:
     """Write `d` in format `to` (one of `writable()`); an existing `path` is replaced only if saekit
     wrote it (or `overwrite`)."""
     fmt = get_format(to)
     if fmt.save is None:
         raise SaekitError(f"cannot write format {to!r}: choose one of {', '.join(writable())}")
+    if isinstance(d, (TranscoderSet, CrossLayerTranscoder)) and to not in MULTI_LAYER_FORMATS:
+        what = "a transcoder set" if isinstance(d, TranscoderSet) else "a cross-layer transcoder"
+        raise SaekitError(f"{to} holds single dictionaries, not {what}: write it --to "
+                          f"{' or '.join(MULTI_LAYER_FORMATS)}, or convert one layer's folder")
     return fmt.save(d, Path(path), overwrite=overwrite)
 
 
-def export_notes(d: Dictionary, to: str) -> list[str]:
+def export_notes(d: Loaded, to: str) -> list[str]:
     """What a reader of format `to` will not get from `d` (saekit reads everything back)."""
     return get_format(to).notes(d)
 
 
 def convert(src: str | Path, dst: str | Path, to: str, overwrite: bool = False,
-            **load_kwargs: Any) -> tuple[Dictionary, Path]:
+            **load_kwargs: Any) -> tuple[Loaded, Path]:
     """Load `src` (any format, local or Hub) and write it to `dst` in format `to` (an existing `dst` is
     replaced only if saekit wrote it, or `overwrite`; checked before loading)."""
     from saekit.io import check_replaceable
@@ -147,5 +198,5 @@ def convert(src: str | Path, dst: str | Path, to: str, overwrite: bool = False,
     if get_format(to).save is None:
         raise SaekitError(f"cannot write format {to!r}: choose one of {', '.join(writable())}")
     check_replaceable(dst, overwrite)
-    d = load_any(src, **load_kwargs)
+    d = load(src, **load_kwargs)
     return d, save_as(d, dst, to, overwrite)

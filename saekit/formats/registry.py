@@ -55,9 +55,13 @@ def writable() -> list[str]:
 def _register_builtin() -> None:
     if _FORMATS:
         return
-    from saekit.formats import dictionary_learning, gemma_scope, native, saelens, sparsify
+    from saekit.formats import circuit_tracer, dictionary_learning, gemma_scope, multilayer, native, saelens, sparsify
 
-    register(Format("saekit", native.is_native_dir, native.load, native.save))
+    register(Format("saekit", native.is_native_dir, native.load, multilayer.save_any))
+    register(Format("saekit_transcoder_set", multilayer.is_transcoder_set_dir, multilayer.load_transcoder_set))
+    register(Format("saekit_clt", multilayer.is_clt_dir, multilayer.load_clt))
+    register(Format("circuit-tracer", circuit_tracer.is_circuit_tracer_dir, circuit_tracer.load,
+                    circuit_tracer.save, circuit_tracer.notes))
     register(Format("saelens", saelens.is_saelens_dir, saelens.load, saelens.save, saelens.notes))
     register(Format("sparsify", sparsify.is_sparsify_dir, sparsify.load, sparsify.save, sparsify.notes))
     register(Format("gemma_scope", gemma_scope.is_gemma_scope, gemma_scope.load))

@@ -33,7 +33,7 @@ def checkpoints_root(checkpoint_dir: str | Path) -> Path:
 def write_checkpoint(checkpoint_dir: str | Path, step: int, state: dict[str, Any],
                      meta: dict[str, Any], exports: dict[str, Any], keep: int) -> Path:
     """Write one checkpoint atomically, then prune all but the newest `keep`."""
-    from saekit.formats.native import save  # local import: formats depend on the dictionary module
+    from saekit.formats.detect import save  # local import: formats depend on the dictionary module
 
     root = checkpoints_root(checkpoint_dir)
     target = root / f"step_{step:09d}"

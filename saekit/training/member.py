@@ -2,6 +2,15 @@
 
 The trainer owns the stream; each member turns a batch into one optimiser step. Everything a member
 holds is in `state_dict()`, so a checkpoint restores it exactly.
+
+What the trainer asks of a member (and so what another module kind provides by subclassing
+`SweepMember`, e.g. the cross-layer transcoder's `saekit.circuits.clt_training.CLTMember`): `inputs`
+(its input and target from a batch of the stream), `objective.start` (initialise), `step`, `export`,
+`state_dict` / `load_state_dict`. A spec names the member class that trains it (`member_class`);
+`DictionarySpec` has none and gets this one. A subclass overrides `build_module` (the module trained:
+it must offer `parameters()`, `method.after_step(module)`, `fold_activation_scale` and, for
+`unit_norm_decoder`, the decoder upkeep of `Dictionary`) and `n_latents` (the width of the firing
+statistics).
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saekit.data.batching import SINGLE
 from saekit.dictionary import Dictionary
+from saekit.errors import SaekitError
 from saekit.methods import Encoding
 from saekit.methods.dead_latents import squared_error
 from saekit.spec import DictionarySpec
@@ -23,36 +34,90 @@ from saekit.training.objective import LocalObjective, Objective
 from saekit.training.schedules import lr_factor, warmup_factor
 
 
+def _lookup(batch: dict[str, Tensor], key: str | None, spec: Any) -> Tensor:
+    if key in batch:
+        return batch[key]
+    if key is None and len(batch) == 1:
+        return next(iter(batch.values()))
+    raise SaekitError(f"dictionary {spec.name} needs activations of hookpoint {key!r} but the "
+                      f"stream has {', '.join(sorted(batch)) or 'plain tensors'}: set each config's "
+                      "hookpoint (and target_hookpoint / source_hookpoints) to names in the stream")
+
+
+def member_inputs(spec: DictionarySpec, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """(input, target) of one dictionary from a batch: crosscoders concatenate their sources,
+    transcoders read a separate target."""
+    cfg, source = spec.dictionary, spec.source
+    if SINGLE in batch and not source.source_hookpoints and not cfg.is_transcoder:
+        x = batch[SINGLE].float()  # a plain-tensor stream feeds every dictionary, whatever its label
+    elif source.source_hookpoints:
+        x = torch.cat([_lookup(batch, key, spec).float() for key in source.source_hookpoints], dim=-1)
+    else:
+        x = _lookup(batch, source.hookpoint, spec).float()
+    target = _lookup(batch, source.target_hookpoint, spec).float() if cfg.is_transcoder else None
+    if x.shape[-1] != cfg.d_in:
+        raise SaekitError(f"activations have width {x.shape[-1]} but dictionary {spec.name} "
+                          f"has d_in={cfg.d_in}")
+    if target is not None and target.shape[-1] != cfg.d_out:
+        raise SaekitError(f"target activations have width {target.shape[-1]} but dictionary "
+                          f"{spec.name} has d_out={cfg.d_out}")
+    return x, target
+
+
 class SweepMember:
     def __init__(self, spec: DictionarySpec, total_steps: int, device: str | torch.device = "cpu",
                  dist: Distributed | None = None, autocast: str = "none",
                  objective: Objective | None = None):
         self.spec = spec
-        self.objective: Objective = objective or LocalObjective()
-        self.cfg = cfg = spec.dictionary
+        self.objective: Objective = objective or self.default_objective()
+        self.cfg = spec.dictionary
         self.training = training = spec.resolved
         self.autocast = autocast == "bfloat16"
         self.dist = dist if dist is not None and dist.mode == "data" else None
         self.total_steps = total_steps
         self.device = torch.device(device)
-        self.dictionary = Dictionary(cfg, device=self.device, training=training)
-        self.dictionary.provenance = spec.source
+        self.dictionary = self.build_module()
         self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=training.lr,
                                           betas=training.adam_betas, eps=training.adam_eps, fused=True)
         self.generator = torch.Generator().manual_seed(training.seed)
-        self.scale_in = torch.ones(cfg.d_in, device=self.device)
-        self.scale_out = torch.ones(cfg.d_out or cfg.d_in, device=self.device)
+        d_in, d_out = self.widths()
+        self.scale_in = torch.ones(d_in, device=self.device)
+        self.scale_out = torch.ones(d_out, device=self.device)
         self.normalization_tokens = 0
-        self.tokens_since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
+        n = self.n_latents
+        self.tokens_since_fired = torch.zeros(n, dtype=torch.long, device=self.device)
         self.tokens_trained = 0  # tokens this dictionary has stepped on (all ranks)
         self.no_dead_before = 0  # steps before this one cannot have dead latents (see _may_have_dead)
         # Firing counts over the current and the previous statistics window -> sparsity.safetensors.
-        self.window_counts = torch.zeros(2, cfg.d_sae, dtype=torch.float64, device=self.device)
+        self.window_counts = torch.zeros(2, n, dtype=torch.float64, device=self.device)
         self.window_tokens = [0, 0]
-        self.fired_since_resample = torch.zeros(cfg.d_sae, dtype=torch.bool, device=self.device)
+        self.fired_since_resample = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.method_state = self.dictionary.method.new_state()
         self.l0_controller = None if training.target_l0 is None else L0Controller(
             training.target_l0, total_steps, training.sparsity_warmup * total_steps, self.device)
+
+    # ------------------------------------------------------------------------ what is trained, on what
+    def build_module(self) -> Any:
+        """The module this member trains: a `Dictionary` (other module kinds override this)."""
+        d = Dictionary(self.cfg, device=self.device, training=self.training)
+        d.provenance = self.spec.source
+        return d
+
+    def default_objective(self) -> Objective:
+        return LocalObjective()
+
+    def widths(self) -> tuple[int, int]:
+        """Widths of the (normalised) input and target rows."""
+        return self.cfg.d_in, self.cfg.d_out or self.cfg.d_in
+
+    @property
+    def n_latents(self) -> int:
+        """Latents whose firing is tracked (dead masks, densities)."""
+        return self.cfg.d_sae
+
+    def inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """(input, target) of this member from a batch of the stream."""
+        return member_inputs(self.spec, batch)
 
     # --------------------------------------------------------------------------------------- start
     def start(self, first_batch: Tensor, first_target: Tensor | None = None) -> None:
@@ -158,7 +223,7 @@ class SweepMember:
 
     @torch.no_grad()
     def _update_statistics(self, enc: Encoding, batch: int, step: int) -> None:
-        fired_counts = enc.firing_counts(self.cfg.d_sae)
+        fired_counts = enc.firing_counts(self.n_latents)
         if self.dist is not None:
             fired_counts = self.dist.sum(fired_counts)
             batch *= self.dist.world

@@ -39,7 +39,7 @@ def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float | Tensor
     x_hat = d.decode_encoding(enc, x)
     per_token_error = squared_error(target, x_hat)
     total = method.reconstruction_loss(d, x, target, enc, per_token_error)
-    parts = {"mse": per_token_error.detach().mean()}
+    parts = {"mse": per_token_error.detach().mean(), "fvu": batch_fvu(per_token_error, target)}
 
     sparsity = method.sparsity_loss(d, enc)
     if sparsity is not None:
@@ -55,6 +55,14 @@ def training_loss(d: Dictionary, x: Tensor, sparsity_coefficient: float | Tensor
             total = total + weight * term
             parts[name] = term.detach()
     return LossResult(total, enc, x_hat, parts)
+
+
+@torch.no_grad()
+def batch_fvu(per_token_error: Tensor, target: Tensor) -> Tensor:
+    """Σ||y − ŷ||² / Σ||y − mean(y)||² over the batch (NMSE; docs/methods.md "Evaluation metrics"), for
+    the logs: comparable across layers and sites whatever their scale."""
+    centered = target.detach() - target.detach().mean(0)
+    return per_token_error.detach().sum() / centered.pow(2).sum().clamp_min(1e-12)
 
 
 class Objective(Protocol):

@@ -34,10 +34,12 @@ from saekit.training.config import RunConfig
 from saekit.training.distributed import Distributed, local_device
 from saekit.training.guard import FiniteGuard, check_finite_weights
 from saekit.training.logs import RunLog
-from saekit.training.member import SweepMember
+from saekit.training.member import SweepMember, member_inputs  # noqa: F401 (member_inputs: public here)
 from saekit.training.prefetch import batches_on_device
 
 logger = logging.getLogger(__name__)
+
+
 def rank_stream(stream: Any, dist: Distributed, local_batch: int) -> Any:
     """This rank's part of `stream` under torchrun. saekit's streams know how to split themselves
     (`for_rank`): row streams (an activations file, a cache) give each rank its slice of every global
@@ -71,45 +73,21 @@ def unique_names(specs: Sequence[DictionarySpec]) -> list[str]:
     return names
 
 
-def _lookup(batch: dict[str, Tensor], key: str | None, spec: DictionarySpec) -> Tensor:
-    if key in batch:
-        return batch[key]
-    if key is None and len(batch) == 1:
-        return next(iter(batch.values()))
-    raise SaekitError(f"dictionary {spec.name} needs activations of hookpoint {key!r} but the "
-                      f"stream has {', '.join(sorted(batch)) or 'plain tensors'}: set each config's "
-                      "hookpoint (and target_hookpoint / source_hookpoints) to names in the stream")
+def _is_spec(spec: Any) -> bool:
+    """A DictionarySpec, or a spec of another module kind that names the member class training it
+    (`member_class`, e.g. `saekit.circuits.CLTSpec`)."""
+    return isinstance(spec, DictionarySpec) or hasattr(spec, "member_class")
 
 
-def member_inputs(spec: DictionarySpec, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-    """(input, target) of one dictionary from a batch: crosscoders concatenate their sources,
-    transcoders read a separate target."""
-    cfg, source = spec.dictionary, spec.source
-    if SINGLE in batch and not source.source_hookpoints and not cfg.is_transcoder:
-        x = batch[SINGLE].float()  # a plain-tensor stream feeds every dictionary, whatever its label
-    elif source.source_hookpoints:
-        x = torch.cat([_lookup(batch, key, spec).float() for key in source.source_hookpoints], dim=-1)
-    else:
-        x = _lookup(batch, source.hookpoint, spec).float()
-    target = _lookup(batch, source.target_hookpoint, spec).float() if cfg.is_transcoder else None
-    if x.shape[-1] != cfg.d_in:
-        raise SaekitError(f"activations have width {x.shape[-1]} but dictionary {spec.name} "
-                          f"has d_in={cfg.d_in}")
-    if target is not None and target.shape[-1] != cfg.d_out:
-        raise SaekitError(f"target activations have width {target.shape[-1]} but dictionary "
-                          f"{spec.name} has d_out={cfg.d_out}")
-    return x, target
-
-
-def as_specs(specs: Any) -> list[DictionarySpec]:
-    """A list of DictionarySpec from one or several specs or DictionaryConfigs (method defaults)."""
-    if isinstance(specs, (DictionarySpec, DictionaryConfig)):
+def as_specs(specs: Any) -> list[Any]:
+    """A list of specs from one or several specs or DictionaryConfigs (method defaults)."""
+    if isinstance(specs, DictionaryConfig) or _is_spec(specs):
         specs = [specs]
     out = []
     for spec in specs:
         if isinstance(spec, DictionaryConfig):
             spec = DictionarySpec(spec)
-        if not isinstance(spec, DictionarySpec):
+        if not _is_spec(spec):
             raise SaekitError(f"train takes DictionarySpec or DictionaryConfig objects, got "
                               f"{type(spec).__name__}")
         out.append(spec)
@@ -152,7 +130,8 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
     local_batch = tc.batch_size if dist is None else dist.local_batch_size(tc.batch_size)
     total_steps = tc.total_steps
     names = unique_names(specs)
-    members = {i: SweepMember(spec, total_steps, device, dist, tc.autocast, objective)
+    members = {i: getattr(spec, "member_class", SweepMember)(spec, total_steps, device, dist, tc.autocast,
+                                                              objective)
                for i, spec in enumerate(specs) if dist is None or dist.owns(i)}
 
     step, tokens_seen, resumed = 0, 0, False
@@ -244,7 +223,7 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
             if objective is not None:
                 member.objective.start(member, first, None)
                 continue
-            pairs = [member_inputs(member.spec, b) for b in read]
+            pairs = [member.inputs(b) for b in read]
             x = torch.cat([p[0] for p in pairs])
             target = None if pairs[0][1] is None else torch.cat([p[1] for p in pairs])  # type: ignore[misc]
             if dist is not None and dist.mode == "data":  # initialise from the global batches
@@ -293,7 +272,7 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
             for i, member in members.items():
                 x: Any
                 target: Tensor | None
-                x, target = (batch, None) if objective is not None else member_inputs(member.spec, batch)
+                x, target = (batch, None) if objective is not None else member.inputs(batch)
                 parts = member.step(x, step, target)
                 guard.check(parts["loss"], f"the loss of dictionary {names[i]} on {span}")  # type: ignore[arg-type]
                 logs.append((names[i], parts))
