@@ -206,3 +206,51 @@ def initialized(spec: DictionarySpec, x: torch.Tensor, generator: torch.Generato
     d.provenance = spec.source
     d.initialize(x, spec.training, generator)
     return d
+
+
+# ------------------------------------------------------------------------- multi-layer transcoders
+def random_clt(method: str = "jumprelu", n_layers: int = 3, d: int = 8, d_sae: int = 16, seed: int = 0,
+               **options: Any):
+    """A cross-layer transcoder with random weights in every tensor (positive thresholds)."""
+    from saekit.circuits import CLTConfig, CrossLayerTranscoder
+
+    k = options.pop("k", 3 if method in ("topk", "batchtopk") else None)
+    clt = CrossLayerTranscoder(CLTConfig(method=method, n_layers=n_layers, d_in=d, d_sae=d_sae, k=k, **options))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_((torch.randn(p.shape, generator=g) * 0.4).to(p.dtype))
+        if method in ("jumprelu", "batchtopk"):
+            for layer in range(n_layers):
+                clt.threshold[layer].copy_(torch.rand(d_sae, generator=g) * 0.5)
+    for p in clt.parameters():
+        p.requires_grad_(False)
+    return clt.eval()
+
+
+def random_transcoder_set(method: str = "jumprelu", layers=(0, 1, 2), d: int = 8, d_sae: int = 16, seed: int = 0,
+                          **options: Any):
+    """A transcoder set (mlp_in.L -> mlp_out.L) with random weights."""
+    from saekit.circuits.transcoder_set import TranscoderSet
+
+    dictionaries = []
+    for i, layer in enumerate(layers):
+        d_ = make(method, d_in=d, d_sae=d_sae, seed=seed + i, transcoder=True, **options)
+        d_.provenance = Provenance(model_name="tiny", hookpoint=f"mlp_in.{layer}", target_hookpoint=f"mlp_out.{layer}")
+        dictionaries.append(d_)
+    return TranscoderSet(list(layers), dictionaries, name="set")
+
+
+def layer_stream(n_layers: int = 3, d: int = 8, batches: int = 40, rows: int = 256, seed: int = 1,
+                 scales=None):
+    """Batches {mlp_in.L, mlp_out.L} of a toy 'model' (the same for every seed; the seed draws the rows)
+    whose MLP outputs depend on the current and the earlier layers' inputs (so cross-layer decoders
+    have something to learn)."""
+    mixing = torch.randn(n_layers, d, d, generator=torch.Generator().manual_seed(0)) / d ** 0.5
+    g = torch.Generator().manual_seed(seed)
+    scales = scales or [1.0] * n_layers
+    for _ in range(batches):
+        x = torch.randn(rows, n_layers, d, generator=g).relu()
+        y = torch.einsum("bld,lde->ble", x, mixing).cumsum(1)
+        yield {**{f"mlp_in.{i}": x[:, i] * scales[i] for i in range(n_layers)},
+               **{f"mlp_out.{i}": y[:, i] * scales[i] for i in range(n_layers)}}

@@ -87,6 +87,28 @@ def _reconstruct_all(transcoders: Layered, inputs: list[Tensor]) -> tuple[list[T
 
 
 @torch.no_grad()
+def replacement_logits(model: nn.Module, ids: Tensor, keep: Tensor, transcoders: Layered,
+                       in_points: list[Hookpoint] | None = None, out_points: list[Hookpoint] | None = None) -> Tensor:
+    """Logits of the replacement model: every covered MLP output (at the positions `keep`) replaced by the
+    transcoders' reconstruction from the MLP inputs of this same forward."""
+    in_points = in_points or _points(model, transcoders.input_hookpoints)
+    out_points = out_points or _points(model, transcoders.output_hookpoints)
+    live: dict[str, Tensor] = {}
+    walk = LayerByLayer(transcoders)
+
+    def replace_layer(t: int) -> Callable[[Tensor], Tensor]:
+        def edit(_rows: Tensor) -> Tensor:
+            return walk.step(t, live[in_points[t].name][keep].float())
+        return edit
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(hooks(model, in_points, live))
+        for t, point in enumerate(out_points):
+            stack.enter_context(splice(model, point, replace_layer(t), positions=keep))
+        return model(input_ids=ids).logits
+
+
+@torch.no_grad()
 def replacement_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], transcoders: Layered,
                            per_layer: bool = True) -> dict[str, Any]:
     """Metrics of the replacement model (every MLP replaced at once) and per layer; see the module doc."""
@@ -120,19 +142,8 @@ def replacement_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Ten
                 stack.enter_context(splice(model, point, torch.zeros_like, positions=keep))
             zero.add(model(input_ids=ids).logits, ids, mask, clean_logp)
 
-        live: dict[str, Tensor] = {}
-        walk = LayerByLayer(transcoders)
-
-        def replace_layer(t: int) -> Callable[[Tensor], Tensor]:
-            def edit(_rows: Tensor) -> Tensor:
-                return walk.step(t, live[in_points[t].name][keep].float())
-            return edit
-
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(hooks(model, in_points, live))
-            for t, point in enumerate(out_points):
-                stack.enter_context(splice(model, point, replace_layer(t), positions=keep))
-            replaced.add(model(input_ids=ids).logits, ids, mask, clean_logp)
+        replaced.add(replacement_logits(model, ids, keep, transcoders, in_points, out_points), ids, mask,
+                     clean_logp)
 
         for t in range(len(single)):
             with splice(model, out_points[t], lambda _rows, r=recon[t]: r, positions=keep):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16", "float64": "float64"}
@@ -14,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "convert", help="Convert a dictionary between SAELens, sparsify, dictionary_learning, Gemma "
-                        "Scope and saekit formats.",
+                        "Scope and saekit formats, and transcoder sets / CLTs to and from circuit-tracer.",
         description="Load a dictionary (format recognised by its files; a name like org/repo is fetched "
                     "from the Hugging Face Hub) and write it in another format. Outputs are preserved "
                     "exactly; anything a target format cannot hold is reported.")
@@ -38,6 +39,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def describe(d: Any) -> str:
+    """One line on what was loaded: a dictionary, a transcoder set or a cross-layer transcoder."""
+    from saekit.circuits import CrossLayerTranscoder
+    from saekit.circuits.transcoder_set import TranscoderSet
+
+    if isinstance(d, TranscoderSet):
+        return (f"transcoder set of {d.n_layers} layers ({d.layers[0]}..{d.layers[-1]}), {d[0].cfg.method}, "
+                f"d_in={d.d_in}, d_sae={d.d_sae} per layer")
+    if isinstance(d, CrossLayerTranscoder):
+        return (f"cross-layer transcoder of {d.n_layers} layers, {d.cfg.method}, d_in={d.d_in}, "
+                f"d_sae={d.d_sae} per layer, decoders {str(d.W_dec[0].dtype).removeprefix('torch.')}")
+    return (f"{d.cfg.method}, d_in={d.cfg.d_in}, d_sae={d.cfg.d_sae}, "
+            f"dtype={str(d.W_dec.dtype).removeprefix('torch.')}")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -49,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
                          hookpoint=args.hookpoint, model_name=args.model_name,
                          dict_class=args.dict_class, overwrite=args.overwrite)
     source = d.meta.get("source", {}).get("format", "saekit")
-    print(f"wrote {written} ({args.to}) from {source}: {d.cfg.method}, d_in={d.cfg.d_in}, "
-          f"d_sae={d.cfg.d_sae}, dtype={str(d.W_dec.dtype).removeprefix('torch.')}")
+    print(f"wrote {written} ({args.to}) from {source}: {describe(d)}")
     for note in export_notes(d, args.to):
         print(f"note: {note}")
     return 0
