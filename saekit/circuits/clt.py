@@ -173,15 +173,14 @@ class CLTEncoding:
 
 
 def decode_rows(latents: Tensor, weight: Tensor) -> Tensor:
-    """latents [n, F] · weight [F, w] in the weight's dtype, on the sparse kernels (only the non-zero
-    latents' rows are read) unless more than SPARSE_DECODE_DENSITY of the latents are active. Differentiable
-    in both; the result has the latents' dtype."""
+    """latents [n, F] · weight [F, w], on the sparse kernels (only the non-zero latents' rows are read)
+    unless more than SPARSE_DECODE_DENSITY of the latents are active. A bf16 weight is read in float32
+    (one source's decoders at a time), so only storage is bf16, never the arithmetic. Differentiable in
+    both; the result has the latents' dtype."""
+    weight = weight.float() if weight.dtype != latents.dtype else weight
     if float((latents != 0).float().mean()) > SPARSE_DECODE_DENSITY:
-        return (latents.to(weight.dtype) @ weight).to(latents.dtype)
-    codes = _codes_of(latents)
-    if weight.dtype != codes.values.dtype:
-        codes = dataclasses.replace(codes, values=codes.values.to(weight.dtype))
-    return sparse_decode(codes, weight).to(latents.dtype)
+        return latents @ weight
+    return sparse_decode(_codes_of(latents), weight)
 
 
 def _codes_of(latents: Tensor) -> SparseCodes:
@@ -329,9 +328,8 @@ class CrossLayerTranscoder(nn.Module):
                 assert layer_enc.latents is not None
                 out[:, source * d:(source + reach) * d] += decode_rows(layer_enc.latents.to(out.dtype), weight)
                 continue
-            if weight.dtype != codes.values.dtype:
-                codes = dataclasses.replace(codes, values=codes.values.to(weight.dtype))
-            out[:, source * d:(source + reach) * d] += sparse_decode(codes, weight).to(out.dtype)
+            weight = weight.to(codes.values.dtype)  # bf16 decoders: stored bf16, multiplied in float32
+            out[:, source * d:(source + reach) * d] += sparse_decode(codes, weight)
         return out.view(B, self.n_layers, d) + self.b_dec
 
     @torch.no_grad()
@@ -361,7 +359,7 @@ class CrossLayerTranscoder(nn.Module):
             value = latents[source]
             if block is None or value is None:
                 continue
-            out = out + (value.to(block.dtype) @ block).to(self.b_dec.dtype)
+            out = out + value.to(self.b_dec.dtype) @ block.to(self.b_dec.dtype)
         return out
 
     def decode(self, latents: Tensor) -> Tensor:

@@ -187,7 +187,7 @@ class TranscoderSet:
         """What layer `source`'s latents [n, d_sae] write into its own target, [n, 1, d_out] (no bias, no
         skip: the caller adds `decoder_bias` and the skip term)."""
         d = self.transcoders[source]
-        return decode_rows(latents.to(d.W_dec.dtype), d.W_dec)[:, None, :]
+        return decode_rows(latents, d.W_dec)[:, None, :]
 
     def encode(self, x: Tensor) -> Tensor:
         """Latents [..., L, d_sae] from inputs [..., L, d_in] (layers of equal width only)."""

@@ -140,7 +140,7 @@ def test_a_reach_0_clt_is_a_transcoder_set(method, sparse):
         for name, ours, theirs in (("W_enc", clt.W_enc[s].grad, d.W_enc.grad), ("W_dec", clt.W_dec[s].grad, d.W_dec.grad),
                                    ("b_enc", clt.b_enc[s].grad, d.b_enc.grad), ("b_dec", clt.b_dec.grad[s], d.b_dec.grad)):
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5, msg=f"layer {s} {name}")
-    assert float(clt_loss) == pytest.approx(total, rel=1e-5)
+    assert float(clt_loss.detach()) == pytest.approx(total, rel=1e-5)
 
 
 def test_folding_per_layer_scales_gives_raw_space_outputs():

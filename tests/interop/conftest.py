@@ -11,8 +11,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "peers: compares saekit with the real SAELens, sparsify and "
-                                       "dictionary_learning in their own virtual environment")
+    config.addinivalue_line("markers", "peers: compares saekit with the real SAELens, sparsify, "
+                                       "dictionary_learning and circuit-tracer in their own virtual environments")
 
 
 @pytest.fixture(scope="session")
