@@ -86,6 +86,17 @@ def _reconstruct_all(transcoders: Layered, inputs: list[Tensor]) -> tuple[list[T
     return walk.latents, recon
 
 
+def _constant(value: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda _rows: value
+
+
+def model_name_of(obj: Any) -> str | None:
+    """The model a dictionary, transcoder set or CLT records."""
+    if isinstance(obj, TranscoderSet):
+        return obj.model_name
+    return obj.provenance.model_name
+
+
 @torch.no_grad()
 def replacement_logits(model: nn.Module, ids: Tensor, keep: Tensor, transcoders: Layered,
                        in_points: list[Hookpoint] | None = None, out_points: list[Hookpoint] | None = None) -> Tensor:
@@ -146,7 +157,7 @@ def replacement_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Ten
                      clean_logp)
 
         for t in range(len(single)):
-            with splice(model, out_points[t], lambda _rows, r=recon[t]: r, positions=keep):
+            with splice(model, out_points[t], _constant(recon[t]), positions=keep):
                 single[t].add(model(input_ids=ids).logits, ids, mask, clean_logp)
 
     ce_clean, ce_zero, ce_replaced = clean.ce / targets, zero.ce / targets, replaced.ce / targets

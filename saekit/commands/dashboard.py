@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "most common top-activating token).")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace --out even if saekit did not write it (default: refuse).")
+    parser.add_argument("--layers", default=None, metavar="LAYERS",
+                        help="Transcoder sets and CLTs: the layers to build (all, 0,3,5, ::2; default all). "
+                             "Each gets a site in OUT/layer_<L>/, listed in OUT/index.html.")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="Show a progress bar.")
     add_model_arguments(parser)
@@ -47,14 +50,18 @@ def _read_names(path: Path | None) -> dict[int, str]:
 
 def run(args: argparse.Namespace) -> int:
     import saekit
+    from saekit.circuits.layers import parse_layers
+    from saekit.circuits.replacement import model_name_of
+    from saekit.dictionary import Dictionary
     from saekit.inspect.dashboard import build_dashboards
+    from saekit.inspect.layer_dashboards import build_layer_dashboards
 
     if args.tokens <= 0:
         raise SaekitError("--tokens must be positive")
     if args.hookpoints:
         raise SaekitError("dashboards read the dictionary's own hookpoint; drop --hookpoints")
-    d = saekit.load(args.dictionary, device=args.device)
-    name = args.model or d.provenance.model_name
+    loaded = saekit.load(args.dictionary, device=args.device)
+    name = args.model or model_name_of(loaded)
     if not name:
         raise SaekitError("the dictionary does not record its model: pass --model")
     if args.top_examples < 1:
@@ -63,7 +70,23 @@ def run(args: argparse.Namespace) -> int:
 
     check_replaceable(args.out, args.overwrite)  # before the model is even loaded
     names = _read_names(args.names)
-    warn_other_model(d, name)
+    warn_other_model(loaded, name)
+    if not isinstance(loaded, Dictionary):
+        if args.names is not None:
+            raise SaekitError("--names applies to one dictionary; transcoder sets and CLTs name latents per layer")
+        model, tokenizer = open_model(args, model=name)
+        layers = parse_layers(args.layers, max(loaded.layers) + 1) if args.layers else None
+        batches = text_config(args).token_stream(tokenizer, split=args.split, max_tokens=args.tokens)
+        result = build_layer_dashboards(loaded, model, tokenizer, batches, args.out, layers=layers,
+                                        top_examples=args.top_examples, progress=args.progress,
+                                        overwrite=args.overwrite)
+        alive = ", ".join(f"{r['layer']}: {r['alive']}/{r['latents']}" for r in result["layers"])
+        print(f"dashboards for {len(result['layers'])} layers (fired per layer {alive}) on {result['tokens']} "
+              f"tokens -> {args.out / 'index.html'}")
+        return 0
+    if args.layers is not None:
+        raise SaekitError("--layers applies to transcoder sets and CLTs")
+    d = loaded
     model, tokenizer = open_model(args, model=name)
     batches = text_config(args).token_stream(tokenizer, split=args.split, max_tokens=args.tokens)
     summary = build_dashboards(d, model, tokenizer, batches, args.out, top_examples=args.top_examples,

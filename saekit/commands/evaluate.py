@@ -13,6 +13,7 @@ from saekit.commands.sources import add_model_arguments, open_model, text_config
 from saekit.errors import SaekitError
 from saekit.io import atomic_write_json
 
+LAYER_TABLE = ["layer", "fvu", "l0", "dead_fraction", "delta_lm_loss", "kl_spliced"]
 TABLE = ["name", "method", "l0", "fvu", "explained_variance", "ce_loss_score", "kl_score",
          "delta_lm_loss", "dead_fraction", "relative_reconstruction_bias"]
 
@@ -22,9 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="Evaluate dictionaries spliced into their model (CE/KL scores, FVU, L0, ...).",
         description="For each dictionary, on held-out tokens (the test split) of the model: CE loss "
                     "clean / spliced / zero-ablated, CE-loss score, KL(clean || spliced) and KL score, "
-                    "delta LM loss, and every core metric. Results as JSON and a table. With --probing: "
-                    "sparse probing on the sae-probes datasets instead (k-sparse probes on latents vs a "
-                    "probe on raw activations, test AUC; docs/evaluation.md).")
+                    "delta LM loss, and every core metric. A transcoder set or CLT replaces every MLP "
+                    "output at once (the replacement model) and reports per-layer figures. Results as JSON "
+                    "and a table. With --probing: sparse probing on the sae-probes datasets instead (k-sparse "
+                    "probes on latents vs a probe on raw activations, test AUC; docs/evaluation.md).")
     parser.add_argument("dictionaries", nargs="*", type=Path, help="Dictionary directories.")
     parser.add_argument("--tokens", type=int, default=20_000, help="Held-out tokens to evaluate on.")
     parser.add_argument("--encoder", default="dictionary",
@@ -34,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--l0", type=int, default=None, help="Atoms per token for --encoder.")
     parser.add_argument("--out", type=Path, default=None, help="Write results JSON here.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    parser.add_argument("--per-layer", action=argparse.BooleanOptionalAction, default=True,
+                        help="Transcoder sets and CLTs: also splice each layer alone (one more forward per "
+                             "layer and batch) for the per-layer CE/KL figures.")
     probing = parser.add_argument_group("sparse probing (--probing)")
     probing.add_argument("--probing", action="store_true",
                          help="Run sparse probing on the sae-probes datasets instead of spliced metrics.")
@@ -62,6 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import saekit
+    from saekit.circuits.replacement import evaluate_layered_on_text, model_name_of
+    from saekit.dictionary import Dictionary
     from saekit.evaluation.splice import evaluate_on_text
 
     if args.list_datasets:
@@ -76,24 +83,40 @@ def run(args: argparse.Namespace) -> int:
     names = [path.name for path in args.dictionaries]
     if len(set(names)) < len(names):  # e.g. out/resid_post.3/topk-k32 and out/resid_post.6/topk-k32
         names = [f"{path.parent.name}/{path.name}" for path in args.dictionaries]
-    dictionaries = {name: saekit.load(path, device=args.device) for name, path in zip(names, args.dictionaries)}
+    loaded = {name: saekit.load(path, device=args.device) for name, path in zip(names, args.dictionaries)}
+    dictionaries = {name: d for name, d in loaded.items() if isinstance(d, Dictionary)}
+    layered = {name: d for name, d in loaded.items() if not isinstance(d, Dictionary)}
+    if layered and args.encoder != "dictionary":
+        raise SaekitError("--encoder applies to single dictionaries; transcoder sets and CLTs use their encoders")
     if args.model is None:
-        recorded = {d.provenance.model_name for d in dictionaries.values()}
+        recorded = {model_name_of(d) for d in loaded.values()}
         if len(recorded) != 1 or None in recorded:
             raise SaekitError("pass --model: the dictionaries do not record one common model")
         args.model = recorded.pop()
-    for d in dictionaries.values():
+    for d in loaded.values():
         warn_other_model(d, args.model)
     if args.probing:
+        if layered:
+            raise SaekitError("--probing takes single dictionaries; transcoder sets and CLTs are evaluated "
+                              "without it")
         return run_probing(args, dictionaries)
     model, tokenizer = open_model(args)
-    rows = evaluate_on_text(model, tokenizer, dictionaries, text_config(args), args.tokens, args.encoder,
-                            args.l0, progress=not args.no_progress)
+    text = text_config(args)
+    rows = evaluate_on_text(model, tokenizer, dictionaries, text, args.tokens, args.encoder, args.l0,
+                            progress=not args.no_progress) if dictionaries else []
+    for name, obj in layered.items():
+        rows.append(evaluate_layered_on_text(model, tokenizer, name, obj, text, args.tokens,
+                                             per_layer=args.per_layer, progress=not args.no_progress))
     print_table(rows, TABLE)
     evaluated = int(rows[0]["eval_targets"]) if rows else 0
     if evaluated < 0.9 * args.tokens:
         print(f"warning: the test split held {evaluated} evaluable tokens, fewer than the {args.tokens} asked",
               file=sys.stderr)
+    for row in rows:
+        if "layers" in row:
+            print(f"\n{row['name']}: every MLP replaced at once (CE {row['ce_replaced']:.4f} vs clean "
+                  f"{row['ce_clean']:.4f}, KL {row['kl_replaced']:.4f}); per layer:")
+            print_table(row["layers"], LAYER_TABLE)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2) + "\n")

@@ -68,6 +68,8 @@ def warn_other_model(d: Any, model: str) -> None:
     same width gives plausible numbers that mean nothing)."""
     import sys
 
-    recorded = d.provenance.model_name
+    from saekit.circuits.replacement import model_name_of
+
+    recorded = model_name_of(d)  # a dictionary, transcoder set or CLT
     if recorded and model and recorded != model:
         print(f"warning: the dictionary was trained on {recorded!r}; using it on {model!r}", file=sys.stderr)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from saekit.commands import layered
 from saekit.commands.common import add_dataclass_arguments, build, dataclass_values, load_config_file
 from saekit.commands.sources import activation_stream, add_model_arguments, model_config, text_config
 from saekit.config import DictionaryConfig, Provenance
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dataclass_arguments(parser, TrainingConfig, group_title="dictionary: how it is trained")
     add_dataclass_arguments(parser, Provenance, exclude=FROM_TEXT, group_title="dictionary: where its data "
                             "comes from")
+    layered.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -75,11 +77,9 @@ def dictionary_flags(args: argparse.Namespace) -> dict[str, Any]:
             **dataclass_values(args, Provenance)}
 
 
-def sweep_specs(file_values: dict[str, Any], args: argparse.Namespace, widths: dict[Any, int],
-                source: dict[str, Any]) -> tuple[RunConfig, list[DictionarySpec]]:
-    """The run's options and one DictionarySpec per [[dictionaries]] entry, with d_in (and d_out)
-    filled in from the widths of the hookpoints each dictionary reads, and `source` (model, dataset,
-    context size) recorded as each dictionary's provenance unless the entry says otherwise."""
+def run_and_entries(file_values: dict[str, Any], args: argparse.Namespace
+                    ) -> tuple[RunConfig, list[dict[str, Any]]]:
+    """The run's options ([train] table, then flags) and the [[dictionaries]] entries."""
     unknown_sections = sorted(set(file_values) - {"train", "dictionaries", "data"})
     if unknown_sections:
         raise SaekitError(f"unknown config section(s): {', '.join(unknown_sections)}; "
@@ -91,6 +91,15 @@ def sweep_specs(file_values: dict[str, Any], args: argparse.Namespace, widths: d
     entries = file_values.get("dictionaries") or [{}]
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise SaekitError("'dictionaries' in the config file must be a list of tables")
+    return run, entries
+
+
+def sweep_specs(file_values: dict[str, Any], args: argparse.Namespace, widths: dict[Any, int],
+                source: dict[str, Any]) -> tuple[RunConfig, list[DictionarySpec]]:
+    """The run's options and one DictionarySpec per [[dictionaries]] entry, with d_in (and d_out)
+    filled in from the widths of the hookpoints each dictionary reads, and `source` (model, dataset,
+    context size) recorded as each dictionary's provenance unless the entry says otherwise."""
+    run, entries = run_and_entries(file_values, args)
     flags = dictionary_flags(args)
     specs = []
     for entry in _per_hookpoint(entries, flags, widths):
@@ -115,6 +124,26 @@ def _source(model: str | None, text: TextConfig | None, dataset: str | None = No
             "context_size": text.context_size if text else None}
 
 
+def _run_layered(args: argparse.Namespace, file_values: dict[str, Any], text: TextConfig) -> int:
+    """Transcoder sets and/or cross-layer transcoders from one model forward (`--transcoders`, `--clt`)."""
+    import saekit
+
+    if args.activations is not None or args.from_cache is not None:
+        raise SaekitError("--transcoders and --clt read a live model: pass --model, not --activations or "
+                          "--from-cache")
+    stream, widths, plt_layers, clt_layers = layered.stream_and_layers(args, text)
+    run_config, entries = run_and_entries(file_values, args)
+    specs, groups = layered.layered_specs(entries, {**dictionary_flags(args), **layered.flags(args)}, widths,
+                                          plt_layers, clt_layers, _source(args.model, text))
+    for target in layered.group_targets(args.out, groups):  # before the (long) training, not after it
+        check_replaceable(target, args.overwrite)
+    trained = saekit.train(stream, specs, run=run_config)
+    if not is_main_process():  # under torchrun every rank holds the same modules: one writes them
+        return 0
+    layered.save_groups(args.out, specs, trained, groups, args.overwrite)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import saekit
     from saekit.training.trainer import unique_names
@@ -122,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     file_values = load_config_file(args.config) if args.config else {}
     text = text_config(args, file_values)
     model_config(args)  # checked whatever the source, so a bad --model-dtype is never silently ignored
+    if layered.requested(args):
+        return _run_layered(args, file_values, text)
     given = [name for name in ("activations", "from_cache", "model") if getattr(args, name) is not None]
     if len(given) != 1:
         raise SaekitError("give exactly one activation source: --model M --hookpoints H, "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,10 @@ def _auto_name(tokens: list[str]) -> str:
 
 def write_site(record: Activations, d: Dictionary, text: TokenText, out: Path,
                lens: tuple[Tensor, ...] | None, near: tuple[Tensor, Tensor], names: dict[int, str],
-               title: str, top_examples: int = 20, bands: int = 4, per_band: int = 4
-               ) -> dict[str, Any]:
+               title: str, top_examples: int = 20, bands: int = 4, per_band: int = 4,
+               extra: Callable[[int], str] | None = None) -> dict[str, Any]:
+    """Write index.html, latents/<i>.html and latents.json for `d` into `out`. `extra(i)` adds a section
+    of (already escaped) HTML to latent i's page (a CLT latent's decoder norm into each later layer)."""
     (out / "latents").mkdir(parents=True, exist_ok=True)
     near_cos, near_ids = near[0].tolist(), near[1].tolist()
     lens_lists = [t.tolist() for t in lens] if lens is not None else None
@@ -113,6 +115,8 @@ def write_site(record: Activations, d: Dictionary, text: TokenText, out: Path,
                             top, quantiles, text, counts, edges,
                             None if lens_lists is None else [t[i] for t in lens_lists],
                             list(zip(near_ids[i], near_cos[i])), names)
+        if extra is not None:
+            body += "\n" + extra(i)
         (out / latent_href(i)).write_text(page(f"latent {i} · {title}", body), encoding="utf-8")
     (out / "latents.json").write_text(json.dumps(
         {"title": title, "tokens": record.n_tokens, "columns": ["id", "name", "density", "max", "top"],

@@ -11,7 +11,7 @@ latents by decoder cosine) are chunked matrix products over all latents.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -57,23 +57,35 @@ def gather_activations(model: nn.Module, d: Dictionary, batches: Iterable[tuple[
     if not d.provenance.hookpoint:
         raise SaekitError("the dictionary does not record its hookpoint; dashboards need it to read "
                           "activations from the model")
-    point = resolve_hookpoints(model, [d.provenance.hookpoint])[0]
-    device = d.W_dec.device
-    ids_parts, mask_parts, pos_parts, lat_parts, val_parts = [], [], [], [], []
+    return gather_many(model, [(d.provenance.hookpoint, d.encode, d.d_sae)], batches, progress,
+                       device=d.W_dec.device, dtype=d.W_dec.dtype)[0]
+
+
+@torch.no_grad()
+def gather_many(model: nn.Module, encoders: list[tuple[str, Callable[[Tensor], Tensor], int]],
+                batches: Iterable[tuple[Tensor, Tensor]], progress: bool = False,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> list[Activations]:
+    """One model pass for several encoders (hookpoint, encode, width): a transcoder set or CLT records
+    every layer's latents from the same forward, stopped after the last hookpoint."""
+    points = [resolve_hookpoints(model, [hookpoint])[0] for hookpoint, _, _ in encoders]
+    unique = list({p.name: p for p in points}.values())
+    parts: list[tuple[list, list, list]] = [([], [], []) for _ in encoders]
+    ids_parts, mask_parts = [], []
     offset = 0
     from tqdm.auto import tqdm
 
     bar = tqdm(disable=not progress, unit="tok", unit_scale=True, desc="dashboard pass")
     for input_ids, mask in batches:
-        acts = capture(model, input_ids, [point])[point.name]  # [B, T, d]
-        flat = acts.reshape(-1, acts.shape[-1]).to(device=device, dtype=d.W_dec.dtype)
+        captured = capture(model, input_ids, unique)
         keep = mask.reshape(-1).to(device)
-        latents = d.encode(flat)
-        latents[~keep] = 0
-        rows, cols = torch.nonzero(latents > 0, as_tuple=True)
-        pos_parts.append((rows + offset).cpu().numpy().astype(np.int64))
-        lat_parts.append(cols.cpu().numpy().astype(np.int32))
-        val_parts.append(latents[rows, cols].float().cpu().numpy())
+        for (pos_parts, lat_parts, val_parts), point, (_, encode, _) in zip(parts, points, encoders):
+            acts = captured[point.name]  # [B, T, d]
+            latents = encode(acts.reshape(-1, acts.shape[-1]).to(device=device, dtype=dtype))
+            latents[~keep] = 0
+            rows, cols = torch.nonzero(latents > 0, as_tuple=True)
+            pos_parts.append((rows + offset).cpu().numpy().astype(np.int64))
+            lat_parts.append(cols.cpu().numpy().astype(np.int32))
+            val_parts.append(latents[rows, cols].float().cpu().numpy())
         ids_parts.append(input_ids.numpy().astype(np.int32))
         mask_parts.append(mask.numpy().astype(bool))
         offset += input_ids.numel()
@@ -83,15 +95,18 @@ def gather_activations(model: nn.Module, d: Dictionary, batches: Iterable[tuple[
         raise SaekitError("no tokens to build dashboards from: the text source is empty")
     if len({part.shape[1] for part in ids_parts}) != 1:
         raise SaekitError("all token windows must have the same length")
-    positions = np.concatenate(pos_parts)
-    latent_ids = np.concatenate(lat_parts)
-    values = np.concatenate(val_parts)
-    order = np.lexsort((-values, latent_ids))  # by latent, then largest value first
-    counts = np.bincount(latent_ids, minlength=d.d_sae)
-    starts = np.concatenate([[0], np.cumsum(counts)])
     counted = np.concatenate(mask_parts)
-    return Activations(np.concatenate(ids_parts), counted, positions[order], values[order], starts,
-                       int(counted.sum()))
+    token_ids = np.concatenate(ids_parts)
+    out = []
+    for (pos_parts, lat_parts, val_parts), (_, _, width) in zip(parts, encoders):
+        positions = np.concatenate(pos_parts)
+        latent_ids = np.concatenate(lat_parts)
+        values = np.concatenate(val_parts)
+        order = np.lexsort((-values, latent_ids))  # by latent, then largest value first
+        counts = np.bincount(latent_ids, minlength=width)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        out.append(Activations(token_ids, counted, positions[order], values[order], starts, int(counted.sum())))
+    return out
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,77 @@ def _curve_plot(runs: Mapping[str, list[dict[str, Any]]], key: str, ylabel: str,
     if len(runs) <= 12:
         ax.legend(fontsize=7)
     return _svg(fig)
+
+
+LAYER_KEY = re.compile(r"^(fvu|l0|dead_fraction)\.layer_(\d+)$")
+SET_MEMBER = re.compile(r"^(.*)\.layer_(\d+)$")
+LAYER_METRICS = {"fvu": "NMSE (FVU)", "l0": "L0", "dead_fraction": "dead fraction",
+                 "delta_lm_loss": "delta LM loss, this layer spliced alone (nats)",
+                 "kl_spliced": "KL(clean ‖ this layer spliced alone)"}
+
+
+def layer_values(runs: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[int, float]]]:
+    """{group: {metric: {layer: last logged value}}} for transcoder sets (members `<set>.layer_L`, each
+    logging fvu, l0, dead_fraction) and cross-layer transcoders (keys `fvu.layer_L`, ...)."""
+    groups: dict[str, dict[str, dict[int, float]]] = {}
+    for name, rows in runs.items():
+        if not rows:
+            continue
+        last = rows[-1]
+        member = SET_MEMBER.match(name)
+        if member:
+            for metric in ("fvu", "l0", "dead_fraction"):
+                if isinstance(last.get(metric), (int, float)):
+                    groups.setdefault(member.group(1), {}).setdefault(metric, {})[int(member.group(2))] = last[metric]
+        for key, value in last.items():
+            match = LAYER_KEY.match(key)
+            if match and isinstance(value, (int, float)):
+                groups.setdefault(name, {}).setdefault(match.group(1), {})[int(match.group(2))] = value
+    return groups
+
+
+def _layer_plot(groups: Mapping[str, Mapping[str, Mapping[int, float]]], metric: str) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {name: values[metric] for name, values in groups.items() if values.get(metric)}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    for name, values in series.items():
+        layers = sorted(values)
+        ax.plot(layers, [values[layer] for layer in layers], marker="o", markersize=3, linewidth=1.2, label=name)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(LAYER_METRICS.get(metric, metric))
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _layers_section(runs: Mapping[str, list[dict[str, Any]]], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per-layer figures of transcoder sets and CLTs: the last training log line, and the replacement-model
+    evaluation (`saekit eval` on a set or CLT)."""
+    parts = []
+    trained = layer_values(runs)
+    if trained:
+        plots = [(LAYER_METRICS[m], _layer_plot(trained, m)) for m in ("fvu", "l0", "dead_fraction")]
+        parts.append("<h3>Training (last logged batch)</h3><div class=\"cols\" id=\"layers-training\">" + "".join(
+            f"<div><h3>{esc(title)}</h3>{svg}</div>" for title, svg in plots if svg) + "</div>")
+    evaluated = {str(r.get("name")): {m: {int(layer["layer"]): layer[m] for layer in r["layers"]
+                                          if isinstance(layer.get(m), (int, float))} for m in LAYER_METRICS}
+                 for r in rows if isinstance(r.get("layers"), list)}
+    if evaluated:
+        plots = [(LAYER_METRICS[m], _layer_plot(evaluated, m)) for m in LAYER_METRICS]
+        summary = "".join(f"<li>{esc(r.get('name'))}: every MLP replaced at once: CE {esc(fmt(r['ce_replaced'], 4))} "
+                          f"(clean {esc(fmt(r['ce_clean'], 4))}), KL {esc(fmt(r['kl_replaced'], 4))}, CE-loss score "
+                          f"{esc(fmt(r['ce_loss_score'], 4))}</li>"
+                          for r in rows if isinstance(r.get("layers"), list) and "ce_replaced" in r)
+        parts.append(f"<h3>Replacement model (held-out tokens)</h3><ul>{summary}</ul>"
+                     '<div class="cols" id="layers-eval">' + "".join(
+                         f"<div><h3>{esc(title)}</h3>{svg}</div>" for title, svg in plots if svg) + "</div>")
+    return ("<h2>Layers (transcoder sets and cross-layer transcoders)</h2>" + "".join(parts)) if parts else ""
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -200,6 +272,9 @@ def write_run_report(run_dir: str | os.PathLike, eval_rows: Sequence[Mapping[str
     if any(pareto):
         sections.append('<h2>Pareto: sparsity vs fidelity</h2><div class="cols" id="pareto">'
                         + "".join(f"<div>{svg}</div>" for svg in pareto if svg) + "</div>")
+    layers = _layers_section(runs, rows)
+    if layers:
+        sections.append(layers)
     if rows:
         sections.append("<h2>Evaluation</h2>" + _table(rows, links))
     elif links:
@@ -207,7 +282,8 @@ def write_run_report(run_dir: str | os.PathLike, eval_rows: Sequence[Mapping[str
         sections.append(f"<h2>Dashboards</h2><ul>{items}</ul>")
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(page(f"run report · {run_dir.name}", "\n".join(sections),
-                             css_extra="h3{font-size:.95em;margin:.3em 0} #curves>div,#pareto>div{flex:0 1 30em} "
-                                       "#curves svg,#pareto svg{width:100%;height:auto}"),
+                             css_extra="h3{font-size:.95em;margin:.3em 0} #curves>div,#pareto>div,"
+                                       "#layers-training>div,#layers-eval>div{flex:0 1 30em} #curves svg,#pareto svg,"
+                                       "#layers-training svg,#layers-eval svg{width:100%;height:auto}"),
                         encoding="utf-8")
     return out_html

@@ -137,8 +137,9 @@ def test_a_reach_0_clt_is_a_transcoder_set(method, sparse):
         loss = (d.decode_encoding(enc, x[:, s]) - y[:, s]).pow(2).sum(-1).mean()
         loss.backward()
         total += float(loss.detach())
-        for name, ours, theirs in (("W_enc", clt.W_enc[s].grad, d.W_enc.grad), ("W_dec", clt.W_dec[s].grad, d.W_dec.grad),
-                                   ("b_enc", clt.b_enc[s].grad, d.b_enc.grad), ("b_dec", clt.b_dec.grad[s], d.b_dec.grad)):
+        pairs = (("W_enc", clt.W_enc[s].grad, d.W_enc.grad), ("W_dec", clt.W_dec[s].grad, d.W_dec.grad),
+                 ("b_enc", clt.b_enc[s].grad, d.b_enc.grad), ("b_dec", clt.b_dec.grad[s], d.b_dec.grad))
+        for name, ours, theirs in pairs:
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5, msg=f"layer {s} {name}")
     assert float(clt_loss.detach()) == pytest.approx(total, rel=1e-5)
 
