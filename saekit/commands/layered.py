@@ -73,6 +73,9 @@ def layered_specs(entries: list[dict[str, Any]], flags: dict[str, Any], widths: 
                                   "drop it")
         provenance = {key: value for key, value in source.items() if value is not None}
         plt_values = {k: v for k, v in values.items() if k not in CLT_ONLY and k not in CLT_TRAINING_ONLY}
+        if any(k in values for k in CLT_ONLY + CLT_TRAINING_ONLY) and not clt_layers:
+            raise SaekitError("max_reach, decoder_dtype, tanh_scale and preactivation_coefficient are for "
+                              "cross-layer transcoders: add --clt LAYERS")
         if plt_layers:
             first = plt_layers[0]
             set_specs = transcoder_set_specs(plt_layers, widths[input_hookpoint(first)],
@@ -80,9 +83,6 @@ def layered_specs(entries: list[dict[str, Any]], flags: dict[str, Any], widths: 
             name = set_specs[0].name.rsplit(".layer_", 1)[0]
             groups.append(("transcoder_set", name, list(range(len(specs), len(specs) + len(set_specs)))))
             specs.extend(set_specs)
-        elif any(k in values for k in CLT_ONLY + CLT_TRAINING_ONLY) and not clt_layers:
-            raise SaekitError("max_reach, decoder_dtype, tanh_scale and preactivation_coefficient are for "
-                              "cross-layer transcoders: add --clt LAYERS")
         if clt_layers:
             clt_values = _clt_options(values)
             spec = CLTSpec.from_options(n_layers=len(clt_layers), layers=clt_layers,
