@@ -5,16 +5,17 @@
 
 (METHODS-2 §1.2). Weights are stored per source layer, as circuit-tracer stores them:
 - `W_enc[s]` [d_in, d_sae] (saekit's orientation, x·W_enc), `b_enc[s]` [d_sae];
-- `W_dec[s]` [d_sae, R_s·d_out]: the decoders of layer s's latents into its targets s, s+1, …, s+R_s−1,
-  side by side, so row i is latent i's *concatenated* decoder and its norm is the ‖d_{s,i}‖ the sparsity
-  penalty uses. R_s = L − s, or 1 + `max_reach` when decoders reach only that many later layers;
+- `W_dec[s]` [R_s, d_sae, d_out]: the decoders of layer s's latents into its targets s, s+1, …, s+R_s−1
+  (block r writes into layer s+r; each block is contiguous, which the decoding kernels need). Latent i's
+  concatenated decoder is W_dec[s][:, i], whose norm is the ‖d_{s,i}‖ the sparsity penalty uses.
+  R_s = L − s, or 1 + `max_reach` when decoders reach only that many later layers;
 - `b_dec[t]` [d_out] per target layer; `threshold[s]` [d_sae] for JumpReLU and BatchTopK.
 
 Decoder memory is Σ_s R_s·d_sae·d_out = L(L+1)/2·d_sae·d_out without a reach limit: O(L²·F·d), the term
 that dominates a CLT (docs/circuits.md "Memory"). Two knobs bound it: `max_reach` (O(L·R·F·d)) and
 `decoder_dtype="bfloat16"` (half the bytes, for the weights, their gradients and Adam's moments). Decoding
-uses `saekit.sparse` kernels over the active latents, so compute grows with L0·R·d per token, not
-F·R·d. The methods the replacement model (issue 16) reads: `encoder(s)`, `threshold_of(s)`,
+uses sparse kernels over the active latents (`clt_kernels`), so compute grows with L0·R·d per token,
+not F·R·d. The methods the replacement model (issue 16) reads: `encoder(s)`, `threshold_of(s)`,
 `decoder(s, t)`, `decoder_bias(t)`, `skip(t)` (always None: CLTs here have no skip), `encode_layer`,
 `decode_layer`, with `layers` naming the model layer of each position.
 """
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.circuits.clt_activations import CLTActivation, get_activation
+from saekit.circuits.clt_kernels import sparse_block_decode
 from saekit.circuits.layers import input_hookpoint, output_hookpoint
 from saekit.config import check_fields, help_field
 from saekit.errors import SaekitError
@@ -215,7 +217,7 @@ class CrossLayerTranscoder(nn.Module):
         L, F = cfg.n_layers, cfg.d_sae
         self.W_enc = nn.ParameterList([nn.Parameter(torch.zeros(cfg.d_in, F, **factory)) for _ in range(L)])
         self.b_enc = nn.ParameterList([nn.Parameter(torch.zeros(F, **factory)) for _ in range(L)])
-        self.W_dec = nn.ParameterList([nn.Parameter(torch.zeros(F, cfg.reach(s) * cfg.d_out, **decoder_factory))
+        self.W_dec = nn.ParameterList([nn.Parameter(torch.zeros(cfg.reach(s), F, cfg.d_out, **decoder_factory))
                                        for s in range(L)])
         self.b_dec = nn.Parameter(torch.zeros(L, cfg.d_out, **factory))
         self.method.add_parameters(self, training, **factory)
@@ -279,7 +281,7 @@ class CrossLayerTranscoder(nn.Module):
         offset = target - source
         if not 0 <= offset < self.reach(source):
             raise SaekitError(f"layer {source} does not decode into layer {target} (reach {self.reach(source)})")
-        return self.W_dec[source][:, offset * self.d_out:(offset + 1) * self.d_out]
+        return self.W_dec[source][offset]
 
     def decoder(self, source: int, target: int) -> Tensor | None:
         """W_dec^{source→target} [d_sae, d_out], or None when `source` does not write to `target`
@@ -296,12 +298,11 @@ class CrossLayerTranscoder(nn.Module):
 
     def decoder_norms(self) -> list[Tensor]:
         """‖d_{s,i}‖ over the concatenation of latent i's decoders into every target, per source layer."""
-        return [w.float().norm(dim=-1) for w in self.W_dec]
+        return [w.float().pow(2).sum((0, 2)).sqrt() for w in self.W_dec]
 
     def decoder_norms_by_target(self, source: int) -> Tensor:
         """[d_sae, reach] norms of each latent's decoder into each target layer (dashboards)."""
-        w = self.W_dec[source].detach().float().reshape(self.d_sae, self.reach(source), self.d_out)
-        return w.norm(dim=-1)
+        return self.W_dec[source].detach().float().norm(dim=-1).T
 
     # -------------------------------------------------------------------------------- forward pass
     def preactivations(self, source: int, x: Tensor) -> Tensor:
@@ -316,21 +317,30 @@ class CrossLayerTranscoder(nn.Module):
     def decode_layers(self, enc: CLTEncoding) -> Tensor:
         """ŷ [B, L, d_out]: every source's latents through its decoders, plus each target's bias.
 
-        Each source adds its contribution into the columns of its targets in place; the contribution
-        comes from the sparse kernels (active latents only) unless a dense layer is mostly active."""
-        B, d = enc.rows, self.d_out
-        out = torch.zeros(B, self.n_layers * d, dtype=self.b_dec.dtype, device=self.b_dec.device)
+        Sources with sparse codes (TopK family), or dense latents that are mostly zero, go through the
+        block kernels of `clt_kernels` in one autograd node; mostly-active dense latents (JumpReLU early in
+        training) through one matmul per block, summed per target out of place."""
+        sparse: dict[int, SparseCodes] = {}
+        dense: dict[int, Tensor] = {}
         for source, layer_enc in enumerate(enc.layers):
-            reach = self.reach(source)
-            weight = self.W_dec[source]
-            codes = layer_enc.codes
-            if codes is None:
+            if layer_enc.codes is not None:
+                sparse[source] = layer_enc.codes
+            else:
                 assert layer_enc.latents is not None
-                out[:, source * d:(source + reach) * d] += decode_rows(layer_enc.latents.to(out.dtype), weight)
-                continue
-            weight = weight.to(codes.values.dtype)  # bf16 decoders: stored bf16, multiplied in float32
-            out[:, source * d:(source + reach) * d] += sparse_decode(codes, weight)
-        return out.view(B, self.n_layers, d) + self.b_dec
+                latents = layer_enc.latents.to(self.b_dec.dtype)
+                if float((latents != 0).float().mean()) > SPARSE_DECODE_DENSITY:
+                    dense[source] = latents
+                else:
+                    sparse[source] = _codes_of(latents)
+        if sparse:
+            targets = list(sparse_block_decode(sparse, list(self.W_dec), self.n_layers).unbind(0))
+        else:
+            targets = [torch.zeros(enc.rows, self.d_out, dtype=self.b_dec.dtype, device=self.b_dec.device)
+                       for _ in range(self.n_layers)]
+        for source, latents in dense.items():
+            for r in range(self.reach(source)):
+                targets[source + r] = targets[source + r] + latents @ self.W_dec[source][r].to(latents.dtype)
+        return torch.stack(targets, dim=1) + self.b_dec
 
     @torch.no_grad()
     def encode_layer(self, source: int, x: Tensor) -> Tensor:
@@ -347,8 +357,13 @@ class CrossLayerTranscoder(nn.Module):
     def decode_source(self, source: int, latents: Tensor) -> Tensor:
         """What layer `source`'s latents [n, d_sae] write into each of its targets, [n, reach, d_out]
         (no bias): target `source + r` receives slot r."""
-        out = decode_rows(latents.to(self.b_dec.dtype), self.W_dec[source])
-        return out.view(latents.shape[0], self.reach(source), self.d_out)
+        latents = latents.to(self.b_dec.dtype)
+        codes = None if float((latents != 0).float().mean()) > SPARSE_DECODE_DENSITY else _codes_of(latents)
+        blocks = []
+        for block in self.W_dec[source]:
+            block = block.to(latents.dtype)
+            blocks.append(latents @ block if codes is None else sparse_decode(codes, block))
+        return torch.stack(blocks, dim=1)
 
     def decode_layer(self, target: int, latents: list[Tensor | None] | Tensor, x: Tensor | None = None) -> Tensor:
         """ŷ_target [..., d_out] from the latents of the sources up to `target` (`latents[s]` [..., d_sae];
@@ -407,8 +422,8 @@ class CrossLayerTranscoder(nn.Module):
         for s in range(L):
             self.W_enc[s].mul_(s_in[s].to(self.W_enc[s])[:, None])
             reach = self.reach(s)
-            w = self.W_dec[s].float().view(self.d_sae, reach, self.d_out) / s_out[s:s + reach].to(self.W_dec[s].device)
-            self.W_dec[s].copy_(w.reshape(self.d_sae, -1).to(self.W_dec[s].dtype))
+            w = self.W_dec[s].float() / s_out[s:s + reach, None, :].to(self.W_dec[s].device)
+            self.W_dec[s].copy_(w.to(self.W_dec[s].dtype))
         self.b_dec.div_(s_out.to(self.b_dec))
 
     # ------------------------------------------------------------------------------ dashboards
@@ -423,7 +438,7 @@ class CrossLayerTranscoder(nn.Module):
         cfg = DictionaryConfig(method=self.method.dictionary_method, d_in=self.d_in, d_sae=self.d_sae,
                                d_out=self.d_out, transcoder=True, k=self.cfg.k)
         d = Dictionary(cfg, dtype=torch.float32, device=self.b_dec.device)
-        summed = self.W_dec[source].float().view(self.d_sae, self.reach(source), self.d_out).sum(1)
+        summed = self.W_dec[source].float().sum(0)
         weights = {"W_enc": self.W_enc[source].float(), "b_enc": self.b_enc[source].float(), "W_dec": summed,
                    "b_dec": torch.zeros_like(self.b_dec[source]).float()}
         if "threshold" in d.weights():

@@ -39,6 +39,7 @@ class CLTActivation:
     uses_k: ClassVar[bool] = False
     trainable: ClassVar[bool] = True
     has_threshold: ClassVar[bool] = False  # a threshold per latent exists (a parameter or a buffer)
+    uses_decoder_norms: ClassVar[bool] = False  # its losses read ‖d_{l,i}‖ (computed only then)
 
     def check_config(self, cfg: CLTConfig) -> None:
         if self.uses_k:
@@ -98,6 +99,7 @@ class JumpReLUActivation(CLTActivation):
     name = "jumprelu"
     dictionary_method = "jumprelu"
     has_threshold = True
+    uses_decoder_norms = True
 
     def training_defaults(self, cfg: CLTConfig) -> dict[str, Any]:
         # JAN25 / circuit-tracing recipe (METHODS.md §3 "Variants", METHODS-2 §1.3-1.4): c = 4,
@@ -196,8 +198,8 @@ class TopKActivation(CLTActivation):
             k_aux = min(training.aux_k, columns.numel())
             codes = sparse_topk_of_columns(x[:, layer], clt.W_enc[layer], clt.b_enc[layer], None, k_aux,
                                            columns)
-            own = clt.decoder_block(layer, layer)  # [F, d_out], a view of the parameter
-            decoded = sparse_decode(codes, own.contiguous().float())
+            own = clt.decoder_block(layer, layer)  # [F, d_out], a contiguous view of the parameter
+            decoded = sparse_decode(codes, own.float())
             total = total + (residual[:, layer].detach() - decoded).pow(2).sum(-1).mean()
         return "auxk", total, training.aux_coefficient
 

@@ -175,7 +175,7 @@ def clt_training_loss(clt: CrossLayerTranscoder, x: Tensor, target: Tensor, spar
             parts[f"fvu.layer_{layer}"] = fvu[position]
             parts[f"l0.layer_{layer}"] = enc.layers[position].mean_l0_tensor()
     method = clt.method
-    norms = clt.decoder_norms()
+    norms = clt.decoder_norms() if method.uses_decoder_norms else []
     sparsity = method.sparsity_loss(clt, enc.layers, norms, training)
     if sparsity is not None:
         total = total + sparsity_coefficient * sparsity

@@ -172,8 +172,7 @@ def _save_clt(clt: CrossLayerTranscoder, directory: Path) -> Path:
                 encoder[f"threshold_{s}"] = thresholds[s].detach()  # type: ignore[union-attr]
             save_file({k: v.contiguous().cpu() for k, v in encoder.items()}, str(tmp / f"W_enc_{s}.safetensors"))
             decoder = torch.zeros(F, L - s, d, dtype=clt.W_dec[s].dtype)
-            reach = clt.reach(s)
-            decoder[:, :reach] = clt.W_dec[s].detach().cpu().view(F, reach, d)
+            decoder[:, :clt.reach(s)] = clt.W_dec[s].detach().cpu().permute(1, 0, 2)
             save_file({f"W_dec_{s}": decoder.contiguous()}, str(tmp / f"W_dec_{s}.safetensors"))
         _yaml(tmp / CONFIG_FILE, config)
     return directory
@@ -398,7 +397,7 @@ def _load_clt(directory: Path, config: dict[str, Any], dtype: torch.dtype | None
             dec = load_tensors(path)
             _expect(dec, f"W_dec_{s}", (F, L - s, cfg.d_out), path,
                     hint=f"a {L}-layer CLT decodes from layer {s} into {L - s} layers")
-            clt.W_dec[s].copy_(dec[f"W_dec_{s}"].reshape(F, -1).to(clt.W_dec[s].dtype))
+            clt.W_dec[s].copy_(dec[f"W_dec_{s}"].permute(1, 0, 2).to(clt.W_dec[s].dtype))
     clt.meta = meta
     for param in clt.parameters():
         param.requires_grad_(False)
@@ -442,7 +441,7 @@ def _load_gemma_scope_2_clt(directory: Path, config: dict[str, Any], paths: list
             clt.b_enc[s].copy_(tensors["b_enc"])
             clt.b_dec[s].copy_(tensors["b_dec"])
             clt.threshold[s].copy_(tensors["threshold"].clamp_min(0.0))
-            clt.W_dec[s].copy_(tensors["w_dec"][:, s:].reshape(F, -1))
+            clt.W_dec[s].copy_(tensors["w_dec"][:, s:].permute(1, 0, 2))
     clt.meta = {"source": {"format": "gemma_scope_2", "path": str(directory)}}
     for param in clt.parameters():
         param.requires_grad_(False)

@@ -7,8 +7,8 @@ so a swapped or edited layer is detected.
 
 **Cross-layer transcoder**: `clt.json` (kind, format version, the three configs and recorded facts),
 one `layer_<i>.safetensors` per position holding that layer's encoder (`W_enc [d_in, d_sae]`, `b_enc`,
-`threshold` when the method has one), its decoders into its targets side by side (`W_dec
-[d_sae, reach·d_out]`, in the decoder dtype) and the bias of target i (`b_dec [d_out]`), optional
+`threshold` when the method has one), its decoders into its targets (`W_dec [reach, d_sae, d_out]`, block r
+writing into layer i+r, in the decoder dtype) and the bias of target i (`b_dec [d_out]`), optional
 `sparsity.safetensors` (log10 firing density per latent, layer-major), and `manifest.json` with the
 sha256 of every other file. circuit-tracer's layout is written by `saekit.formats.circuit_tracer`.
 """

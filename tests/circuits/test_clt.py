@@ -24,7 +24,7 @@ METHODS = ["relu", "jumprelu", "topk", "batchtopk"]
 
 def reference_forward(clt: CrossLayerTranscoder, x: torch.Tensor) -> torch.Tensor:
     """ŷ_t = Σ_{s ≤ t within reach} a_s·W_dec^{s→t} + b_dec[t], written from the definition in float64."""
-    L, F, d = clt.n_layers, clt.d_sae, clt.d_out
+    L = clt.n_layers
     x = x.double()
     latents = []
     for s in range(L):
@@ -42,7 +42,7 @@ def reference_forward(clt: CrossLayerTranscoder, x: torch.Tensor) -> torch.Tenso
         y = clt.b_dec[t].double().clone()
         for s in range(t + 1):
             if t - s < clt.reach(s):
-                block = clt.W_dec[s].double().view(F, clt.reach(s), d)[:, t - s]
+                block = clt.W_dec[s].double()[t - s]
                 y = y + latents[s] @ block
         out.append(y)
     return torch.stack(out, dim=1)
@@ -95,9 +95,8 @@ def test_jumprelu_losses_are_the_circuit_tracing_recipe():
     result = clt_training_loss(clt, x, y, 0.5, None, spec.training)
     tanh_total, pre_total, recon = 0.0, 0.0, 0.0
     for s in range(3):
-        norm = clt.W_dec[s].norm(dim=-1)  # concatenation over targets s..L-1
-        stacked = clt.W_dec[s].view(16, 3 - s, 8).norm(dim=-1).pow(2).sum(-1).sqrt()
-        torch.testing.assert_close(norm, stacked)
+        norm = clt.W_dec[s].permute(1, 0, 2).reshape(16, -1).norm(dim=-1)  # concatenation over targets s..L-1
+        torch.testing.assert_close(norm, clt.decoder_norms()[s])
         pre = x[:, s] @ clt.W_enc[s] + clt.b_enc[s]
         a = pre * (pre > clt.threshold[s])
         tanh_total += torch.tanh(3.0 * a * norm).sum(-1).mean()
@@ -110,7 +109,7 @@ def test_jumprelu_losses_are_the_circuit_tracing_recipe():
 
 def test_one_layer_concatenated_norm_is_the_transcoder_norm():
     clt = random_clt("relu", n_layers=1)
-    torch.testing.assert_close(clt.decoder_norms()[0], clt.W_dec[0].norm(dim=-1))
+    torch.testing.assert_close(clt.decoder_norms()[0], clt.W_dec[0][0].norm(dim=-1))
 
 
 @pytest.mark.parametrize("method", ["topk", "relu", "jumprelu"])
@@ -129,7 +128,7 @@ def test_a_reach_0_clt_is_a_transcoder_set(method, sparse):
     for s in range(3):
         cfg = DictionaryConfig(method=method, d_in=8, d_sae=16, transcoder=True, k=clt.cfg.k)
         d = Dictionary(cfg)
-        weights = {"W_enc": clt.W_enc[s], "b_enc": clt.b_enc[s], "W_dec": clt.W_dec[s], "b_dec": clt.b_dec[s]}
+        weights = {"W_enc": clt.W_enc[s], "b_enc": clt.b_enc[s], "W_dec": clt.W_dec[s][0], "b_dec": clt.b_dec[s]}
         if method == "jumprelu":
             weights["threshold"] = clt.threshold[s]
         d.load_weights({k: v.detach() for k, v in weights.items()})
@@ -137,7 +136,7 @@ def test_a_reach_0_clt_is_a_transcoder_set(method, sparse):
         loss = (d.decode_encoding(enc, x[:, s]) - y[:, s]).pow(2).sum(-1).mean()
         loss.backward()
         total += float(loss.detach())
-        pairs = (("W_enc", clt.W_enc[s].grad, d.W_enc.grad), ("W_dec", clt.W_dec[s].grad, d.W_dec.grad),
+        pairs = (("W_enc", clt.W_enc[s].grad, d.W_enc.grad), ("W_dec", clt.W_dec[s].grad[0], d.W_dec.grad),
                  ("b_enc", clt.b_enc[s].grad, d.b_enc.grad), ("b_dec", clt.b_dec.grad[s], d.b_dec.grad))
         for name, ours, theirs in pairs:
             torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5, msg=f"layer {s} {name}")

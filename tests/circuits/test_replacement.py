@@ -42,7 +42,7 @@ def _independent(model, batches, transcoders, only: int | None = None):
         written: dict[int, torch.Tensor] = {}
         handles = []
         for t, layer in enumerate(transcoders.layers):
-            def hook(module, args, output, t=t):
+            def hook(module, args, output, t=t, keep=keep, written=written):
                 x = args[0][keep].float()
                 latents = transcoders.encode_layer(t, x)
                 contributions = transcoders.decode_source(t, latents)
