@@ -83,3 +83,19 @@ def diff_run(tmp_path_factory):
     assert code == 0
     return {"root": root, "out": out, "args": args, "base": base, "chat": chat, "chat_latent": chat_latent,
             "trained": root / "t"}
+
+
+@pytest.fixture(scope="module")
+def layer_site(site):
+    """Per-layer dashboards of a cross-layer transcoder on the same tiny model (2 layers)."""
+    import saekit
+    from tests.helpers import random_clt
+
+    clt = random_clt("relu", n_layers=2, d=32, d_sae=24, seed=3)
+    clt.provenance.model_name = str(site["model"])
+    saekit.save(clt, site["root"] / "clt")
+    code = main(["dashboard", str(site["root"] / "clt"), "--tokens", "2000", "--out", str(site["root"] / "clt_site"),
+                 "--dataset", str(site["corpus"]), "--context-size", "32", "--model-batch-size", "8",
+                 "--no-progress"])
+    assert code == 0
+    return site["root"] / "clt_site"

@@ -120,3 +120,22 @@ def test_steering_page_shows_curves_and_generations_side_by_side(browser, tmp_pa
     assert browser.find_element(By.ID, "concept-1").text == EVIL  # the name as text, not markup
     assert "★" in browser.find_elements(By.CSS_SELECTOR, "table.summary")[0].text
     assert browser.execute_script("return typeof window.__pwned") == "undefined"
+
+
+def test_layer_dashboards_navigate_and_show_decoder_norms(browser, layer_site):
+    """A CLT's site: the layer list, a layer's index (its script fills the table), a latent page with the
+    norm of the latent's decoder into each later layer."""
+    browser.get((layer_site / "index.html").as_uri())
+    links = browser.find_elements(By.CSS_SELECTOR, "#layers a")
+    assert [a.text for a in links] == ["layer 0", "layer 1"]
+    links[0].click()
+    assert browser.current_url.endswith("layer_0/index.html")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#latents tbody tr")
+    assert len(rows) == 24
+    browser.find_element(By.LINK_TEXT, "0").click()
+    cells = browser.find_elements(By.CSS_SELECTOR, "#decoder-norms td:first-child")
+    assert [c.text for c in cells] == ["layer 0", "layer 1"]  # layer 0's latents write into layers 0 and 1
+    bars = browser.find_elements(By.CSS_SELECTOR, "#decoder-norms div")
+    widths = [b.size["width"] for b in bars]
+    assert max(widths) > 0 and len(widths) == 2
+    browser.save_screenshot(str(OUTPUT / "clt-latent.png"))
