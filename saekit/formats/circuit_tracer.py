@@ -275,8 +275,8 @@ def _layer_tensors(path: Path) -> dict[str, Tensor]:
         # Gemma Scope (npz: W_enc [d, F]) and Gemma Scope 2 (w_enc [d, F], affine_skip_connection x @ A)
         out = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in raw.items()}
         out["W_enc"] = out["W_enc"].T
-        if "threshold" in out:
-            out[THRESHOLD] = out.pop("threshold")
+        if "threshold" in out:  # Gemma Scope computes ReLU(h)·1[h > θ]: equal to h·1[h > max(θ, 0)]
+            out[THRESHOLD] = out.pop("threshold").clamp_min(0.0)
         if "affine_skip_connection" in out:
             out["W_skip"] = out.pop("affine_skip_connection").T
         return out
@@ -316,7 +316,7 @@ def _load_set(directory: Path, config: dict[str, Any], dtype: torch.dtype | None
         mapped = {"W_enc": tensors["W_enc"].T, "b_enc": tensors["b_enc"], "W_dec": tensors["W_dec"],
                   "b_dec": tensors["b_dec"]}
         if THRESHOLD in tensors:
-            mapped["threshold"] = tensors[THRESHOLD].clamp_min(0.0)
+            mapped["threshold"] = tensors[THRESHOLD]  # both compute h·1[h > θ]: any θ, no clamp
         if "W_skip" in tensors:
             mapped["W_skip"] = tensors["W_skip"]
         meta = {"source": {"format": "circuit_tracer", "path": str(path), "layer": layer,
@@ -392,7 +392,7 @@ def _load_clt(directory: Path, config: dict[str, Any], dtype: torch.dtype | None
             clt.b_dec[s].copy_(enc[f"b_dec_{s}"])
             if has_threshold:
                 _expect(enc, f"threshold_{s}", (F,), directory / encoders[s])
-                clt.threshold[s].copy_(enc[f"threshold_{s}"].clamp_min(0.0))
+                clt.threshold[s].copy_(enc[f"threshold_{s}"])
             path = directory / decoders[s]
             dec = load_tensors(path)
             _expect(dec, f"W_dec_{s}", (F, L - s, cfg.d_out), path,

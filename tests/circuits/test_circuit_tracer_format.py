@@ -205,3 +205,17 @@ def test_convert_command_writes_and_reads_circuit_tracer(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "set"), str(tmp_path / "ct2"), "--to", "circuit-tracer"]) == 2
     err = capsys.readouterr().err
     assert "cannot hold topk transcoders" in err and len(err.strip().splitlines()) == 1
+
+
+def test_negative_thresholds_keep_circuit_tracers_meaning(tmp_path):
+    """circuit-tracer computes h·1[h > θ] with no ReLU, so a negative θ lets small negative
+    pre-activations through; saekit's JumpReLU computes the same and must not clamp θ."""
+    folder = _written(tmp_path, random_transcoder_set("jumprelu"))
+    tensors = load_file(str(folder / "layer_0.safetensors"))
+    tensors["activation_function.threshold"] = -torch.rand(16) * 0.5
+    save_file(tensors, str(folder / "layer_0.safetensors"))
+    tset = saekit.load(folder)
+    pre = X[:, 0] @ tensors["W_enc"].T + tensors["b_enc"]
+    expected = pre * (pre > tensors["activation_function.threshold"])
+    assert bool((expected < 0).any())
+    torch.testing.assert_close(tset.encode_layer(0, X[:, 0]), expected)

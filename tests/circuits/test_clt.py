@@ -241,3 +241,14 @@ def test_bad_clt_options_are_one_line_errors(options, message):
     with pytest.raises(saekit.SaekitError, match=message) as info:
         CLTSpec.from_options(n_layers=3, d_in=8, d_sae=16, **options)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["topk", "jumprelu"])
+def test_bfloat16_autocast_trains_a_clt_with_float32_weights(method):
+    spec = CLTSpec.from_options(method=method, n_layers=3, d_in=8, d_sae=32, k=4 if method == "topk" else None,
+                                lr=3e-3)
+    (clt,) = saekit.train(layer_stream(batches=20), [spec], total_tokens=20 * 256, batch_size=256, progress=False,
+                          normalization_tokens=256, autocast="bfloat16")
+    assert all(p.dtype == torch.float32 for p in clt.parameters())
+    x = torch.stack([next(iter(layer_stream(batches=1)))[f"mlp_in.{i}"] for i in range(3)], 1)
+    assert bool(torch.isfinite(clt(x)).all())
