@@ -426,6 +426,11 @@ class CrossLayerTranscoder(nn.Module):
             self.W_dec[s].copy_(w.to(self.W_dec[s].dtype))
         self.b_dec.div_(s_out.to(self.b_dec))
 
+    def weights(self) -> dict[str, Tensor]:
+        """Every stored tensor by name (`W_enc.0`, `W_dec.3`, `b_dec`, `threshold.1` or `threshold`), as the
+        trainer's and the writers' finiteness checks read them."""
+        return {name: t.detach() for name, t in self.state_dict().items()}
+
     # ------------------------------------------------------------------------------ dashboards
     @torch.no_grad()
     def layer_dictionary(self, source: int) -> Any:

@@ -241,7 +241,8 @@ class CLTMember(SweepMember):
 
     def step(self, x: Any, step: int, target: Tensor | None = None) -> dict[str, Tensor | float]:
         parts = super().step(x, step, target)
-        dead = self.dead_mask().view(self.cfg.n_layers, self.cfg.d_sae).float().mean(1)
+        window = self.dead_window()  # as the logged total: not fired on the last min(dead_tokens, trained)
+        dead = (self.tokens_since_fired >= window).view(self.cfg.n_layers, self.cfg.d_sae).float().mean(1)
         for position, layer in enumerate(self.dictionary.layers):
             parts[f"dead_fraction.layer_{layer}"] = dead[position]
         return parts

@@ -43,6 +43,7 @@ from saekit.dictionary import Dictionary
 from saekit.errors import SaekitError
 from saekit.formats.core import gated_to_jumprelu, load_tensors, make_dictionary, restore, stash
 from saekit.io import atomic_directory, member_path
+from saekit.training.guard import check_finite_weights
 
 CONFIG_FILE = "config.yaml"
 PLT_KIND, CLT_KIND = "transcoder_set", "cross_layer_transcoder"
@@ -118,36 +119,40 @@ def _yaml(path: Path, data: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
-def save(obj: Any, directory: str | Path) -> Path:
-    """Write a `TranscoderSet` or a `CrossLayerTranscoder` in circuit-tracer's layout (atomically)."""
+def save(obj: Any, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write a `TranscoderSet` or a `CrossLayerTranscoder` in circuit-tracer's layout (atomically; an
+    existing `directory` is replaced only if saekit wrote it, or `overwrite`)."""
     if isinstance(obj, TranscoderSet):
-        return _save_set(obj, Path(directory))
+        return _save_set(obj, Path(directory), overwrite)
     if isinstance(obj, CrossLayerTranscoder):
-        return _save_clt(obj, Path(directory))
+        check_finite_weights(obj.weights(), f"saving {directory}")
+        return _save_clt(obj, Path(directory), overwrite)
     raise SaekitError("circuit-tracer holds transcoder sets (one transcoder for every layer from 0) and "
                       "cross-layer transcoders, not single dictionaries: pass a transcoder set or CLT folder")
 
 
-def _save_set(tset: TranscoderSet, directory: Path) -> Path:
+def _save_set(tset: TranscoderSet, directory: Path, overwrite: bool) -> Path:
     _check_layers(tset.layers, "transcoder set")
     widths = {d.d_sae for d in tset.transcoders}
     if len(widths) != 1:
         raise SaekitError(f"circuit-tracer transcoder sets have one width; this set's layers have {sorted(widths)} "
                           "latents")
     files = [plt_tensors(d) for d in tset.transcoders]  # refuse before writing anything
+    for layer, tensors in zip(tset.layers, files):
+        check_finite_weights(tensors, f"saving layer {layer} to {directory}")
     config = {"model_kind": PLT_KIND,
               "feature_input_hook": _hook_of(tset.input_hookpoints, tset.layers, "input"),
               "feature_output_hook": _hook_of(tset.output_hookpoints, tset.layers, "output"),
               "model_name": tset.model_name,
               "saekit": {"name": tset.name, "meta": tset.meta, "layers": [stash(d) for d in tset.transcoders]}}
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, overwrite) as tmp:
         for layer, tensors in zip(tset.layers, files):
             save_file(tensors, str(tmp / f"layer_{layer}.safetensors"))
         _yaml(tmp / CONFIG_FILE, config)
     return directory
 
 
-def _save_clt(clt: CrossLayerTranscoder, directory: Path) -> Path:
+def _save_clt(clt: CrossLayerTranscoder, directory: Path, overwrite: bool) -> Path:
     _check_layers(clt.layers, "cross-layer transcoder")
     if not clt.method.has_threshold and clt.method.uses_k:  # per-token TopK: no threshold, not ReLU
         raise SaekitError(f"circuit-tracer's cross-layer transcoders are JumpReLU or ReLU; a {clt.cfg.method} CLT "
@@ -164,7 +169,7 @@ def _save_clt(clt: CrossLayerTranscoder, directory: Path) -> Path:
               "model_name": clt.provenance.model_name,
               "saekit": {"dictionary": clt.cfg.to_dict(), "provenance": clt.provenance.to_dict(), "meta": clt.meta,
                          "training": clt.training_config.to_dict() if clt.training_config is not None else None}}
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, overwrite) as tmp:
         for s in range(L):
             encoder = {f"W_enc_{s}": clt.W_enc[s].detach().T, f"b_enc_{s}": clt.b_enc[s].detach(),
                        f"b_dec_{s}": clt.b_dec[s].detach()}
@@ -399,6 +404,7 @@ def _load_clt(directory: Path, config: dict[str, Any], dtype: torch.dtype | None
                     hint=f"a {L}-layer CLT decodes from layer {s} into {L - s} layers")
             clt.W_dec[s].copy_(dec[f"W_dec_{s}"].permute(1, 0, 2).to(clt.W_dec[s].dtype))
     clt.meta = meta
+    check_finite_weights(clt.weights(), str(directory))
     for param in clt.parameters():
         param.requires_grad_(False)
     return clt.eval()
@@ -443,6 +449,7 @@ def _load_gemma_scope_2_clt(directory: Path, config: dict[str, Any], paths: list
             clt.threshold[s].copy_(tensors["threshold"].clamp_min(0.0))
             clt.W_dec[s].copy_(tensors["w_dec"][:, s:].permute(1, 0, 2))
     clt.meta = {"source": {"format": "gemma_scope_2", "path": str(directory)}}
+    check_finite_weights(clt.weights(), str(directory))
     for param in clt.parameters():
         param.requires_grad_(False)
     return clt.eval()

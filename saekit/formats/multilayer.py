@@ -26,7 +26,8 @@ from saekit.circuits.clt import CLTConfig, CLTProvenance, CrossLayerTranscoder
 from saekit.circuits.transcoder_set import TranscoderSet
 from saekit.errors import SaekitError
 from saekit.formats.core import load_tensors, read_json
-from saekit.io import atomic_directory, member_path, sha256_file
+from saekit.io import OWNER_MARK, atomic_directory, member_path, sha256_file
+from saekit.training.guard import check_finite_weights
 
 SET_FILE = "transcoder_set.json"
 SET_KIND = "saekit-transcoder-set"
@@ -41,15 +42,16 @@ def layer_folder(layer: int) -> str:
     return f"layer_{layer}"
 
 
-def save_any(obj: Any, directory: str | Path) -> Path:
-    """Write a dictionary, a transcoder set or a cross-layer transcoder in saekit's format."""
+def save_any(obj: Any, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write a dictionary, a transcoder set or a cross-layer transcoder in saekit's format (an existing
+    `directory` is replaced only if saekit wrote it, or `overwrite`)."""
     from saekit.formats.native import save as save_dictionary
 
     if isinstance(obj, TranscoderSet):
-        return save_transcoder_set(obj, directory)
+        return save_transcoder_set(obj, directory, overwrite)
     if isinstance(obj, CrossLayerTranscoder):
-        return save_clt(obj, directory)
-    return save_dictionary(obj, directory)
+        return save_clt(obj, directory, overwrite)
+    return save_dictionary(obj, directory, overwrite)
 
 
 # --------------------------------------------------------------------------------- transcoder sets
@@ -57,12 +59,12 @@ def is_transcoder_set_dir(path: Path) -> bool:
     return path.is_dir() and (path / SET_FILE).is_file()
 
 
-def save_transcoder_set(tset: TranscoderSet, directory: str | Path) -> Path:
+def save_transcoder_set(tset: TranscoderSet, directory: str | Path, overwrite: bool = False) -> Path:
     """Write the set atomically: every layer as a saekit dictionary folder, then the set manifest."""
     from saekit.formats.native import save as save_dictionary
 
     directory = Path(directory)
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, overwrite) as tmp:
         members = []
         for layer, d in zip(tset.layers, tset.transcoders):
             save_dictionary(d, tmp / layer_folder(layer))
@@ -119,9 +121,11 @@ def clt_layer_tensors(clt: CrossLayerTranscoder, source: int) -> dict[str, torch
     return {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
 
 
-def save_clt(clt: CrossLayerTranscoder, directory: str | Path) -> Path:
+def save_clt(clt: CrossLayerTranscoder, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write the CLT atomically: one safetensors file per source layer, clt.json, manifest.json."""
     directory = Path(directory)
-    with atomic_directory(directory) as tmp:
+    check_finite_weights(clt.weights(), f"saving {directory}")
+    with atomic_directory(directory, overwrite) as tmp:
         for source in range(clt.n_layers):
             save_file(clt_layer_tensors(clt, source), str(tmp / f"layer_{source}.safetensors"))
         if clt.log_feature_density is not None:
@@ -131,7 +135,7 @@ def save_clt(clt: CrossLayerTranscoder, directory: str | Path) -> Path:
         config = {"kind": CLT_KIND, "format_version": FORMAT_VERSION, "dictionary": clt.cfg.to_dict(),
                   "training": training, "provenance": clt.provenance.to_dict(), "meta": clt.meta}
         (tmp / CLT_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        files = sorted(p.name for p in tmp.iterdir())
+        files = sorted(p.name for p in tmp.iterdir() if p.name != OWNER_MARK)
         manifest = {"kind": CLT_KIND, "format_version": FORMAT_VERSION,
                     "sha256": {name: sha256_file(tmp / name) for name in files}}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -202,6 +206,7 @@ def load_clt(directory: str | Path, *, dtype: torch.dtype | None = None, **_: An
     clt.meta = dict(config.get("meta") or {})
     if (directory / SPARSITY_FILE).is_file():
         clt.log_feature_density = load_tensors(directory / SPARSITY_FILE)["sparsity"]
+    check_finite_weights(clt.weights(), str(directory))
     for param in clt.parameters():
         param.requires_grad_(False)
     return clt.eval()

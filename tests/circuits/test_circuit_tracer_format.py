@@ -14,6 +14,7 @@ from saekit.circuits import CrossLayerTranscoder
 from saekit.circuits.transcoder_set import TranscoderSet
 from saekit.cli import main
 from saekit.formats.detect import detect_format, save_as
+from saekit.io import OWNER_MARK
 from tests.helpers import make, random_clt, random_transcoder_set
 
 X = torch.randn(40, 3, 8, generator=torch.Generator().manual_seed(0)) * 2
@@ -28,7 +29,7 @@ def test_transcoder_sets_round_trip(tmp_path, method, options):
     tset = random_transcoder_set(method, **options)
     save_as(tset, tmp_path / "ct", "circuit-tracer")
     assert detect_format(tmp_path / "ct") == "circuit-tracer"
-    files = sorted(p.name for p in (tmp_path / "ct").iterdir())
+    files = sorted(p.name for p in (tmp_path / "ct").iterdir() if p.name != OWNER_MARK)
     assert files == ["config.yaml", "layer_0.safetensors", "layer_1.safetensors", "layer_2.safetensors"]
     tensors = load_file(str(tmp_path / "ct" / "layer_1.safetensors"))
     names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"W_skip"} if options else set())
@@ -52,7 +53,7 @@ def test_clts_round_trip(tmp_path, method, max_reach):
     clt = random_clt(method, max_reach=max_reach)
     clt.provenance.model_name = "tiny"
     save_as(clt, tmp_path / "ct", "circuit-tracer")
-    files = sorted(p.name for p in (tmp_path / "ct").iterdir())
+    files = sorted(p.name for p in (tmp_path / "ct").iterdir() if p.name != OWNER_MARK)
     assert files == ["W_dec_0.safetensors", "W_dec_1.safetensors", "W_dec_2.safetensors", "W_enc_0.safetensors",
                      "W_enc_1.safetensors", "W_enc_2.safetensors", "config.yaml"]
     encoder = load_file(str(tmp_path / "ct" / "W_enc_1.safetensors"))
