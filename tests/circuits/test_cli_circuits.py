@@ -100,3 +100,22 @@ def test_bad_layered_training_input_is_one_line(setup, capsys, extra, message):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("saekit")]  # (transformers' load bars aside)
     assert code == 2 and len(errors) == 1 and message in errors[0], err
+
+
+def test_layered_outputs_replace_only_saekits_folders(setup, capsys, tmp_path):
+    """A set's or CLT's folder in --out that saekit did not write is refused before any training; with
+    --overwrite it is replaced."""
+    root, common = setup
+    foreign = tmp_path / "out" / "transcoders-topk-k2-16"
+    foreign.mkdir(parents=True)
+    (foreign / "keep.txt").write_text("mine")
+    args = ["train", *common, "--transcoders", "0,1", "--method", "topk", "--k", "2", "--d-sae", "16",
+            "--total-tokens", "512", "--batch-size", "256", "--normalization-tokens", "256", "--no-progress",
+            "--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "was not written by saekit" in err and "--overwrite" in err and "training:" not in err
+    assert (foreign / "keep.txt").read_text() == "mine" and not (tmp_path / "out" / "checkpoints").exists()
+    assert main([*args, "--overwrite"]) == 0
+    assert not (foreign / "keep.txt").exists() and isinstance(saekit.load(foreign), TranscoderSet)
