@@ -105,7 +105,7 @@ def test_bad_layered_training_input_is_one_line(setup, capsys, extra, message):
 def test_layered_outputs_replace_only_saekits_folders(setup, capsys, tmp_path):
     """A set's or CLT's folder in --out that saekit did not write is refused before any training; with
     --overwrite it is replaced."""
-    root, common = setup
+    _, common = setup
     foreign = tmp_path / "out" / "transcoders-topk-k2-16"
     foreign.mkdir(parents=True)
     (foreign / "keep.txt").write_text("mine")
