@@ -30,7 +30,7 @@ from saekit.circuits.clt_activations import get_activation
 from saekit.config import check_fields, help_field
 from saekit.errors import SaekitError
 from saekit.training import normalization
-from saekit.training.config import TrainingConfig, _check
+from saekit.training.config import OPTIONAL_FIELDS, TrainingConfig, _check
 from saekit.training.member import SweepMember, _lookup
 from saekit.training.objective import LossResult
 
@@ -56,7 +56,8 @@ class CLTTrainingConfig(TrainingConfig):
         if values["adam_betas"] is not None:
             values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
         out = CLTTrainingConfig(**values)
-        unresolved = [f.name for f in dataclasses.fields(out) if getattr(out, f.name) is None]
+        unresolved = [f.name for f in dataclasses.fields(out)
+                      if getattr(out, f.name) is None and f.name not in OPTIONAL_FIELDS]
         if unresolved:
             raise SaekitError(f"no default for {', '.join(unresolved)} (cross-layer transcoder method "
                               f"{dictionary.method!r})")
@@ -67,6 +68,8 @@ class CLTTrainingConfig(TrainingConfig):
             (out.resample_every == 0, "resample_every does not apply to cross-layer transcoders (AuxK and the "
                                       "pre-activation loss care for dead latents)"),
             (not out.ghost_grads, "ghost_grads does not apply to cross-layer transcoders"),
+            (out.target_l0 is None, "target_l0 is not implemented for cross-layer transcoders: set "
+                                    "sparsity_coefficient (jumprelu) or k (topk, batchtopk)"),
             (out.tanh_scale is not None and out.tanh_scale >= 0, "tanh_scale must be >= 0"),
             (out.preactivation_coefficient is not None and out.preactivation_coefficient >= 0,
              "preactivation_coefficient must be >= 0"),

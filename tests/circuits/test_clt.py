@@ -236,6 +236,7 @@ def test_bfloat16_decoders_train_and_stay_bfloat16():
     (dict(method="jumprelu", max_reach=-1), "max_reach must be"),
     (dict(method="jumprelu", decoder_dtype="float16"), "decoder_dtype must be"),
     (dict(method="jumprelu", wings=2), "unknown cross-layer transcoder option"),
+    (dict(method="jumprelu", target_l0=20.0), "target_l0 is not implemented for cross-layer transcoders"),
 ])
 def test_bad_clt_options_are_one_line_errors(options, message):
     with pytest.raises(saekit.SaekitError, match=message) as info:
