@@ -139,8 +139,13 @@ def _figures(summary: dict[str, Any], where: Path) -> None:
     import matplotlib.pyplot as plt
 
     where.mkdir(parents=True, exist_ok=True)
+    import math
+
     panels = [("fvu", "NMSE (FVU) of the MLP output"), ("dead_fraction", "dead fraction"),
               ("delta_lm_loss", "delta LM loss, layer alone (nats)"), ("kl_spliced", "KL, layer alone")]
+    # without per-layer splices (--no-per-layer) the last two are missing or nan: no empty panels
+    panels = [(key, label) for key, label in panels if any(
+        isinstance(r.get(key), float) and math.isfinite(r[key]) for r in summary["results"]["plt"]["layers"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.3))
     for ax, (key, label) in zip(axes, panels):
         for name, color in (("plt", "#1f77b4"), ("clt", "#d62728")):
