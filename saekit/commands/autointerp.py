@@ -69,9 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import saekit
     from saekit.commands.sources import model_config
     from saekit.evaluation.autointerp import AutointerpOptions, ChatClient, SamplingOptions, autointerp
+    from saekit.formats.detect import load_any
     from saekit.inspect.dashboard_data import gather_activations
     from saekit.models.loading import cache_root
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                         cache_dir=args.cache or cache_root() / "autointerp", timeout=args.timeout,
                         retries=args.retries)
     client.check_reachable()  # before the model pass, so a wrong address costs nothing
-    d = saekit.load(args.dictionary, device=args.device)
+    d = load_any(args.dictionary, device=args.device)  # one dictionary (sets and CLTs: one layer's folder)
     name = args.subject_model or d.provenance.model_name
     if not name:
         raise SaekitError("the dictionary does not record its model: pass --subject-model")
