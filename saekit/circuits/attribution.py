@@ -215,7 +215,8 @@ def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: st
         row_node = torch.zeros(budget + n_logits, dtype=torch.long)
         for i in range(0, n_logits, batch_size):
             vec = logit_vectors[i:i + batch_size]
-            edge[i:i + len(vec), :logit_offset] = computer.rows(torch.full((len(vec),), L), torch.full((len(vec),), n - 1), vec)
+            last = torch.full((len(vec),), n - 1)
+            edge[i:i + len(vec), :logit_offset] = computer.rows(torch.full((len(vec),), L), last, vec)
             row_node[i:i + len(vec)] = torch.arange(i, i + len(vec)) + logit_offset
         st = n_logits
         visited = torch.zeros(n_active, dtype=torch.bool)

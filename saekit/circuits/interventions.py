@@ -141,6 +141,11 @@ def predicted_node_changes(graph: AttributionGraph, changes: dict[int, float]) -
     return A @ delta_act
 
 
+def _demeaned(logits: Tensor, token: int) -> float:
+    """The last position's logit of `token` minus the mean logit (what a graph's logit node reads)."""
+    return float(logits[-1, token] - logits[-1].mean())
+
+
 def check_graph(model: torch.nn.Module, tokenizer: Any, transcoders: Layered, graph: AttributionGraph,
                 top: int = 10, scale: float = 0.0, freeze_attention: bool = True) -> list[dict[str, float]]:
     """For each of the graph's `top` most influential features: scale it by `scale` (0 = ablate) in the
@@ -155,8 +160,7 @@ def check_graph(model: torch.nn.Module, tokenizer: Any, transcoders: Layered, gr
         value = float(graph.activation_values[graph.selected_features[node]])
         out = intervene(model, tokenizer, transcoders, graph.input_tokens, [(layer, pos, feature, value * scale)],
                         freeze_attention=freeze_attention)
-        demeaned = lambda logits: float(logits[-1, target] - logits[-1].mean())  # noqa: E731
-        measured = demeaned(out["logits"]) - demeaned(out["clean_logits"])
+        measured = _demeaned(out["logits"], target) - _demeaned(out["clean_logits"], target)
         predicted = float(predicted_node_changes(graph, {node: value * (scale - 1)})[graph.logit_start])
         rows.append({"node": node, "layer": layer, "pos": pos, "feature": feature, "activation": value,
                      "influence": float(influence[node]), "predicted": predicted, "measured": measured})

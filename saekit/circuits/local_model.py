@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -150,8 +150,8 @@ class LocalReplacementModel:
         self.in_points = [resolve_hookpoints(model, [name])[0] for name in want_in]
         self.out_points = [resolve_hookpoints(model, [name])[0] for name in want_out]
         names = {m: n for n, m in model.named_modules()}
-        embed = model.get_input_embeddings()
-        head = model.get_output_embeddings()
+        embed = cast(Any, model).get_input_embeddings()
+        head = cast(Any, model).get_output_embeddings()
         if embed not in names or head is None or head not in names:
             raise SaekitError(f"{type(model).__name__}: cannot find its input embeddings and output head")
         self.embed_point = Hookpoint("embed", names[embed])
@@ -172,7 +172,7 @@ class LocalReplacementModel:
     @contextlib.contextmanager
     def frozen(self, state: FrozenState) -> Iterator[FrozenState]:
         """Attention patterns and norm scales frozen (recorded or reused, per `state.mode`)."""
-        config = self.model.config
+        config: Any = self.model.config
         previous = config._attn_implementation
         handles = []
 

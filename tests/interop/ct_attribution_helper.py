@@ -33,19 +33,18 @@ CPU = torch.device("cpu")
 
 
 def build_model(model_dir: Path, sizes: dict, transcoders):
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
     from tokenizers import Tokenizer
     from transformer_lens import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
 
     hf_config = LlamaConfig(**sizes)
     hf = LlamaForCausalLM(hf_config)
     from safetensors.torch import load_file
 
     state = load_file(str(model_dir / "model.safetensors"))
-    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing, _unexpected = hf.load_state_dict(state, strict=False)
     assert not [k for k in missing if "rotary" not in k and k != "lm_head.weight"], missing
     if "lm_head.weight" not in state:
         hf.lm_head.weight = hf.model.embed_tokens.weight
