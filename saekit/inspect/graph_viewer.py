@@ -49,7 +49,9 @@ function mk(tag, attrs, text) {
   return el;
 }
 const plot = document.getElementById("plot"), panel = document.getElementById("panel-body");
-const colW = 70, rowH = 46, padL = 60, padB = 40;
+const crowd = {};
+data.nodes.forEach(n => { const k = n.layer + ":" + n.pos; crowd[k] = (crowd[k] || 0) + 1; });
+const colW = Math.min(400, Math.max(70, 13 * Math.max(1, ...Object.values(crowd)))), rowH = 46, padL = 60, padB = 40;
 const nPos = data.tokens.length, nRows = data.n_layers + 2;
 const width = padL + nPos * colW + 20, height = nRows * rowH + padB;
 const rowY = layer => height - padB - (layer + 1) * rowH - rowH / 2;
@@ -60,7 +62,7 @@ data.nodes.forEach(n => {
   byId[n.id] = n; const key = n.layer + ":" + n.pos; (cells[key] = cells[key] || []).push(n);
 });
 Object.values(cells).forEach(list => list.forEach((n, i) => {
-  const step = Math.min(12, (colW - 10) / Math.max(1, list.length));
+  const step = Math.min(13, (colW - 10) / Math.max(1, list.length));
   n.x = padL + n.pos * colW + colW / 2 + (i - (list.length - 1) / 2) * step;
   n.y = rowY(n.layer);  // tokens (layer -1) at the bottom, logits (layer L) on top
 }));
