@@ -40,6 +40,7 @@ def build_model(model_dir: Path, sizes: dict, transcoders):
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     hf_config = LlamaConfig(**sizes)
+    torch.manual_seed(0)
     hf = LlamaForCausalLM(hf_config)
     from safetensors.torch import load_file
 
@@ -58,8 +59,11 @@ def build_model(model_dir: Path, sizes: dict, transcoders):
         rotary_base=sizes.get("rope_theta", 10000.0), rotary_adjacent_pairs=False, gated_mlp=True, final_rms=True,
         eps=sizes.get("rms_norm_eps", 1e-6), original_architecture="LlamaForCausalLM", model_name="tiny-llama",
         default_prepend_bos=False, dtype=torch.float32, device="cpu")
+    special = json.loads((model_dir / "tokenizer_config.json").read_text())
+    names = {key: special[key] for key in ("bos_token", "eos_token", "pad_token", "unk_token")
+             if isinstance(special.get(key), str)}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(model_dir / "tokenizer.json")),
-                                        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+                                        **names)
     model = TransformerLensReplacementModel(cfg)
     model.tokenizer = tokenizer  # set_tokenizer would reload it by name from the Hub
     model.load_and_process_state_dict(convert_llama_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
