@@ -100,10 +100,9 @@ def _offline_prompts(tokenizer: Any, n: int, length: int) -> list[list[int]]:
 
 
 def identities(args: argparse.Namespace) -> None:
-    from saekit.circuits.attribution import _encode, attribute, tokenize_prompt
+    from saekit.circuits.attribution import active_features_and_errors, attribute, tokenize_prompt
     from saekit.circuits.interventions import frozen_effects
     from saekit.circuits.local_model import LocalReplacementModel
-    from saekit.circuits.replacement import _reconstruct_all
 
     torch.set_num_threads(args.threads)
     model, tokenizer, plt_set, clt = _load(args)
@@ -115,8 +114,8 @@ def identities(args: argparse.Namespace) -> None:
             clean = local.clean_run(ids)
             with torch.no_grad():
                 ref = model(input_ids=ids[None]).logits[0].float()
-                errors = clean["mlp_out"] - torch.stack(_reconstruct_all(tc, list(clean["mlp_in"]))[1]).float()
-                _a, _v, node_errors = _encode(local, clean["mlp_in"], clean["mlp_out"], 1)
+                errors = local.reconstruction_errors(clean)
+                _a, _v, node_errors = active_features_and_errors(local, clean["mlp_in"], clean["mlp_out"], 1)
             with_errors = local.replacement_logits(ids, clean["state"], errors)
             without = local.replacement_logits(ids, clean["state"])
             graph = attribute(model, tokenizer, tc, prompt, batch_size=args.batch_size)

@@ -106,9 +106,10 @@ class _Sources:
         return out
 
 
-def _encode(local: LocalReplacementModel, mlp_in: Tensor, mlp_out: Tensor, skip_first: int
+def active_features_and_errors(local: LocalReplacementModel, mlp_in: Tensor, mlp_out: Tensor, skip_first: int
             ) -> tuple[Tensor, Tensor, Tensor]:
-    """(active [m, 3], values [m], errors [L, n, d]) from the clean MLP inputs and outputs."""
+    """(active features [m, 3] as (layer, position, latent), their activations [m], error nodes [L, n, d])
+    from the clean MLP inputs and outputs; the first `skip_first` positions have neither."""
     walk = LayerByLayer(local.transcoders)
     actives, values, errors = [], [], []
     for layer in range(local.n_layers):
@@ -192,7 +193,7 @@ def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: st
         raise SaekitError(f"the prompt has {n} tokens: nothing is left after ignoring the first {skip_first}")
     clean = local.clean_run(ids)
     with torch.no_grad():
-        active, values, errors = _encode(local, clean["mlp_in"], clean["mlp_out"], skip_first)
+        active, values, errors = active_features_and_errors(local, clean["mlp_in"], clean["mlp_out"], skip_first)
     L = local.n_layers
     target_ids, target_probs = salient_logits(clean["logits"][-1], max_n_logits, desired_logit_prob)
     W_U = local.W_U.detach().float()

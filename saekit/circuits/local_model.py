@@ -221,6 +221,13 @@ class LocalReplacementModel:
                 "unembed_in": store["unembed_in"][0].float(), "state": state}
 
     @torch.no_grad()
+    def reconstruction_errors(self, clean: dict[str, Any]) -> Tensor:
+        """MLP output − the transcoders' reconstruction from the clean MLP inputs, [L, n, d], every position."""
+        walk = LayerByLayer(self.transcoders)
+        recon = [walk.step(t, clean["mlp_in"][t]).float() for t in range(self.n_layers)]
+        return clean["mlp_out"] - torch.stack(recon)
+
+    @torch.no_grad()
     def replacement_logits(self, ids: Tensor, state: FrozenState, errors: Tensor | None = None) -> Tensor:
         """Logits [n, V] of the local replacement model: patterns and scales from `state` (the clean
         run), every MLP output = the transcoders' reconstruction from its live input (+ `errors[l]`)."""

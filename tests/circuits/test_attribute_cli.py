@@ -64,7 +64,7 @@ def test_attribute_writes_a_graph_its_page_and_scores(setup, capsys):
 
 
 def test_bad_input_is_one_line(setup, capsys, tmp_path):
-    root, model_dir, saved, _ct, _tok, _model = setup
+    _root, model_dir, saved, _ct, _tok, _model = setup
     layer0 = saved["plt"]
     assert main(["attribute", "--transcoders", str(tmp_path / "missing"), "--model", str(model_dir), "--prompt", "a",
                  "--out", str(tmp_path / "o")]) == 2
@@ -77,7 +77,7 @@ def test_bad_input_is_one_line(setup, capsys, tmp_path):
 
 
 def test_graph_view_stores_a_grouping(setup, tmp_path, capsys):
-    root, model_dir, saved, _ct, tokenizer, model = setup
+    _root, _model_dir, saved, _ct, tokenizer, model = setup
     import saekit
 
     graph = attribute(model, tokenizer, saekit.load(saved["clt"]), _prompt(tokenizer, seed=3))

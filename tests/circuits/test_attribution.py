@@ -10,11 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from saekit.circuits.attribution import _encode, attribute, salient_logits, tokenize_prompt
+from saekit.circuits.attribution import active_features_and_errors, attribute, salient_logits, tokenize_prompt
 from saekit.circuits.graph import AttributionGraph
 from saekit.circuits.interventions import frozen_effects
 from saekit.circuits.local_model import LocalReplacementModel
-from saekit.circuits.replacement import _reconstruct_all
 from saekit.circuits.transcoder_set import TranscoderSet
 from saekit.errors import SaekitError
 from tests.helpers import random_clt, random_transcoder_set, tiny_llama, tiny_tokenizer
@@ -79,7 +78,7 @@ def test_replacement_model_with_errors_reproduces_the_logits(model, tokenizer, k
     clean = local.clean_run(ids)
     with torch.no_grad():
         reference = model(input_ids=ids[None]).logits[0].float()
-        errors = clean["mlp_out"] - torch.stack(_reconstruct_all(tc, list(clean["mlp_in"]))[1]).float()
+        errors = local.reconstruction_errors(clean)
     assert torch.allclose(clean["logits"], reference, atol=1e-5)
     with_errors = local.replacement_logits(ids, clean["state"], errors)
     without = local.replacement_logits(ids, clean["state"])
@@ -132,7 +131,7 @@ def test_column_identity_in_the_constrained_model(model, tokenizer, kind):
     base = targets(clean)
     rows = torch.cat([torch.arange(graph.n_features), torch.arange(graph.logit_start, graph.n_nodes)])
     with torch.no_grad():
-        _active, _values, errors = _encode(local, clean["mlp_in"], clean["mlp_out"], 1)
+        _active, _values, errors = active_features_and_errors(local, clean["mlp_in"], clean["mlp_out"], 1)
     checks = 0
     for source in [0, graph.n_features // 2, graph.n_features - 1]:
         layer, pos, f = feats[source].tolist()
