@@ -7,11 +7,16 @@
 - Both expose the same per-layer reading surface (`layers`, `encoder`, `threshold_of`, `decoder`,
   `decoder_bias`, `skip`, `encode_layer`, `decode_layer`), which spliced evaluation
   (`saekit.circuits.replacement`) and the replacement model of attribution graphs read.
+- Attribution graphs (issue 16): `attribute(model, tokenizer, transcoders, prompt)` → `AttributionGraph`
+  (scores, pruning, save/load); `intervene` and `check_graph` test a graph in the real model.
 """
 
+from saekit.circuits.attribution import attribute
 from saekit.circuits.clt import CLTConfig, CLTProvenance, CrossLayerTranscoder
 from saekit.circuits.clt_training import CLTSpec, CLTTrainingConfig
+from saekit.circuits.graph import AttributionGraph
+from saekit.circuits.interventions import check_graph, intervene
 from saekit.circuits.layers import mlp_layer_count, parse_layers
 
-__all__ = ["CLTConfig", "CLTProvenance", "CLTSpec", "CLTTrainingConfig", "CrossLayerTranscoder",
-           "mlp_layer_count", "parse_layers"]
+__all__ = ["AttributionGraph", "CLTConfig", "CLTProvenance", "CLTSpec", "CLTTrainingConfig", "CrossLayerTranscoder",
+           "attribute", "check_graph", "intervene", "mlp_layer_count", "parse_layers"]
