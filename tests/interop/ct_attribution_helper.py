@@ -13,7 +13,8 @@ The Llama's weights are read from its safetensors and converted by transformer-l
 `HookedTransformerConfig` (`from_pretrained` only knows published model names), before circuit-tracer
 configures it with the transcoders (loaded by its own `load_transcoders_from_cache`). For each prompt,
 circuit-tracer's `attribute` gives the graph; its adjacency, node tensors, `compute_graph_scores` and
-`prune_graph` masks are written to WORKDIR/ct/<case>/<i>.safetensors (+ .json), with the wall time.
+`prune_graph` masks, and the logits of `feature_intervention` ablating the strongest active feature
+(attention frozen), are written to WORKDIR/ct/<case>/<i>.safetensors (+ .json), with the wall time.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def main(work: Path) -> None:
                               max_feature_nodes=spec.get("max_feature_nodes"))
             seconds = time.perf_counter() - start
             replacement, completeness = compute_graph_scores(graph)
+            # an intervention: the strongest active feature ablated, attention patterns frozen
+            strongest = int(torch.argmax(graph.activation_values))
+            layer, pos, feature = (int(v) for v in graph.active_features[strongest])
+            ablated, _ = model.feature_intervention(tokens, [(layer, pos, feature, 0.0)], freeze_attention=True)
             pruned = prune_graph(graph, node_threshold=0.8, edge_threshold=0.98)
             save_file({"adjacency": graph.adjacency_matrix.float().contiguous(),
                        "active_features": graph.active_features.long().contiguous(),
@@ -104,7 +109,9 @@ def main(work: Path) -> None:
                        "selected_features": graph.selected_features.long().contiguous(),
                        "logit_tokens": graph.logit_token_ids.long().contiguous(),
                        "logit_probabilities": graph.logit_probabilities.float().contiguous(),
-                       "node_mask": pruned.node_mask.contiguous(), "edge_mask": pruned.edge_mask.contiguous()},
+                       "node_mask": pruned.node_mask.contiguous(), "edge_mask": pruned.edge_mask.contiguous(),
+                       "ablated_logits": ablated[0].float().contiguous(),
+                       "ablated_feature": torch.tensor([layer, pos, feature])},
                       str(out / f"{i}.safetensors"))
             (out / f"{i}.json").write_text(json.dumps({
                 "replacement_score": replacement, "completeness_score": completeness, "seconds": seconds,

@@ -6,7 +6,8 @@ converts the same Llama (read from the folder saekit saved) with transformer-len
 loads the same transcoders (saved by saekit in circuit-tracer's layout) with circuit-tracer's own loader,
 and records circuit-tracer's graph, scores and pruning masks. saekit's graph of the same token ids, from the
 Hugging Face model, must have the same nodes, an adjacency equal to 1e-4 relative to its largest entry,
-scores to 1e-3, and the same pruning masks.
+scores to 1e-3, and the same pruning masks; ablating a feature (attention frozen) gives circuit-tracer's
+`feature_intervention` logits.
 
 Marked `peers` like the other interop tests; SAEKIT_PEER_TESTS=0 skips them where PyPI is unreachable.
 """
@@ -25,6 +26,7 @@ from transformers import AutoModelForCausalLM
 
 import saekit
 from saekit.circuits.attribution import attribute
+from saekit.circuits.interventions import intervene
 from saekit.formats.detect import save_as
 from tests.circuits.test_attribution import _transcoders
 from tests.helpers import save_tiny, tiny_llama, tiny_tokenizer
@@ -106,5 +108,10 @@ def test_same_graph_as_circuit_tracer(compared, case):
         pruned = graph.prune()
         assert torch.equal(pruned.node_mask, theirs["node_mask"])
         assert torch.equal(pruned.edge_mask, theirs["edge_mask"])
+        layer, pos, feature = theirs["ablated_feature"].tolist()
+        ours_ablated = intervene(model, tokenizer, transcoders, ids, [(layer, pos, feature, 0.0)])
+        moved = (ours_ablated["clean_logits"] - theirs["ablated_logits"]).abs().max()
+        assert moved > 1e-3  # the ablation changes circuit-tracer's logits
+        assert torch.allclose(ours_ablated["logits"], theirs["ablated_logits"], atol=1e-4 * float(moved) + 1e-6)
         if spec["max_feature_nodes"]:
             assert graph.n_features == spec["max_feature_nodes"] < graph.meta["n_active_features"]
