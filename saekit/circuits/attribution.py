@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -126,20 +126,38 @@ def active_features_and_errors(local: LocalReplacementModel, mlp_in: Tensor, mlp
 
 
 class _RowComputer:
-    """Attribution rows for batches of targets: one vectorised backward per batch."""
+    """Attribution rows for batches of targets: one vectorised backward per batch.
 
-    def __init__(self, local: LocalReplacementModel, run: dict[str, Any], sources: _Sources, errors: Tensor,
-                 embed_values: Tensor, n_cols: int, chunk_features: int) -> None:
-        self.local, self.run, self.sources = local, run, sources
+    Causal attention means a target at position p depends on positions ≤ p only, so a batch whose targets
+    all sit before position m runs its backward through the frozen model of the first m tokens (a prefix
+    run: the recorded patterns and scales sliced, no copy). Prefix lengths are rounded up to multiples of
+    `granule` positions, and each prefix run is made once."""
+
+    def __init__(self, local: LocalReplacementModel, ids: Tensor, state: Any, sources: _Sources, errors: Tensor,
+                 embed_values: Tensor, n_cols: int, chunk_features: int, granule: int) -> None:
+        self.local, self.ids, self.state, self.sources = local, ids, state, sources
         self.errors, self.embed_values = errors, embed_values
         self.n_cols, self.chunk = n_cols, chunk_features
         self.n_feat = len(sources.active)
         self.n_pos = errors.shape[1]
+        self.granule = max(1, granule)
+        self.runs: dict[int, dict[str, Any]] = {}
+
+    def _run(self, m: int) -> dict[str, Any]:
+        if m not in self.runs:
+            from saekit.circuits.local_model import FrozenState
+
+            state = FrozenState("use", patterns={k: v[..., :m, :m] for k, v in self.state.patterns.items()},
+                                scales={k: v[:, :m] for k, v in self.state.scales.items()}, checked=self.state.checked)
+            self.runs[m] = self.local.gradient_run(self.ids[:m], state, 0)
+        return self.runs[m]
 
     def rows(self, layers: Tensor, positions: Tensor, vectors: Tensor) -> Tensor:
         """Rows [B, n_cols] for targets reading `vectors` [B, d] at (layer, position); layer L = logits."""
         L, B = self.local.n_layers, len(layers)
-        reads = self.run["reads"]
+        m = min(self.n_pos, -(-(int(positions.max()) + 1) // self.granule) * self.granule)
+        run = self._run(m)
+        reads = run["reads"]
         top = int(layers.max())
         outputs, grads = [], []
         for layer in sorted(set(layers.tolist())):
@@ -149,27 +167,28 @@ class _RowComputer:
             g[batch, 0, positions[mask]] = vectors[mask].to(g.dtype)
             outputs.append(reads[layer])
             grads.append(g)
-        inputs = [self.run["embed"]] + self.run["mlp_out"][:min(top, L)]
+        inputs = [run["embed"]] + run["mlp_out"][:min(top, L)]
         found = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True,
                                     is_grads_batched=True)
         with torch.no_grad():
-            return self._contract(found, B)
+            return self._contract(found, B, m)
 
-    def _contract(self, found: Sequence[Tensor | None], B: int) -> Tensor:
-        """Contract the write-site gradients [B, 1, n, d] with every source's vector."""
+    def _contract(self, found: Sequence[Tensor | None], B: int, m: int) -> Tensor:
+        """Contract the write-site gradients [B, 1, m, d] (first m positions) with every source's vector."""
         L, n = self.local.n_layers, self.n_pos
         row = torch.zeros(B, self.n_cols)
         tok_start = self.n_feat + L * n
         g_embed = found[0]
         if g_embed is not None:
-            row[:, tok_start:tok_start + n] = (g_embed[:, 0].float() * self.embed_values).sum(-1)
+            row[:, tok_start:tok_start + m] = (g_embed[:, 0].float() * self.embed_values[:m]).sum(-1)
         for t, g in enumerate(found[1:]):
             if g is None:
                 continue
-            g = g[:, 0].float()  # [B, n, d]
+            g = g[:, 0].float()  # [B, m, d]
             start = self.n_feat + t * n
-            row[:, start:start + n] = (g * self.errors[t]).sum(-1)
+            row[:, start:start + m] = (g * self.errors[t, :m]).sum(-1)
             writers = self.sources.writers[t]
+            writers = writers[self.sources.active[writers, 1] < m]
             for c in range(0, len(writers), self.chunk):
                 idx = writers[c:c + self.chunk]
                 vecs = self.sources.decoder_vectors(t, idx)  # [c, d]
@@ -181,7 +200,7 @@ class _RowComputer:
 def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: str | Sequence[int] | Tensor, *,
               max_n_logits: int = 10, desired_logit_prob: float = 0.95, batch_size: int = 64,
               max_feature_nodes: int | None = None, update_interval: int = 4, skip_first: int = 1,
-              chunk_features: int = 2048, progress: bool = False) -> AttributionGraph:
+              chunk_features: int = 2048, prefix_granule: int = 32, progress: bool = False) -> AttributionGraph:
     """The attribution graph of `prompt` (see the module docstring)."""
     start = time.perf_counter()
     if batch_size < 1 or chunk_features < 1:
@@ -209,9 +228,10 @@ def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: st
     for p in params:
         p.requires_grad_(False)
     try:
-        run = local.gradient_run(ids, clean["state"], skip_first)
-        embed_values = run["embed"].detach()[0].float()
-        computer = _RowComputer(local, run, sources, errors, embed_values, logit_offset, chunk_features)
+        with torch.no_grad():
+            embed_values = cast(Any, model).get_input_embeddings()(ids[None].to(local.device))[0].float()
+        computer = _RowComputer(local, ids, clean["state"], sources, errors, embed_values, logit_offset,
+                                chunk_features, prefix_granule)
         edge = torch.zeros(budget + n_logits, total_nodes)  # logit columns stay zero
         row_node = torch.zeros(budget + n_logits, dtype=torch.long)
         for i in range(0, n_logits, batch_size):
@@ -231,20 +251,24 @@ def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: st
                 rank = torch.argsort(influence[:n_active], descending=True)
                 queue = min(update_interval * batch_size, budget - n_visited)
                 pending = rank[~visited[rank]][:queue]
+            # batches of targets at nearby positions (shorter prefix runs); rows keep circuit-tracer's order
+            order = torch.argsort(active[pending, 1], stable=True)
             for b in range(0, len(pending), batch_size):
-                idx = pending[b:b + batch_size]
+                slots = order[b:b + batch_size]
+                idx = pending[slots]
                 rows = computer.rows(active[idx, 0], active[idx, 1], sources.encoder_vectors(idx))
-                edge[st:st + len(idx), :logit_offset] = rows
-                row_node[st:st + len(idx)] = idx
+                edge[st + slots, :logit_offset] = rows
+                row_node[st + slots] = idx
                 visited[idx] = True
-                st += len(idx)
-                n_visited += len(idx)
                 bar.update(len(idx))
+            st += len(pending)
+            n_visited += len(pending)
         bar.close()
     finally:
         for p in params:
             p.requires_grad_(True)
-        run = {}
+        if "computer" in locals():
+            computer.runs.clear()
 
     selected = torch.nonzero(visited).flatten()
     if budget < n_active:

@@ -280,3 +280,20 @@ def test_salient_logits_and_tokenization(tokenizer):
 def test_refuses_transcoders_that_miss_a_layer(model, tokenizer):
     with pytest.raises(SaekitError, match="every layer"):
         attribute(model, tokenizer, random_transcoder_set("relu", layers=(0, 1), d=D), "a b")
+
+
+@pytest.mark.parametrize("kind", ["plt_skip", "clt"])
+def test_prefix_runs_give_the_same_rows(model, tokenizer, kind):
+    """Targets early in the prompt are attributed through a prefix of the model (causal attention): the
+    rows equal those of the full-length backward, with and without a feature budget."""
+    tc = _transcoders(kind)
+    prompt = _prompt(tokenizer, n=14, seed=6)
+    full = attribute(model, tokenizer, tc, prompt, batch_size=9, prefix_granule=1000)
+    for granule in (1, 3):
+        prefix = attribute(model, tokenizer, tc, prompt, batch_size=9, prefix_granule=granule)
+        assert torch.allclose(prefix.adjacency, full.adjacency, rtol=1e-5, atol=1e-6 * full.adjacency.abs().max())
+    budget_full = attribute(model, tokenizer, tc, prompt, batch_size=5, max_feature_nodes=30, prefix_granule=1000)
+    budget = attribute(model, tokenizer, tc, prompt, batch_size=5, max_feature_nodes=30, prefix_granule=2)
+    assert torch.equal(budget.selected_features, budget_full.selected_features)
+    assert torch.allclose(budget.adjacency, budget_full.adjacency, rtol=1e-5,
+                          atol=1e-6 * budget_full.adjacency.abs().max())

@@ -90,7 +90,7 @@ def test_same_graph_as_circuit_tracer(compared, case):
         theirs = load_file(str(work / "ct" / case / f"{i}.safetensors"))
         info = json.loads((work / "ct" / case / f"{i}.json").read_text())
         assert info["tl_vs_hf_logits"] < 1e-4  # transformer-lens runs the same Llama
-        graph = attribute(model, tokenizer, transcoders, ids, batch_size=16,
+        graph = attribute(model, tokenizer, transcoders, ids, batch_size=16, prefix_granule=4,
                           max_feature_nodes=spec["max_feature_nodes"])
         assert torch.equal(graph.active_features, theirs["active_features"])
         assert torch.equal(graph.selected_features, theirs["selected_features"])
