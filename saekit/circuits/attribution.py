@@ -84,7 +84,7 @@ class _Sources:
     @torch.no_grad()
     def decoder_vectors(self, target_layer: int, idx: Tensor) -> Tensor:
         """a·W_dec^{s→t}[i] [len(idx), d] for the features `idx` (all of them writing to `target_layer`)."""
-        out = torch.empty(len(idx), self.tc.d_out)
+        out = torch.empty(len(idx), self.tc.d_out, device=self.values.device)
         layers = self.active[idx, 0]
         for s in layers.unique().tolist():
             mask = layers == s
@@ -97,7 +97,7 @@ class _Sources:
     @torch.no_grad()
     def encoder_vectors(self, idx: Tensor) -> Tensor:
         """Encoder columns [len(idx), d_in] of the features `idx` (their read vectors as targets)."""
-        out = torch.empty(len(idx), self.tc.d_in)
+        out = torch.empty(len(idx), self.tc.d_in, device=self.values.device)
         layers = self.active[idx, 0]
         for s in layers.unique().tolist():
             mask = layers == s
@@ -161,22 +161,22 @@ class _RowComputer:
         top = int(layers.max())
         outputs, grads = [], []
         for layer in sorted(set(layers.tolist())):
-            g = torch.zeros(B, *reads[layer].shape, dtype=reads[layer].dtype)
+            g = torch.zeros(B, *reads[layer].shape, dtype=reads[layer].dtype, device=reads[layer].device)
             mask = layers == layer
             batch = torch.nonzero(mask).flatten()
-            g[batch, 0, positions[mask]] = vectors[mask].to(g.dtype)
+            g[batch, 0, positions[mask]] = vectors[mask].to(g.device, g.dtype)
             outputs.append(reads[layer])
             grads.append(g)
         inputs = [run["embed"]] + run["mlp_out"][:min(top, L)]
         found = torch.autograd.grad(outputs, inputs, grads, retain_graph=True, allow_unused=True,
                                     is_grads_batched=True)
         with torch.no_grad():
-            return self._contract(found, B, m)
+            return self._contract(found, B, m).cpu()
 
     def _contract(self, found: Sequence[Tensor | None], B: int, m: int) -> Tensor:
         """Contract the write-site gradients [B, 1, m, d] (first m positions) with every source's vector."""
         L, n = self.local.n_layers, self.n_pos
-        row = torch.zeros(B, self.n_cols)
+        row = torch.zeros(B, self.n_cols, device=self.errors.device)
         tok_start = self.n_feat + L * n
         g_embed = found[0]
         if g_embed is not None:
@@ -214,9 +214,10 @@ def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: st
     with torch.no_grad():
         active, values, errors = active_features_and_errors(local, clean["mlp_in"], clean["mlp_out"], skip_first)
     L = local.n_layers
-    target_ids, target_probs = salient_logits(clean["logits"][-1], max_n_logits, desired_logit_prob)
+    target_ids, target_probs = salient_logits(clean["logits"][-1].cpu(), max_n_logits, desired_logit_prob)
     W_U = local.W_U.detach().float()
-    logit_vectors = W_U[target_ids] - W_U.mean(0, keepdim=True)
+    logit_vectors = W_U[target_ids.to(W_U.device)] - W_U.mean(0, keepdim=True)
+    active = active.cpu()  # node bookkeeping on the CPU; vectors and gradients stay on the model's device
     sources = _Sources(transcoders, active, values, L)
     n_active = len(active)
     n_logits = len(target_ids)
@@ -282,8 +283,8 @@ def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: st
     return AttributionGraph(
         prompt=prompt if isinstance(prompt, str) else tokenizer.decode(ids.tolist()),
         input_tokens=ids, token_strings=[str(t) for t in vocab(ids.tolist())] if vocab else [str(i) for i in ids],
-        n_layers=L, active_features=active, activation_values=values, selected_features=selected,
-        adjacency=adjacency, logit_tokens=target_ids, logit_probabilities=target_probs,
+        n_layers=L, active_features=active, activation_values=values.cpu(), selected_features=selected,
+        adjacency=adjacency, logit_tokens=target_ids, logit_probabilities=target_probs.float(),
         logit_strings=[str(t) for t in vocab(target_ids.tolist())] if vocab else [str(int(i)) for i in target_ids],
         meta={"transcoders": getattr(transcoders, "name", None) or type(transcoders).__name__,
               "kind": "transcoder_set" if hasattr(transcoders, "transcoders") else "cross_layer_transcoder",

@@ -50,13 +50,13 @@ def frozen_effects(local: LocalReplacementModel, ids: Tensor, clean: dict[str, A
                 x_now = store[local.in_points[layer].name][0].float()
                 out = out + (x_now - clean["mlp_in"][layer]) @ skip.float().T
             if f"mlp_out.{layer}" in additions:
-                out = out + additions[f"mlp_out.{layer}"]
+                out = out + additions[f"mlp_out.{layer}"].to(out.device)
             return out[None].to(value.dtype)
         return edit
 
     replace = {p.name: mlp_edit(i) for i, p in enumerate(local.out_points)}
     if "embed" in additions:
-        replace[local.embed_point.name] = lambda value: value + additions["embed"][None].to(value.dtype)
+        replace[local.embed_point.name] = lambda value: value + additions["embed"][None].to(value.device, value.dtype)
     use = FrozenState("use", patterns=clean["state"].patterns, scales=clean["state"].scales,
                       checked=clean["state"].checked)
     points = [local.embed_point] + local.in_points + local.out_points + [local.unembed_point]

@@ -133,3 +133,16 @@ def test_graph_prediction_is_exact_for_direct_effects(setup):
     measured = dirs @ (run["unembed_in"][-1] - clean["unembed_in"][-1])
     predicted = predicted_node_changes(graph, {node: -value})[graph.logit_start:]
     assert torch.allclose(measured, predicted, rtol=1e-3, atol=1e-5)
+
+
+def test_attribute_and_intervene_run_on_the_device_asked_for(setup, capsys):
+    """--device reaches the model and the transcoders ("cpu:0" is a distinct torch.device that runs on the
+    CPU); node tables come back on the CPU either way."""
+    root, model_dir, saved, _ct, tokenizer, _model = setup
+    prompt = _prompt(tokenizer, seed=7)
+    assert main(["attribute", "--transcoders", str(saved["clt"]), "--model", str(model_dir), "--prompt", prompt,
+                 "--out", str(root / "on_device"), "--no-progress", "--device", "cpu:0"]) == 0
+    assert AttributionGraph.load(root / "on_device").adjacency.abs().sum() > 0
+    assert main(["intervene", "--transcoders", str(saved["clt"]), "--model", str(model_dir), "--graph",
+                 str(root / "on_device"), "--top", "2", "--device", "cpu:0"]) == 0
+    assert '"correlation"' in capsys.readouterr().out
