@@ -71,4 +71,4 @@ class TopK(Method):
         if training.aux_k <= 0:
             return None
         loss = auxk_loss(d, x, residual, dead_mask, training.aux_k, sparse=training.sparse_kernels)
-        return "auxk", loss, training.aux_coefficient
+        return "auxk", loss, training.aux_coefficient * training.aux_every

@@ -17,6 +17,18 @@ from saekit.config import DictionaryConfig, check_fields, help_field
 from saekit.errors import SaekitError
 from saekit.methods.jumprelu import DEFAULT_BANDWIDTH
 
+# Fields whose default depends on the run's length, filled by the member when the run starts.
+RUN_DEFAULTS = ("dead_tokens",)
+MAX_DEAD_TOKENS = 10_000_000  # Gao et al.'s dead window
+
+
+def run_dead_tokens(total_tokens: int) -> int:
+    """The default dead window: a tenth of the run, at most 10M tokens. Gao et al.'s 10M never elapses in a
+    run of under 10M tokens, so AuxK (or ghost grads) would never act there; a tenth leaves nine tenths
+    of the run to revive what dies early, and is Gao's window from 100M tokens on."""
+    return max(1, min(MAX_DEAD_TOKENS, total_tokens // 10))
+
+
 NORMALIZATIONS = ("none", "mean_norm_sqrt_d", "mean_squared_norm_1")
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 OPTIONAL_FIELDS = frozenset({"target_l0"})  # None is a value here, not "use the method's default"
@@ -41,7 +53,8 @@ class ResolvedTraining(Protocol):
     crosscoder_init: str
     aux_k: int
     aux_coefficient: float
-    dead_tokens: int
+    aux_every: int
+    dead_tokens: int | None  # None: set by the run's length (`run_dead_tokens`)
     ghost_grads: bool
     resample_every: int
     jumprelu_bandwidth: float
@@ -90,8 +103,11 @@ class TrainingConfig:
     aux_k: int | None = help_field("AuxK: latents used to reconstruct the residual from dead latents "
                                    "(TopK family). Default min(512, d_in // 2); 0 disables.", default=None)
     aux_coefficient: float = help_field("AuxK loss weight α.", default=1 / 32)
-    dead_tokens: int = help_field("A latent is dead once it has not fired for this many tokens.",
-                                  default=10_000_000)
+    aux_every: int = help_field("AuxK runs on every this many steps, weighted by aux_every·α: the same weight "
+                                "per token over a run at 1/aux_every of its cost (1: every step).", default=4)
+    dead_tokens: int | None = help_field(
+        "A latent is dead once it has not fired for this many tokens. Default: a tenth of the run's tokens, "
+        "at most 10M (Gao et al.'s window), so dead-latent care acts in short runs too.", default=None)
     ghost_grads: bool = help_field("Ghost grads on dead latents (relu, gated, jumprelu).", default=False)
     resample_every: int = help_field("Resample dead latents every this many steps (0 disables).",
                                      default=0)
@@ -122,7 +138,7 @@ class TrainingConfig:
             values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
         out = TrainingConfig(**values)
         unresolved = [f.name for f in dataclasses.fields(out)
-                      if getattr(out, f.name) is None and f.name not in OPTIONAL_FIELDS]
+                      if getattr(out, f.name) is None and f.name not in OPTIONAL_FIELDS | set(RUN_DEFAULTS)]
         if unresolved:  # a method's defaults must cover every None field
             raise SaekitError(f"no default for {', '.join(unresolved)} (method {dictionary.method!r})")
         resolved = cast(ResolvedTraining, out)
@@ -171,7 +187,8 @@ def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
         (training.decoder_init_norm > 0, "decoder_init_norm must be positive"),
         (training.aux_k >= 0, "aux_k must be >= 0"),
         (training.aux_coefficient >= 0, "aux_coefficient must be >= 0"),
-        (training.dead_tokens > 0, "dead_tokens must be positive"),
+        (isinstance(training.aux_every, int) and training.aux_every >= 1, "aux_every must be an integer >= 1"),
+        (training.dead_tokens is None or training.dead_tokens > 0, "dead_tokens must be positive"),
         (training.jumprelu_bandwidth > 0 and training.jumprelu_init_threshold > 0,
          "jumprelu_bandwidth and jumprelu_init_threshold must be positive"),
         (0.0 < training.threshold_ema < 1.0, "threshold_ema must be in (0, 1)"),

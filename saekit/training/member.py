@@ -7,7 +7,8 @@ holds is in `state_dict()`, so a checkpoint restores it exactly.
 from __future__ import annotations
 
 import copy
-from typing import Any
+import dataclasses
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -17,6 +18,7 @@ from saekit.methods import Encoding
 from saekit.methods.dead_latents import squared_error
 from saekit.spec import DictionarySpec
 from saekit.training import normalization
+from saekit.training.config import MAX_DEAD_TOKENS, ResolvedTraining, run_dead_tokens
 from saekit.training.distributed import Distributed
 from saekit.training.l0_target import L0Controller
 from saekit.training.objective import LocalObjective, Objective
@@ -83,9 +85,12 @@ class SweepMember:
             step, training.sparsity_warmup * self.total_steps)
         if self.l0_controller is not None:
             coefficient = coefficient * self.l0_controller.multiplier()
-        cares = training.aux_k > 0 or training.ghost_grads
+        # AuxK runs on every aux_every-th step (at aux_every times its weight); ghost grads every step.
+        cares = training.ghost_grads or (training.aux_k > 0 and step % training.aux_every == 0)
         rows = self._rows(x)
         global_batch = rows * (self.dist.world if self.dist is not None else 1)
+        if self.training.dead_tokens is None:
+            self._set_dead_tokens(run_dead_tokens(self.total_steps * global_batch))
         dead_mask = self.dead_mask() if cares and self._may_have_dead(step, global_batch) else None
 
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -140,8 +145,19 @@ class SweepMember:
             return x.shape[0]
         return int(x["mask"].sum()) if "mask" in x else int(next(iter(x.values())).shape[0])
 
+    def _set_dead_tokens(self, value: int) -> None:
+        """Fill the run-length default of dead_tokens (first step: the global batch is known only then);
+        the dictionary records the value used."""
+        self.training = cast(ResolvedTraining, dataclasses.replace(cast(Any, self.training), dead_tokens=value))
+        self.dictionary.training_config = self.training
+
+    @property
+    def dead_tokens(self) -> int:
+        """The dead window in tokens (the run-length default before the first step: 10M)."""
+        return self.training.dead_tokens if self.training.dead_tokens is not None else MAX_DEAD_TOKENS
+
     def dead_mask(self) -> Tensor:
-        return self.tokens_since_fired >= self.training.dead_tokens
+        return self.tokens_since_fired >= self.dead_tokens
 
     def _may_have_dead(self, step: int, global_batch: int) -> bool:
         """Whether any latent can be dead at `step`. Reading the counters back is a host sync, which
@@ -151,9 +167,9 @@ class SweepMember:
         if step < self.no_dead_before:
             return False
         oldest = int(self.tokens_since_fired.max())
-        if oldest >= self.training.dead_tokens:
+        if oldest >= self.dead_tokens:
             return True
-        self.no_dead_before = step + -(-(self.training.dead_tokens - oldest) // max(global_batch, 1))
+        self.no_dead_before = step + -(-(self.dead_tokens - oldest) // max(global_batch, 1))
         return False
 
     @torch.no_grad()
@@ -253,6 +269,7 @@ class SweepMember:
             "fired_since_resample": self.fired_since_resample,
             "method": self.method_state.state_dict(),
             **({"l0_controller": self.l0_controller.state_dict()} if self.l0_controller is not None else {}),
+            "dead_tokens": self.training.dead_tokens,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -272,3 +289,5 @@ class SweepMember:
         self.method_state.load_state_dict(state["method"])
         if self.l0_controller is not None:
             self.l0_controller.load_state_dict(state["l0_controller"])
+        if state.get("dead_tokens") is not None:  # the run-length default, as the first step set it
+            self._set_dead_tokens(int(state["dead_tokens"]))

@@ -1,0 +1,44 @@
+"""Defaults that depend on the run: the dead window (a tenth of the run, at most 10M tokens)."""
+
+import pytest
+import torch
+
+import saekit
+from saekit.data.toy import ToyConfig, ToyData
+from saekit.training.config import run_dead_tokens
+
+
+def test_dead_window_is_a_tenth_of_the_run_capped_at_ten_million():
+    assert run_dead_tokens(1_000_000) == 100_000
+    assert run_dead_tokens(400_000) == 40_000
+    assert run_dead_tokens(100_000_000) == 10_000_000
+    assert run_dead_tokens(10**10) == 10_000_000
+    assert run_dead_tokens(5) == 1
+
+
+@pytest.mark.parametrize("given", [None, 300])
+def test_trained_dictionary_records_the_dead_window_it_used(given):
+    data = ToyData(ToyConfig(d_in=16, n_features=32, mean_active=3, seed=2), chunk_size=128)
+    options = {} if given is None else {"dead_tokens": given}
+    spec = saekit.DictionarySpec.from_options(method="topk", d_in=16, d_sae=48, k=3, **options)
+    assert spec.training.dead_tokens == given  # the spec keeps "default" until the run's length is known
+    (d,) = saekit.train(iter(data), [spec], total_tokens=20 * 128, batch_size=128, progress=False)
+    assert d.training_config.dead_tokens == (256 if given is None else given)
+
+
+def test_latents_silent_for_a_tenth_of_a_short_run_get_auxk():
+    """In a 10,240-token run the default window is 1,024 tokens, so latents that cannot fire are dead
+    (and trained by AuxK) from the 9th step of 128 tokens, long before Gao's 10M."""
+    from saekit.training.member import SweepMember
+
+    data = ToyData(ToyConfig(d_in=16, n_features=16, mean_active=2, seed=4), chunk_size=128)
+    spec = saekit.DictionarySpec.from_options(method="topk", d_in=16, d_sae=64, k=2, aux_every=1)
+    member = SweepMember(spec, total_steps=80)
+    batches = iter(data)
+    member.start(next(batches))
+    with torch.no_grad():
+        member.dictionary.b_enc[:8] = -100.0
+    with_auxk = [step for step in range(12) if "auxk" in member.step(next(batches), step)]
+    assert member.training.dead_tokens == 1024
+    assert with_auxk == [8, 9, 10, 11]  # silent for 8 steps of 128 tokens
+    assert member.dead_mask()[:8].all()
