@@ -92,7 +92,7 @@ def synthetic(out: Path, d_in: int, rows: int, heldout: int, device: str, seed: 
     return out
 
 
-def run(library: str, data: Path, args: argparse.Namespace) -> dict:
+def run(library: str, data: Path, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict:
     python = sys.executable if library == "saekit" else str(args.peer_python)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [python, str(ROOT / "benchmarks/peer_train.py"), "--library", library, "--data", str(data),
@@ -101,6 +101,7 @@ def run(library: str, data: Path, args: argparse.Namespace) -> dict:
            "--device", args.device, "--precision", args.precision]
     if library == "saekit":
         cmd += ["--saekit-options", args.saekit_options]
+    cmd += list(extra)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{library} failed:\n{proc.stderr[-3000:]}")

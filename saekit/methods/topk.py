@@ -22,6 +22,18 @@ from saekit.methods.base import Encoding, Method
 from saekit.methods.dead_latents import auxk_loss
 from saekit.sparse import sparse_topk_encode
 
+# The learning-rate rule (docs/defaults.md): sparsify's 2e-4/sqrt(d_sae/2^14) (Gao et al.'s LR ∝ 1/sqrt(n)) is
+# tuned for runs of hundreds of millions of tokens; a run of S < 2^16 steps gets it times sqrt(2^16 / S),
+# at most 16 times (reached at 256 steps, ~1M tokens at batch 4096).
+LONG_RUN_STEPS = 2**16
+MAX_SHORT_RUN_FACTOR = 16.0
+
+
+def topk_lr(d_sae: int, total_steps: int) -> float:
+    """The default Adam learning rate of a TopK dictionary of width d_sae trained for total_steps."""
+    short_run = min(MAX_SHORT_RUN_FACTOR, math.sqrt(max(1.0, LONG_RUN_STEPS / max(total_steps, 1))))
+    return 2e-4 / math.sqrt(d_sae / 2**14) * short_run
+
 
 class TopK(Method):
     name = "topk"
@@ -42,11 +54,15 @@ class TopK(Method):
             raise SaekitError(f"k={cfg.k} exceeds d_sae={cfg.d_sae}: use k <= d_sae")
 
     def training_defaults(self, cfg: Any) -> dict[str, Any]:
-        return dict(lr=2e-4 / math.sqrt(cfg.d_sae / 2**14), sparsity_coefficient=0.0,
+        # lr: None here, set by the run's length (run_defaults)
+        return dict(lr=None, sparsity_coefficient=0.0,
                     adam_betas=(0.9, 0.999), lr_warmup=0.0, lr_decay=0.2, sparsity_warmup=0.0,
                     normalize_activations="mean_norm_sqrt_d", b_dec_init="geometric_median",
                     unit_norm_decoder=True, decoder_init_norm=1.0,
                     aux_k=min(512, max(cfg.d_in // 2, 1), cfg.d_sae))
+
+    def run_defaults(self, cfg: Any, total_steps: int, total_tokens: int) -> dict[str, Any]:
+        return dict(super().run_defaults(cfg, total_steps, total_tokens), lr=topk_lr(cfg.d_sae, total_steps))
 
     def selection_scale(self, d: Any) -> Tensor | None:
         """Crosscoders rank by f_i·Σ_m||d_i^m||; plain dictionaries by f_i (None)."""

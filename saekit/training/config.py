@@ -17,8 +17,8 @@ from saekit.config import DictionaryConfig, check_fields, help_field
 from saekit.errors import SaekitError
 from saekit.methods.jumprelu import DEFAULT_BANDWIDTH
 
-# Fields whose default depends on the run's length, filled by the member when the run starts.
-RUN_DEFAULTS = ("dead_tokens",)
+# Fields whose default may depend on the run's length (`Method.run_defaults`), filled when the run starts.
+RUN_DEFAULTS = ("lr", "dead_tokens")
 MAX_DEAD_TOKENS = 10_000_000  # Gao et al.'s dead window
 
 
@@ -36,9 +36,10 @@ CROSSCODER_INITS = ("same", "independent")
 
 
 class ResolvedTraining(Protocol):
-    """A TrainingConfig after `resolved()`: every method-dependent default filled in (none is None)."""
+    """A TrainingConfig after `resolved()`: every method-dependent default filled in (none is None but
+    those of RUN_DEFAULTS, which `for_run` fills once the run's length is known)."""
 
-    lr: float
+    lr: float | None  # None: set by the run's length (TopK)
     adam_betas: tuple[float, float]
     adam_eps: float
     lr_warmup: float
@@ -67,13 +68,16 @@ class ResolvedTraining(Protocol):
 
     def to_dict(self) -> dict[str, Any]: ...
 
+    def for_run(self, dictionary: DictionaryConfig, total_steps: int, total_tokens: int) -> ResolvedTraining: ...
+
 
 @dataclass
 class TrainingConfig:
     """How one dictionary of a sweep is trained: optimiser, schedules, init, normalisation, dead latents."""
 
-    lr: float | None = help_field("Adam learning rate. Default per method (TopK: 2e-4/sqrt(d_sae/2^14)).",
-                                  default=None)
+    lr: float | None = help_field(
+        "Adam learning rate. Default per method; TopK: 2e-4/sqrt(d_sae/2^14) (sparsify's rule for long runs), "
+        "times sqrt(2^16/steps) for runs of fewer than 2^16 steps, at most x16 (docs/defaults.md).", default=None)
     adam_betas: tuple[float, float] | None = help_field("Adam (beta1, beta2).", default=None)
     adam_eps: float = help_field("Adam epsilon.", default=1e-8)
     lr_warmup: float | None = help_field("Fraction of steps for linear LR warm-up from 0.", default=None)
@@ -146,6 +150,16 @@ class TrainingConfig:
         method.check_training(dictionary, resolved)
         return resolved
 
+    def for_run(self, dictionary: DictionaryConfig, total_steps: int, total_tokens: int) -> ResolvedTraining:
+        """A copy with the defaults that depend on the run's length filled in (the values a run used)."""
+        from saekit.methods import get_method
+
+        defaults = get_method(dictionary.method).run_defaults(dictionary, total_steps, total_tokens)
+        out = cast(ResolvedTraining, dataclasses.replace(
+            self, **{key: value for key, value in defaults.items() if getattr(self, key) is None}))
+        _check(out, dictionary)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         if data["adam_betas"] is not None:
@@ -163,7 +177,7 @@ class TrainingConfig:
 
 def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
     """Every value of a resolved config in range, or a one-line error naming it."""
-    finite = all(math.isfinite(v) for v in (training.lr, training.adam_eps, training.sparsity_coefficient,
+    finite = all(math.isfinite(v) for v in (training.lr or 1.0, training.adam_eps, training.sparsity_coefficient,
                                               training.grad_clip, training.decoder_init_norm,
                                               training.aux_coefficient, training.jumprelu_bandwidth,
                                               training.jumprelu_init_threshold))
@@ -174,7 +188,7 @@ def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
         (training.b_dec_init in B_DEC_INITS, f"b_dec_init must be one of {', '.join(B_DEC_INITS)}"),
         (training.crosscoder_init in CROSSCODER_INITS,
          f"crosscoder_init must be one of {', '.join(CROSSCODER_INITS)}"),
-        (training.lr > 0, "lr must be positive"),
+        (training.lr is None or training.lr > 0, "lr must be positive"),
         (training.adam_eps > 0, "adam_eps must be positive"),
         (training.sparsity_coefficient >= 0, "sparsity_coefficient must be >= 0"),
         (len(training.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in training.adam_betas),

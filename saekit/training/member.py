@@ -18,7 +18,7 @@ from saekit.methods import Encoding
 from saekit.methods.dead_latents import squared_error
 from saekit.spec import DictionarySpec
 from saekit.training import normalization
-from saekit.training.config import MAX_DEAD_TOKENS, ResolvedTraining, run_dead_tokens
+from saekit.training.config import MAX_DEAD_TOKENS, RUN_DEFAULTS, ResolvedTraining
 from saekit.training.distributed import Distributed
 from saekit.training.l0_target import L0Controller
 from saekit.training.objective import LocalObjective, Objective
@@ -39,7 +39,8 @@ class SweepMember:
         self.device = torch.device(device)
         self.dictionary = Dictionary(cfg, device=self.device, training=training)
         self.dictionary.provenance = spec.source
-        self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=training.lr,
+        # (each step sets the LR; a run-length default is known at the first step)
+        self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=training.lr or 0.0,
                                           betas=training.adam_betas, eps=training.adam_eps, fused=True)
         self.generator = torch.Generator().manual_seed(training.seed)
         self.scale_in = torch.ones(cfg.d_in, device=self.device)
@@ -76,7 +77,12 @@ class SweepMember:
 
     # ---------------------------------------------------------------------------------------- step
     def step(self, x: Any, step: int, target: Tensor | None = None) -> dict[str, Tensor | float]:
+        rows = self._rows(x)
+        global_batch = rows * (self.dist.world if self.dist is not None else 1)
+        if self.training.lr is None or self.training.dead_tokens is None:
+            self._set_training(self.training.for_run(self.cfg, self.total_steps, self.total_steps * global_batch))
         training, d = self.training, self.dictionary
+        assert training.lr is not None
         lr = training.lr * lr_factor(step, self.total_steps, training.lr_warmup * self.total_steps,
                                      training.lr_decay * self.total_steps)
         for group in self.optimizer.param_groups:
@@ -87,10 +93,6 @@ class SweepMember:
             coefficient = coefficient * self.l0_controller.multiplier()
         # AuxK runs on every aux_every-th step (at aux_every times its weight); ghost grads every step.
         cares = training.ghost_grads or (training.aux_k > 0 and step % training.aux_every == 0)
-        rows = self._rows(x)
-        global_batch = rows * (self.dist.world if self.dist is not None else 1)
-        if self.training.dead_tokens is None:
-            self._set_dead_tokens(run_dead_tokens(self.total_steps * global_batch))
         dead_mask = self.dead_mask() if cares and self._may_have_dead(step, global_batch) else None
 
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -145,11 +147,11 @@ class SweepMember:
             return x.shape[0]
         return int(x["mask"].sum()) if "mask" in x else int(next(iter(x.values())).shape[0])
 
-    def _set_dead_tokens(self, value: int) -> None:
-        """Fill the run-length default of dead_tokens (first step: the global batch is known only then);
-        the dictionary records the value used."""
-        self.training = cast(ResolvedTraining, dataclasses.replace(cast(Any, self.training), dead_tokens=value))
-        self.dictionary.training_config = self.training
+    def _set_training(self, training: ResolvedTraining) -> None:
+        """The training config with the run-length defaults filled (at the first step, when the global
+        batch is known); the dictionary records the values used."""
+        self.training = training
+        self.dictionary.training_config = training
 
     @property
     def dead_tokens(self) -> int:
@@ -269,7 +271,7 @@ class SweepMember:
             "fired_since_resample": self.fired_since_resample,
             "method": self.method_state.state_dict(),
             **({"l0_controller": self.l0_controller.state_dict()} if self.l0_controller is not None else {}),
-            "dead_tokens": self.training.dead_tokens,
+            "run_defaults": {key: getattr(self.training, key) for key in RUN_DEFAULTS},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -289,5 +291,6 @@ class SweepMember:
         self.method_state.load_state_dict(state["method"])
         if self.l0_controller is not None:
             self.l0_controller.load_state_dict(state["l0_controller"])
-        if state.get("dead_tokens") is not None:  # the run-length default, as the first step set it
-            self._set_dead_tokens(int(state["dead_tokens"]))
+        filled = {key: value for key, value in state.get("run_defaults", {}).items() if value is not None}
+        if filled:  # the run-length defaults, as the first step set them
+            self._set_training(cast(ResolvedTraining, dataclasses.replace(cast(Any, self.training), **filled)))
