@@ -31,11 +31,6 @@ class BatchTopK(TopK):
     def training_defaults(self, cfg: Any) -> dict[str, Any]:
         return dict(super().training_defaults(cfg), lr=3e-4, adam_betas=(0.9, 0.99))
 
-    def run_defaults(self, cfg: Any, total_steps: int, total_tokens: int) -> dict[str, Any]:
-        # BTK's fixed lr 3e-4 (training_defaults), not TopK's run-length rule
-        return {key: value for key, value in super().run_defaults(cfg, total_steps, total_tokens).items()
-                if key != "lr"}
-
     def add_parameters(self, d: Any, training: Any, **factory: Any) -> None:
         super().add_parameters(d, training, **factory)
         d.register_buffer("threshold", torch.full((d.cfg.d_sae,), THRESHOLD_UNSET, **factory))

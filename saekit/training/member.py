@@ -138,7 +138,7 @@ class SweepMember:
         evaluated one is when it does not fire on the evaluation tokens; without the cap a short run (fewer
         tokens than dead_tokens) would log 0 dead however many latents never fired. Dead-latent care (AuxK,
         ghost grads) uses `dead_tokens` itself."""
-        return max(1, min(self.training.dead_tokens, self.tokens_trained))
+        return max(1, min(self.dead_tokens, self.tokens_trained))
 
     @staticmethod
     def _rows(x: Any) -> int:

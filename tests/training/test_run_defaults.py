@@ -1,10 +1,14 @@
-"""Defaults that depend on the run: the dead window (a tenth of the run, at most 10M tokens)."""
+"""Defaults that depend on the run: the dead window (a tenth of the run, at most 10M tokens) and TopK's
+learning rate (sparsify's width rule, raised for runs of fewer than 2^16 steps)."""
+
+import math
 
 import pytest
 import torch
 
 import saekit
 from saekit.data.toy import ToyConfig, ToyData
+from saekit.methods.topk import topk_lr
 from saekit.training.config import run_dead_tokens
 
 
@@ -42,3 +46,24 @@ def test_latents_silent_for_a_tenth_of_a_short_run_get_auxk():
     assert member.training.dead_tokens == 1024
     assert with_auxk == [8, 9, 10, 11]  # silent for 8 steps of 128 tokens
     assert member.dead_mask()[:8].all()
+
+
+def test_topk_lr_is_sparsifys_rule_for_long_runs_and_grows_as_runs_shorten():
+    for d_sae in (4096, 2**14, 65536):
+        width_rule = 2e-4 / math.sqrt(d_sae / 2**14)
+        assert topk_lr(d_sae, 2**16) == pytest.approx(width_rule)
+        assert topk_lr(d_sae, 10**6) == pytest.approx(width_rule)  # never below the long-run rule
+        assert topk_lr(d_sae, 2**14) == pytest.approx(2 * width_rule)  # sqrt(2^16 / 2^14)
+        assert topk_lr(d_sae, 1024) == pytest.approx(8 * width_rule)
+        assert topk_lr(d_sae, 256) == pytest.approx(16 * width_rule)  # the cap
+        assert topk_lr(d_sae, 10) == pytest.approx(16 * width_rule)
+
+
+@pytest.mark.parametrize("method, given", [("topk", None), ("topk", 1e-3), ("batchtopk", None)])
+def test_trained_dictionary_records_the_learning_rate_it_used(method, given):
+    data = ToyData(ToyConfig(d_in=16, n_features=32, mean_active=3, seed=2), chunk_size=128)
+    options = {} if given is None else {"lr": given}
+    spec = saekit.DictionarySpec.from_options(method=method, d_in=16, d_sae=48, k=3, **options)
+    (d,) = saekit.train(iter(data), [spec], total_tokens=20 * 128, batch_size=128, progress=False)
+    expected = {"topk": topk_lr(48, 20), "batchtopk": 3e-4}[method] if given is None else given
+    assert d.training_config.lr == pytest.approx(expected)
