@@ -77,7 +77,7 @@ class TrainingConfig:
 
     lr: float | None = help_field(
         "Adam learning rate. Default per method; TopK: 2e-4/sqrt(d_sae/2^14) (sparsify's rule for long runs), "
-        "times sqrt(2^16/steps) for runs of fewer than 2^16 steps, at most x16 (docs/defaults.md).", default=None)
+        "times (2700/steps)^0.75 for runs of fewer than 2,700 steps, at most x16 (docs/defaults.md).", default=None)
     adam_betas: tuple[float, float] | None = help_field("Adam (beta1, beta2).", default=None)
     adam_eps: float = help_field("Adam epsilon.", default=1e-8)
     lr_warmup: float | None = help_field("Fraction of steps for linear LR warm-up from 0.", default=None)

@@ -51,12 +51,15 @@ def test_latents_silent_for_a_tenth_of_a_short_run_get_auxk():
 def test_topk_lr_is_sparsifys_rule_for_long_runs_and_grows_as_runs_shorten():
     for d_sae in (4096, 2**14, 65536):
         width_rule = 2e-4 / math.sqrt(d_sae / 2**14)
-        assert topk_lr(d_sae, 2**16) == pytest.approx(width_rule)
+        assert topk_lr(d_sae, 2700) == pytest.approx(width_rule)
         assert topk_lr(d_sae, 10**6) == pytest.approx(width_rule)  # never below the long-run rule
-        assert topk_lr(d_sae, 2**14) == pytest.approx(2 * width_rule)  # sqrt(2^16 / 2^14)
-        assert topk_lr(d_sae, 1024) == pytest.approx(8 * width_rule)
-        assert topk_lr(d_sae, 256) == pytest.approx(16 * width_rule)  # the cap
-        assert topk_lr(d_sae, 10) == pytest.approx(16 * width_rule)
+        assert topk_lr(d_sae, 300) == pytest.approx(9**0.75 * width_rule)  # (2700 / S)^(3/4)
+        assert topk_lr(d_sae, 244) == pytest.approx(6.07 * width_rule, rel=1e-3)
+        assert topk_lr(d_sae, 50) == pytest.approx(16 * width_rule)  # the cap
+        assert topk_lr(d_sae, 1) == pytest.approx(16 * width_rule)
+    # the benchmark's shape (d_sae 6144, batch 4096): ~4e-3 at 0.4M tokens, ~2e-3 at 1M, ~7e-4 at 4M
+    assert [round(topk_lr(6144, tokens // 4096), 4) for tokens in (400_000, 1_000_000, 4_000_000)] == \
+        [0.004, 0.002, 0.0007]
 
 
 @pytest.mark.parametrize("method, given", [("topk", None), ("topk", 1e-3), ("batchtopk", None)])
