@@ -98,7 +98,7 @@ def main() -> None:
                     continue  # its figures at this budget come from the longest run's evaluations
                 run_args = argparse.Namespace(
                     tokens=tokens, threads=args.threads, batch=args.batch, device="cpu", precision="fp32",
-                    peer_python=args.peer_python, saekit_options=json.dumps(options))
+                    k=32, d_sae=16 * d_in, peer_python=args.peer_python, saekit_options=json.dumps(options))
                 extra = ("--eval-at", *map(str, budgets[:-1])) if library == "sparsify" and args.sparsify_once \
                     else ()
                 record = run(library, data, run_args, extra) | {"options": options}
