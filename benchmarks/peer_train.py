@@ -137,8 +137,31 @@ def train_sparsify(reader: RowReader | DeviceRows, args: argparse.Namespace, d_s
     optimizer = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
     optimizer.train()
     fired_since = torch.zeros(d_sae, dtype=torch.long, device=args.device)
+
+    def reconstruct(x):
+        acts, indices, _ = sae.encode(x)
+        return sae.decode(acts, indices), indices[acts > 0]
+
+    def evaluate_here(tokens: int) -> None:
+        """Held-out figures of the averaged weights at `tokens`, training then going on from exactly the
+        weights it had (schedule-free has no schedule, so these are the figures of a run that stopped
+        here). The clock does not run meanwhile."""
+        nonlocal started
+        paused = time.perf_counter()
+        live = [p.detach().clone() for p in sae.parameters()]
+        optimizer.eval()
+        args.checkpoints.append({"tokens": tokens, "seconds": paused - started}
+                                | evaluate(reconstruct, args.heldout_reader, d_sae, args.device))
+        with torch.no_grad():
+            for p, saved in zip(sae.parameters(), live):
+                p.copy_(saved)
+        optimizer.train_mode = True  # the live weights are back: train() would move them again
+        started += time.perf_counter() - paused
+
     started = time.perf_counter()
     for step, x in enumerate(reader.batches(args.batch, args.tokens)):
+        if step * args.batch in args.eval_at:
+            evaluate_here(step * args.batch)
         if step == 0:
             sae.b_dec.data = x.mean(0)
         sae.set_decoder_norm_to_unit_norm()
@@ -155,10 +178,6 @@ def train_sparsify(reader: RowReader | DeviceRows, args: argparse.Namespace, d_s
     optimizer.eval()  # schedule-free: evaluate the averaged weights, as sparsify's save does
     synchronize(args.device)
     elapsed = time.perf_counter() - started
-
-    def reconstruct(x):
-        acts, indices, _ = sae.encode(x)
-        return sae.decode(acts, indices), indices[acts > 0]
     return elapsed, reconstruct
 
 
@@ -209,7 +228,13 @@ def main() -> None:
                         help="bf16: saekit and sae-lens train under bf16 autocast (sparsify always does on a GPU)")
     parser.add_argument("--saekit-options", default="{}",
                         help="JSON object of DictionaryConfig fields for saekit (default: its defaults)")
+    parser.add_argument("--eval-at", type=int, nargs="*", default=[],
+                        help="sparsify only: also evaluate after these many tokens (multiples of the batch), "
+                             "as a run of that length would end (schedule-free has no schedule); under "
+                             "'checkpoints' in the output")
     args = parser.parse_args()
+    if args.eval_at and args.library != "sparsify":
+        raise SystemExit("--eval-at is for sparsify only: saekit's and sae-lens's schedules depend on the budget")
     torch.set_num_threads(args.threads)
     # Every torch optimizer's constructor imports torch._dynamo on first use (~1.5 s here). The peers'
     # optimizers are built before their clocks start; saekit.train builds its own inside the clock, so
@@ -218,6 +243,8 @@ def main() -> None:
     reader = RowReader(args.data / "train.npy")
     heldout = RowReader(args.data / "heldout.npy")
     args.tokens = args.tokens // args.batch * args.batch
+    args.eval_at = {t // args.batch * args.batch for t in args.eval_at if 0 < t < args.tokens}
+    args.heldout_reader, args.checkpoints = heldout, []
     d_sae = args.d_sae or D_SAE_MULTIPLE * reader.width
     rss_before = rss_mib()
     cpu_started = time.process_time()
@@ -238,6 +265,8 @@ def main() -> None:
               "load_start": load_started, "load_end": os.getloadavg()[0],
               "torch": torch.__version__, "precision": args.precision} | gpu
     result.update(evaluate(reconstruct, heldout, d_sae, args.device))
+    if args.checkpoints:
+        result["checkpoints"] = args.checkpoints
     print(json.dumps(result))
 
 

@@ -92,15 +92,19 @@ def synthetic(out: Path, d_in: int, rows: int, heldout: int, device: str, seed: 
     return out
 
 
-def run(library: str, data: Path, args: argparse.Namespace) -> dict:
+def run(library: str, data: Path, args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict:
     python = sys.executable if library == "saekit" else str(args.peer_python)
+    # Huge pages for every library, as importing saekit sets them for saekit (saekit/__init__.py): this
+    # process no longer imports saekit, and the peers' processes never do.
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     cmd = [python, str(ROOT / "benchmarks/peer_train.py"), "--library", library, "--data", str(data),
            "--tokens", str(args.tokens), "--threads", str(args.threads), "--batch", str(args.batch),
            "--k", str(args.k), "--d-sae", str(args.d_sae),
            "--device", args.device, "--precision", args.precision]
     if library == "saekit":
         cmd += ["--saekit-options", args.saekit_options]
+    cmd += list(extra)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{library} failed:\n{proc.stderr[-3000:]}")
@@ -176,8 +180,8 @@ def main() -> None:
         " (sparsify's forward is bf16 autocast on this GPU whatever the precision)"
         if args.device != "cpu" else ""))
     print(f"saekit options: {args.saekit_options} (peers: their defaults, see benchmarks/peer_train.py)")
-    print(f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')} for every library (importing saekit "
-          "sets it in this process; the runs inherit it)")
+    print(f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '1')} for every library (each run's "
+          "environment; saekit sets it on import)")
     print(f"load average during runs: min {min(loads):.1f}, median {statistics.median(loads):.1f}, "
           f"max {max(loads):.1f} ({os.cpu_count()} CPUs)")
     print(f"matmul peak ({peak_dtype}) [{args.batch}x{d_in}]@[{d_in}x{d_sae}]: {peak / 1e9:.0f} GFLOP/s (median of "

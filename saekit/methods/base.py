@@ -138,6 +138,13 @@ class Method:
         """Values for every TrainingConfig field left at None (docs/methods.md cites each)."""
         raise NotImplementedError
 
+    def run_defaults(self, cfg: DictionaryConfig, total_steps: int, total_tokens: int) -> dict[str, Any]:
+        """Defaults that depend on the run's length, for the fields `training_defaults` left at None
+        (training.config.RUN_DEFAULTS): the dead window, a tenth of the run (at most 10M tokens)."""
+        from saekit.training.config import run_dead_tokens
+
+        return {"dead_tokens": run_dead_tokens(total_tokens)}
+
     def check_training(self, cfg: DictionaryConfig, training: ResolvedTraining) -> None:
         """Reject training options that do not apply to this method."""
         if training.ghost_grads and self.dead_latent_care != "ghost_grads":

@@ -75,20 +75,27 @@ def auxk_loss(d: Dictionary, x: Tensor, residual: Tensor, dead_mask: Tensor, aux
     """||e − W_dec[dead]·TopK_aux(pre[:, dead])||² with e = y − ŷ detached (BTK's form; docs/methods.md
     "Dead latents").
 
-    Both forms touch only the dead latents. The dense one costs five [B, d]×[d, n_dead] products; the
-    sparse kernels differentiate only the B·k_aux selected entries, which pays once the selection is
-    sparse among the dead latents (k_aux < n_dead / AUX_DENSE_RATIO; measured crossover near 1/4-1/5)."""
+    Both forms touch only the dead latents. The dense one costs four [B, d]×[d, n_dead] products:
+    (x − b_dec)·W is computed as x·W − b_dec·W, so b_dec's gradient is one vector product and no
+    [B, d] gradient of the centred input is ever formed; and while every dead latent is among the k_aux
+    largest (n_dead ≤ k_aux) there is no selection at all. The sparse kernels differentiate only the
+    B·k_aux selected entries, which pays once the selection is sparse among the dead latents
+    (k_aux < n_dead / AUX_DENSE_RATIO; measured crossover near 1/4-1/5)."""
     b_dec = d.b_dec if d.cfg.apply_b_dec_to_input else None
-    if sparse:
-        columns = dead_mask.nonzero().squeeze(1)
-        k_aux = min(aux_k, columns.numel())
-        if k_aux * AUX_DENSE_RATIO < columns.numel():
-            selected = sparse_topk_of_columns(x, d.W_enc, d.b_enc, b_dec, k_aux, columns)
-            return squared_error(residual.detach(), sparse_decode(selected, d.W_dec)).mean()
-    centered = x - b_dec if b_dec is not None else x
-    dead_pre = (centered @ d.W_enc[:, dead_mask] + d.b_enc[dead_mask]).relu()
-    k_aux = min(aux_k, dead_pre.shape[1])
-    values, indices = torch.topk(dead_pre, k_aux, dim=-1, sorted=False)
-    codes = torch.zeros_like(dead_pre).scatter_(-1, indices, values)
-    aux_reconstruction = codes @ d.W_dec[dead_mask]
+    columns = dead_mask.nonzero().squeeze(1)
+    k_aux = min(aux_k, columns.numel())
+    if sparse and k_aux * AUX_DENSE_RATIO < columns.numel():
+        selected = sparse_topk_of_columns(x, d.W_enc, d.b_enc, b_dec, k_aux, columns)
+        return squared_error(residual.detach(), sparse_decode(selected, d.W_dec)).mean()
+    W_dead = d.W_enc.index_select(1, columns)
+    bias = d.b_enc.index_select(0, columns)
+    if b_dec is not None:
+        bias = bias - b_dec @ W_dead
+    dead_pre = torch.addmm(bias, x, W_dead).relu()
+    if k_aux < columns.numel():
+        values, indices = torch.topk(dead_pre, k_aux, dim=-1, sorted=False)
+        codes = torch.zeros_like(dead_pre).scatter_(-1, indices, values)
+    else:
+        codes = dead_pre  # every dead latent is among the k_aux largest
+    aux_reconstruction = codes @ d.W_dec.index_select(0, columns)
     return squared_error(residual.detach(), aux_reconstruction).mean()

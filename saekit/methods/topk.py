@@ -6,7 +6,8 @@ kernels of `saekit.sparse` (only the encoder's forward product stays dense). Dea
 by AuxK. Crosscoders rank latents by f_i·Σ_m||d_i^m|| (the decoder-norm-scaled scores of the BatchTopK
 crosscoder), so a latent's cost does not depend on how its decoder norm is split between sources.
 Defaults: tied init, b_dec at the geometric median, unit-norm decoder, lr 2e-4/√(d_sae/2^14)
-(sparsify's rule), AuxK α = 1/32 with k_aux = min(512, d_in/2).
+(sparsify's rule) raised for runs of under 2,700 steps (`topk_lr`), AuxK α = 1/32 with
+k_aux = min(512, d_in/2) on every 4th step.
 """
 
 from __future__ import annotations
@@ -21,6 +22,21 @@ from saekit.errors import SaekitError
 from saekit.methods.base import Encoding, Method
 from saekit.methods.dead_latents import auxk_loss
 from saekit.sparse import sparse_topk_encode
+
+# The learning-rate rule (docs/defaults.md "Learning rate"): sparsify's 2e-4/sqrt(d_sae/2^14) (Gao et al.'s
+# LR ∝ 1/sqrt(n)) is tuned for runs of hundreds of millions of tokens and barely moves a short run. A run of
+# S < LONG_RUN_STEPS steps gets it times (LONG_RUN_STEPS / S)^(3/4), at most 16 times: fitted on the budget
+# sweep of benchmarks/defaults.py, where ~2e-3 at 244 steps is the largest LR that keeps dead latents
+# under 2% and ~4e-3 at 97 steps leads sparsify's FVU.
+LONG_RUN_STEPS = 2700
+SHORT_RUN_EXPONENT = 0.75
+MAX_SHORT_RUN_FACTOR = 16.0
+
+
+def topk_lr(d_sae: int, total_steps: int) -> float:
+    """The default Adam learning rate of a TopK dictionary of width d_sae trained for total_steps."""
+    ratio = max(1.0, LONG_RUN_STEPS / max(total_steps, 1))
+    return 2e-4 / math.sqrt(d_sae / 2**14) * min(MAX_SHORT_RUN_FACTOR, ratio**SHORT_RUN_EXPONENT)
 
 
 class TopK(Method):
@@ -42,11 +58,15 @@ class TopK(Method):
             raise SaekitError(f"k={cfg.k} exceeds d_sae={cfg.d_sae}: use k <= d_sae")
 
     def training_defaults(self, cfg: Any) -> dict[str, Any]:
-        return dict(lr=2e-4 / math.sqrt(cfg.d_sae / 2**14), sparsity_coefficient=0.0,
+        # lr: None here, set by the run's length (run_defaults)
+        return dict(lr=None, sparsity_coefficient=0.0,
                     adam_betas=(0.9, 0.999), lr_warmup=0.0, lr_decay=0.2, sparsity_warmup=0.0,
                     normalize_activations="mean_norm_sqrt_d", b_dec_init="geometric_median",
                     unit_norm_decoder=True, decoder_init_norm=1.0,
                     aux_k=min(512, max(cfg.d_in // 2, 1), cfg.d_sae))
+
+    def run_defaults(self, cfg: Any, total_steps: int, total_tokens: int) -> dict[str, Any]:
+        return dict(super().run_defaults(cfg, total_steps, total_tokens), lr=topk_lr(cfg.d_sae, total_steps))
 
     def selection_scale(self, d: Any) -> Tensor | None:
         """Crosscoders rank by f_i·Σ_m||d_i^m||; plain dictionaries by f_i (None)."""
@@ -71,4 +91,4 @@ class TopK(Method):
         if training.aux_k <= 0:
             return None
         loss = auxk_loss(d, x, residual, dead_mask, training.aux_k, sparse=training.sparse_kernels)
-        return "auxk", loss, training.aux_coefficient
+        return "auxk", loss, training.aux_coefficient * training.aux_every

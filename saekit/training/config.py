@@ -18,6 +18,18 @@ from saekit.errors import SaekitError
 from saekit.methods.dead_latents import GHOST_GRADS_FORMS
 from saekit.methods.jumprelu import DEFAULT_BANDWIDTH
 
+# Fields whose default may depend on the run's length (`Method.run_defaults`), filled when the run starts.
+RUN_DEFAULTS = ("lr", "dead_tokens")
+MAX_DEAD_TOKENS = 10_000_000  # Gao et al.'s dead window
+
+
+def run_dead_tokens(total_tokens: int) -> int:
+    """The default dead window: a tenth of the run, at most 10M tokens. Gao et al.'s 10M never elapses in a
+    run of under 10M tokens, so AuxK (or ghost grads) would never act there; a tenth leaves nine tenths
+    of the run to revive what dies early, and is Gao's window from 100M tokens on."""
+    return max(1, min(MAX_DEAD_TOKENS, total_tokens // 10))
+
+
 NORMALIZATIONS = ("none", "mean_norm_sqrt_d", "mean_squared_norm_1")
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 OPTIONAL_FIELDS = frozenset({"target_l0"})  # None is a value here, not "use the method's default"
@@ -25,9 +37,10 @@ CROSSCODER_INITS = ("same", "independent")
 
 
 class ResolvedTraining(Protocol):
-    """A TrainingConfig after `resolved()`: every method-dependent default filled in (none is None)."""
+    """A TrainingConfig after `resolved()`: every method-dependent default filled in (none is None but
+    those of RUN_DEFAULTS, which `for_run` fills once the run's length is known)."""
 
-    lr: float
+    lr: float | None  # None: set by the run's length (TopK)
     adam_betas: tuple[float, float]
     adam_eps: float
     lr_warmup: float
@@ -42,7 +55,8 @@ class ResolvedTraining(Protocol):
     crosscoder_init: str
     aux_k: int
     aux_coefficient: float
-    dead_tokens: int
+    aux_every: int
+    dead_tokens: int | None  # None: set by the run's length (`run_dead_tokens`)
     ghost_grads: bool
     ghost_grads_form: str
     resample_every: int
@@ -56,13 +70,16 @@ class ResolvedTraining(Protocol):
 
     def to_dict(self) -> dict[str, Any]: ...
 
+    def for_run(self, dictionary: DictionaryConfig, total_steps: int, total_tokens: int) -> ResolvedTraining: ...
+
 
 @dataclass
 class TrainingConfig:
     """How one dictionary of a sweep is trained: optimiser, schedules, init, normalisation, dead latents."""
 
-    lr: float | None = help_field("Adam learning rate. Default per method (TopK: 2e-4/sqrt(d_sae/2^14)).",
-                                  default=None)
+    lr: float | None = help_field(
+        "Adam learning rate. Default per method; TopK: 2e-4/sqrt(d_sae/2^14) (sparsify's rule for long runs), "
+        "times (2700/steps)^0.75 for runs of fewer than 2,700 steps, at most x16 (docs/defaults.md).", default=None)
     adam_betas: tuple[float, float] | None = help_field("Adam (beta1, beta2).", default=None)
     adam_eps: float = help_field("Adam epsilon.", default=1e-8)
     lr_warmup: float | None = help_field("Fraction of steps for linear LR warm-up from 0.", default=None)
@@ -92,8 +109,11 @@ class TrainingConfig:
     aux_k: int | None = help_field("AuxK: latents used to reconstruct the residual from dead latents "
                                    "(TopK family). Default min(512, d_in // 2); 0 disables.", default=None)
     aux_coefficient: float = help_field("AuxK loss weight α.", default=1 / 32)
-    dead_tokens: int = help_field("A latent is dead once it has not fired for this many tokens.",
-                                  default=10_000_000)
+    aux_every: int = help_field("AuxK runs on every this many steps, weighted by aux_every·α: the same weight "
+                                "per token over a run at 1/aux_every of its cost (1: every step).", default=4)
+    dead_tokens: int | None = help_field(
+        "A latent is dead once it has not fired for this many tokens. Default: a tenth of the run's tokens, "
+        "at most 10M (Gao et al.'s window), so dead-latent care acts in short runs too.", default=None)
     ghost_grads: bool = help_field("Ghost grads on dead latents (relu, gated, jumprelu).", default=False)
     ghost_grads_form: str = help_field(
         "Which ghost grads: 'original' (Anthropic, Jan 2024: exp of dead pre-activations), 'scaled' (the "
@@ -128,13 +148,23 @@ class TrainingConfig:
             values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
         out = TrainingConfig(**values)
         unresolved = [f.name for f in dataclasses.fields(out)
-                      if getattr(out, f.name) is None and f.name not in OPTIONAL_FIELDS]
+                      if getattr(out, f.name) is None and f.name not in OPTIONAL_FIELDS | set(RUN_DEFAULTS)]
         if unresolved:  # a method's defaults must cover every None field
             raise SaekitError(f"no default for {', '.join(unresolved)} (method {dictionary.method!r})")
         resolved = cast(ResolvedTraining, out)
         _check(resolved, dictionary)
         method.check_training(dictionary, resolved)
         return resolved
+
+    def for_run(self, dictionary: DictionaryConfig, total_steps: int, total_tokens: int) -> ResolvedTraining:
+        """A copy with the defaults that depend on the run's length filled in (the values a run used)."""
+        from saekit.methods import get_method
+
+        defaults = get_method(dictionary.method).run_defaults(dictionary, total_steps, total_tokens)
+        out = cast(ResolvedTraining, dataclasses.replace(
+            self, **{key: value for key, value in defaults.items() if getattr(self, key) is None}))
+        _check(out, dictionary)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -153,7 +183,7 @@ class TrainingConfig:
 
 def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
     """Every value of a resolved config in range, or a one-line error naming it."""
-    finite = all(math.isfinite(v) for v in (training.lr, training.adam_eps, training.sparsity_coefficient,
+    finite = all(math.isfinite(v) for v in (training.lr or 1.0, training.adam_eps, training.sparsity_coefficient,
                                               training.grad_clip, training.decoder_init_norm,
                                               training.aux_coefficient, training.jumprelu_bandwidth,
                                               training.jumprelu_init_threshold))
@@ -164,7 +194,7 @@ def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
         (training.b_dec_init in B_DEC_INITS, f"b_dec_init must be one of {', '.join(B_DEC_INITS)}"),
         (training.crosscoder_init in CROSSCODER_INITS,
          f"crosscoder_init must be one of {', '.join(CROSSCODER_INITS)}"),
-        (training.lr > 0, "lr must be positive"),
+        (training.lr is None or training.lr > 0, "lr must be positive"),
         (training.adam_eps > 0, "adam_eps must be positive"),
         (training.sparsity_coefficient >= 0, "sparsity_coefficient must be >= 0"),
         (len(training.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in training.adam_betas),
@@ -177,7 +207,8 @@ def _check(training: ResolvedTraining, dictionary: DictionaryConfig) -> None:
         (training.decoder_init_norm > 0, "decoder_init_norm must be positive"),
         (training.aux_k >= 0, "aux_k must be >= 0"),
         (training.aux_coefficient >= 0, "aux_coefficient must be >= 0"),
-        (training.dead_tokens > 0, "dead_tokens must be positive"),
+        (isinstance(training.aux_every, int) and training.aux_every >= 1, "aux_every must be an integer >= 1"),
+        (training.dead_tokens is None or training.dead_tokens > 0, "dead_tokens must be positive"),
         (training.jumprelu_bandwidth > 0 and training.jumprelu_init_threshold > 0,
          "jumprelu_bandwidth and jumprelu_init_threshold must be positive"),
         (0.0 < training.threshold_ema < 1.0, "threshold_ema must be in (0, 1)"),

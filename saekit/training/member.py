@@ -16,7 +16,8 @@ statistics).
 from __future__ import annotations
 
 import copy
-from typing import Any
+import dataclasses
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -28,6 +29,7 @@ from saekit.methods import Encoding
 from saekit.methods.dead_latents import squared_error
 from saekit.spec import DictionarySpec
 from saekit.training import normalization
+from saekit.training.config import MAX_DEAD_TOKENS, RUN_DEFAULTS, ResolvedTraining
 from saekit.training.distributed import Distributed
 from saekit.training.l0_target import L0Controller
 from saekit.training.objective import LocalObjective, Objective
@@ -77,7 +79,8 @@ class SweepMember:
         self.total_steps = total_steps
         self.device = torch.device(device)
         self.dictionary = self.build_module()
-        self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=training.lr,
+        # (each step sets the LR; a run-length default is known at the first step)
+        self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=training.lr or 0.0,
                                           betas=training.adam_betas, eps=training.adam_eps, fused=True)
         self.generator = torch.Generator().manual_seed(training.seed)
         d_in, d_out = self.widths()
@@ -139,7 +142,12 @@ class SweepMember:
 
     # ---------------------------------------------------------------------------------------- step
     def step(self, x: Any, step: int, target: Tensor | None = None) -> dict[str, Tensor | float]:
+        rows = self._rows(x)
+        global_batch = rows * (self.dist.world if self.dist is not None else 1)
+        if self.training.lr is None or self.training.dead_tokens is None:
+            self._set_training(self.training.for_run(self.cfg, self.total_steps, self.total_steps * global_batch))
         training, d = self.training, self.dictionary
+        assert training.lr is not None
         lr = training.lr * lr_factor(step, self.total_steps, training.lr_warmup * self.total_steps,
                                      training.lr_decay * self.total_steps)
         for group in self.optimizer.param_groups:
@@ -148,9 +156,8 @@ class SweepMember:
             step, training.sparsity_warmup * self.total_steps)
         if self.l0_controller is not None:
             coefficient = coefficient * self.l0_controller.multiplier()
-        cares = training.aux_k > 0 or training.ghost_grads
-        rows = self._rows(x)
-        global_batch = rows * (self.dist.world if self.dist is not None else 1)
+        # AuxK runs on every aux_every-th step (at aux_every times its weight); ghost grads every step.
+        cares = training.ghost_grads or (training.aux_k > 0 and step % training.aux_every == 0)
         dead_mask = self.dead_mask() if cares and self._may_have_dead(step, global_batch) else None
 
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -196,7 +203,7 @@ class SweepMember:
         evaluated one is when it does not fire on the evaluation tokens; without the cap a short run (fewer
         tokens than dead_tokens) would log 0 dead however many latents never fired. Dead-latent care (AuxK,
         ghost grads) uses `dead_tokens` itself."""
-        return max(1, min(self.training.dead_tokens, self.tokens_trained))
+        return max(1, min(self.dead_tokens, self.tokens_trained))
 
     @staticmethod
     def _rows(x: Any) -> int:
@@ -205,8 +212,19 @@ class SweepMember:
             return x.shape[0]
         return int(x["mask"].sum()) if "mask" in x else int(next(iter(x.values())).shape[0])
 
+    def _set_training(self, training: ResolvedTraining) -> None:
+        """The training config with the run-length defaults filled (at the first step, when the global
+        batch is known); the dictionary records the values used."""
+        self.training = training
+        self.dictionary.training_config = training
+
+    @property
+    def dead_tokens(self) -> int:
+        """The dead window in tokens (the run-length default before the first step: 10M)."""
+        return self.training.dead_tokens if self.training.dead_tokens is not None else MAX_DEAD_TOKENS
+
     def dead_mask(self) -> Tensor:
-        return self.tokens_since_fired >= self.training.dead_tokens
+        return self.tokens_since_fired >= self.dead_tokens
 
     def _may_have_dead(self, step: int, global_batch: int) -> bool:
         """Whether any latent can be dead at `step`. Reading the counters back is a host sync, which
@@ -216,9 +234,9 @@ class SweepMember:
         if step < self.no_dead_before:
             return False
         oldest = int(self.tokens_since_fired.max())
-        if oldest >= self.training.dead_tokens:
+        if oldest >= self.dead_tokens:
             return True
-        self.no_dead_before = step + -(-(self.training.dead_tokens - oldest) // max(global_batch, 1))
+        self.no_dead_before = step + -(-(self.dead_tokens - oldest) // max(global_batch, 1))
         return False
 
     @torch.no_grad()
@@ -318,6 +336,7 @@ class SweepMember:
             "fired_since_resample": self.fired_since_resample,
             "method": self.method_state.state_dict(),
             **({"l0_controller": self.l0_controller.state_dict()} if self.l0_controller is not None else {}),
+            "run_defaults": {key: getattr(self.training, key) for key in RUN_DEFAULTS},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -337,3 +356,6 @@ class SweepMember:
         self.method_state.load_state_dict(state["method"])
         if self.l0_controller is not None:
             self.l0_controller.load_state_dict(state["l0_controller"])
+        filled = {key: value for key, value in state.get("run_defaults", {}).items() if value is not None}
+        if filled:  # the run-length defaults, as the first step set them
+            self._set_training(cast(ResolvedTraining, dataclasses.replace(cast(Any, self.training), **filled)))

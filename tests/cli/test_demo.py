@@ -28,7 +28,7 @@ def test_demo_trains_every_method_and_writes_a_report(tmp_path, capsys):
     steps = sorted({line["step"] for line in log})
     assert steps == list(range(1, 17))  # 16 steps: a curve, not 3 points
     # "dead" is defined on the page for both the curves and the table (whose count excludes special tokens)
-    assert "W = 4,096 at the end" in page
+    assert "W = 409 at the end" in page  # the default dead window: a tenth of the 4,096-token run
     assert f"none of the {rows['topk']['tokens']:,} evaluation tokens" in page
     for method in rows:
         assert (tmp_path / "demo" / "dictionaries" / method / "cfg.json").exists()

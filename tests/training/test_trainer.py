@@ -276,8 +276,9 @@ def test_logged_dead_fraction_counts_latents_silent_since_the_start_of_a_short_r
     equals the share of latents that fire on none of the training rows, counted here independently."""
     torch.manual_seed(0)
     x = torch.randn(1536, 8) * torch.linspace(0.2, 3.0, 8)
+    # dead_tokens longer than the run (the default is a tenth of it): the window is capped at the tokens so far
     spec = saekit.DictionarySpec.from_options(method="topk", d_in=8, d_sae=64, k=1, lr=1e-12,
-                                              name="t", seed=3)
+                                              name="t", seed=3, dead_tokens=10_000_000)
     log = tmp_path / "log.jsonl"
     (d,) = saekit.train([x], [spec], total_tokens=1536, batch_size=256, progress=False, log_file=str(log))
     lines = [json.loads(line) for line in log.read_text().splitlines()]
