@@ -49,6 +49,35 @@ def tiny_gpt2(vocab_size: int, seed: int = 0):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+ATTENTION_FAMILIES = ("llama", "qwen2", "gemma", "gpt2", "gpt_neox")
+
+
+def tiny_family(family: str, vocab_size: int, layers: int = 2, seed: int = 0):
+    """A tiny causal LM of one family (width 32, 4 heads of 8; grouped KV heads where the family has
+    them; biases on Qwen2's q/k/v; partial rotary on GPT-NeoX), built offline from a config."""
+    from transformers import GemmaConfig, GPTNeoXConfig, Qwen2Config
+
+    if family == "llama":
+        return tiny_llama(vocab_size, layers, seed)
+    if family == "gpt2":
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=layers,
+                                                           n_head=4, n_positions=256)).eval()
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=4, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                  pad_token_id=0)
+    if family == "qwen2":
+        config: Any = Qwen2Config(num_key_value_heads=2, **common)
+    elif family == "gemma":
+        config = GemmaConfig(num_key_value_heads=1, head_dim=8, **common)
+    elif family == "gpt_neox":
+        config = GPTNeoXConfig(rotary_pct=0.5, **common)
+    else:
+        raise ValueError(family)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 def save_tiny(directory: Path, model, tokenizer) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
