@@ -58,8 +58,9 @@ def test_named_sites_match_hidden_states_and_module_io(family, tokenizer):
 
 def test_wildcards_inputs_and_errors(llama):
     points = resolve_hookpoints(llama, ["model.layers.[0-1]", "model.layers.1.mlp:input"])
-    assert [p.name for p in points] == ["model.layers.0", "model.layers.1", "model.layers.1.mlp:input"]
-    assert points[-1].capture_input
+    # in firing order: block 1's MLP reads its input before block 1 returns its output
+    assert [p.name for p in points] == ["model.layers.0", "model.layers.1.mlp:input", "model.layers.1"]
+    assert points[1].capture_input
     with pytest.raises(saekit.SaekitError, match="did you mean"):
         resolve_hookpoints(llama, ["model.layer.0"])
     with pytest.raises(saekit.SaekitError, match="layer 7 does not exist"):
