@@ -21,7 +21,7 @@ from collections.abc import Sized
 from dataclasses import dataclass
 from typing import cast
 
-from torch import nn
+from torch import Tensor, nn
 
 from saekit.errors import SaekitError
 
@@ -122,7 +122,7 @@ def attention_heads(model: nn.Module, hookpoint: str) -> tuple[int, int] | None:
                           f"{hookpoint} are unknown")
     point = _expand_named(model, "attn_z", match.group(2))[0]
     projection = model.get_submodule(point.module)
-    weight = cast(nn.Module, projection).weight
+    weight = cast(Tensor, projection.weight)
     # nn.Linear keeps its weight as [out, in]; GPT-2's Conv1D as [in, out]
     width = projection.in_features if isinstance(projection, nn.Linear) else weight.shape[0]
     if width % n_heads:

@@ -35,7 +35,12 @@ class SweepMember:
         self.dist = dist if dist is not None and dist.mode == "data" else None
         self.total_steps = total_steps
         self.device = torch.device(device)
-        self.dictionary = Dictionary(cfg, device=self.device, training=training)
+        # The trained module: a Dictionary, or whatever module the objective builds for this spec (an
+        # attention replacement) — one that offers the Dictionary calls used below (`method`,
+        # `fold_activation_scale`, `normalize_decoder`, `meta`, ...).
+        build = getattr(self.objective, "build_module", None)
+        self.dictionary = build(spec, self.device) if build is not None else \
+            Dictionary(cfg, device=self.device, training=training)
         self.dictionary.provenance = spec.source
         self.optimizer = torch.optim.Adam(self.dictionary.parameters(), lr=training.lr,
                                           betas=training.adam_betas, eps=training.adam_eps, fused=True)
