@@ -220,6 +220,29 @@ def make_site_inputs(root: Path) -> tuple[Path, Path, Path]:
     return model_dir, corpus, dict_dir
 
 
+def make_attention_site_inputs(root: Path) -> tuple[Path, Path, Path, Path]:
+    """The dashboard site's tiny model and corpus (EVIL in both), and two attention dictionaries trained
+    together from one stream of sequences on it: a sparse attention replacement of layer 1 and a TopK
+    SAE on attn_z.1 (per-head outputs). Returns (model dir, corpus, replacement dir, attn_z SAE dir)."""
+    from saekit.attention import save as save_attention
+    from saekit.attention import sparse_attention_spec
+    from saekit.data.stream import ActivationStream
+    from saekit.data.tokens import TokenStream
+    from saekit.models.loading import load_model
+
+    model_dir, corpus, _ = make_site_inputs(root)
+    model, tokenizer = load_model(str(model_dir))
+    spec, objective = sparse_attention_spec(model, 1, d_sae=32, k=4, qk_repeat=2, lr=3e-3,
+                                            model_name=str(model_dir))
+    per_head = DictionarySpec.from_options(method="topk", d_in=32, d_sae=SITE_D_SAE, k=4, lr=3e-3,
+                                           hookpoint="attn_z.1", model_name=str(model_dir))
+    tokens = TokenStream(tokenizer, str(corpus), context=32, batch_size=8)
+    stream = ActivationStream(model, tokens, ["attn_in.1", "attn_out.1", "attn_z.1"], sequences=True)
+    replacement, sae = saekit.train(stream, [spec, per_head], objective=[objective, None],
+                                    total_tokens=160, batch_size=8, progress=False)
+    return model_dir, corpus, save_attention(replacement, root / "lorsa"), saekit.save(sae, root / "attn_z")
+
+
 def initialized(spec: DictionarySpec, x: torch.Tensor, generator: torch.Generator | None = None) -> Dictionary:
     """The dictionary `spec` describes, initialised from the rows x (no training), with its provenance."""
     d = Dictionary(spec.dictionary, training=spec.training)

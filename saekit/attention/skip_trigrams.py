@@ -174,11 +174,11 @@ def check_superposition(task: SkipTrigrams, head_outputs, learnt_samples: int = 
         heads = head_outputs(part)  # [b, T, H, d]
         logits = nn.functional.one_hot(part, task.vocab).float() + heads.sum(2)
         marks[:, -1] = False
-        b = part[marks]
-        hit = logits[marks].argmax(-1) == b + task.n
-        correct.index_add_(0, b, hit.float())
-        total.index_add_(0, b, torch.ones_like(b, dtype=torch.float))
-        summed.index_add_(0, b, heads[marks].sum(1))
+        b_ids = part[marks]
+        hit = logits[marks].argmax(-1) == b_ids + task.n
+        correct.index_add_(0, b_ids, hit.float())
+        total.index_add_(0, b_ids, torch.ones_like(b_ids, dtype=torch.float))
+        summed.index_add_(0, b_ids, heads[marks].sum(1))
     for b in range(1, task.n + 1):
         learnt[b] = bool(total[b] > 0 and correct[b] / total[b] > threshold)
         mean_outputs[b] = summed[b] / total[b].clamp_min(1)
@@ -187,7 +187,7 @@ def check_superposition(task: SkipTrigrams, head_outputs, learnt_samples: int = 
     single = closes.sum(1) == 1
     tokens, closes = tokens[single], closes[single]
     position = closes.float().argmax(1)
-    b_tokens = tokens[torch.arange(len(tokens)), position]
+    b_of_sample = tokens[torch.arange(len(tokens)), position]
     outputs = head_outputs(tokens)[torch.arange(len(tokens)), position]  # [n, H, d]
     n_heads = outputs.shape[1]
     by_head: dict[int, list[int]] = {b: [] for b in range(1, task.n + 1)}
@@ -198,9 +198,9 @@ def check_superposition(task: SkipTrigrams, head_outputs, learnt_samples: int = 
             continue
         keep = torch.tensor([[h not in removed for h in range(n_heads)] for removed in removals]).float()
         kept = torch.einsum("sh,nhd->nsd", keep, outputs)  # [n, subsets, d]
-        survives = (kept.argmax(-1) == (b_tokens + task.n)[:, None]).all(1)  # every subset
+        survives = (kept.argmax(-1) == (b_of_sample + task.n)[:, None]).all(1)  # every subset
         for b in range(1, task.n + 1):
-            rows = b_tokens == b
+            rows = b_of_sample == b
             if learnt[b] and bool(rows.any()) and float(survives[rows].float().mean()) > threshold:
                 by_head[b].append(head)
     distributed = [b for b in range(1, task.n + 1) if learnt[b] and not by_head[b]

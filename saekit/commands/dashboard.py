@@ -15,8 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="One pass of the model over --tokens tokens, encoded for all latents at once, then "
                     "a static site: index.html (search and sort latents) and one page per latent "
                     "(top and quantile examples with per-token highlighting, histogram, density, "
-                    "logit lens, nearest latents). Open index.html from disk; no server needed.")
-    parser.add_argument("dictionary", type=Path, help="Dictionary directory.")
+                    "logit lens, nearest latents; for attention replacements, the source tokens each top "
+                    "activation read from; for dictionaries on attn_z.L, the share of decoder norm per "
+                    "head). Open index.html from disk; no server needed.")
+    parser.add_argument("dictionary", type=Path, help="Dictionary (or sparse attention replacement) directory.")
     parser.add_argument("--tokens", type=int, default=100_000, help="Tokens to run the model on.")
     parser.add_argument("--out", type=Path, required=True, help="Site directory (replaced).")
     parser.add_argument("--split", default="train", choices=("train", "test"),
@@ -53,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         raise SaekitError("--tokens must be positive")
     if args.hookpoints:
         raise SaekitError("dashboards read the dictionary's own hookpoint; drop --hookpoints")
-    d = saekit.load(args.dictionary, device=args.device)
+    from saekit.attention import is_attention_dir, load
+
+    d = load(args.dictionary, device=args.device) if is_attention_dir(args.dictionary) else \
+        saekit.load(args.dictionary, device=args.device)
     name = args.model or d.provenance.model_name
     if not name:
         raise SaekitError("the dictionary does not record its model: pass --model")

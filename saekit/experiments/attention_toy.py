@@ -13,7 +13,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -108,7 +108,8 @@ def train_gated_block(model: ToyAttentionModel, batches: list[tuple[Tensor, Tens
                     batch_size=settings.per_batch, progress=progress, log_every=len(batches))
     from saekit.training.trainer import train
 
-    (block,) = train(ToyStream(model, batches, settings.block_epochs), [spec], run=run, objective=[objective])
+    (trained,) = train(ToyStream(model, batches, settings.block_epochs), [spec], run=run, objective=[objective])
+    block = cast(GatedAttentionBlock, trained)  # what the objective built
     stream = ToyStream(model, batches, 1)
     with torch.no_grad():
         mse = sum(float((block(item["embed"]) - item["attn_out"]).pow(2).mean()) for item in stream.items)

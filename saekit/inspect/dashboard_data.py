@@ -11,7 +11,7 @@ latents by decoder cosine) are chunked matrix products over all latents.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -46,11 +46,9 @@ class Activations:
         return self.positions[a:b], self.values[a:b]
 
 
-@torch.no_grad()
-def gather_activations(model: nn.Module, d: Dictionary, batches: Iterable[tuple[Tensor, Tensor]],
-                       progress: bool = False) -> Activations:
-    """Run the model once over `batches` (input_ids, mask) and record the dictionary's non-zero
-    latents on counted tokens. The input is read at `d.provenance.hookpoint` (a transcoder's input site)."""
+def dictionary_latents(model: nn.Module, d: Dictionary) -> Callable[[Tensor], Tensor]:
+    """input_ids [B, T] -> the dictionary's latents [B·T, d_sae], its input read at its hookpoint (a
+    transcoder's input site) by one forward stopped there."""
     if d.cfg.n_sources > 1:
         raise SaekitError("dashboards for crosscoders are not supported: build them per source "
                           "dictionary instead")
@@ -59,16 +57,30 @@ def gather_activations(model: nn.Module, d: Dictionary, batches: Iterable[tuple[
                           "activations from the model")
     point = resolve_hookpoints(model, [d.provenance.hookpoint])[0]
     device = d.W_dec.device
+
+    def latents_of(input_ids: Tensor) -> Tensor:
+        acts = capture(model, input_ids, [point])[point.name]  # [B, T, d]
+        return d.encode(acts.reshape(-1, acts.shape[-1]).to(device=device, dtype=d.W_dec.dtype))
+
+    return latents_of
+
+
+@torch.no_grad()
+def gather_activations(model: nn.Module, d: Any, batches: Iterable[tuple[Tensor, Tensor]],
+                       progress: bool = False, latents_of: Callable[[Tensor], Tensor] | None = None
+                       ) -> Activations:
+    """Run the model once over `batches` (input_ids, mask) and record the non-zero latents on counted
+    tokens: `latents_of(input_ids)` [B·T, d_sae] (default: the dictionary `d` at its hookpoint; an
+    attention replacement reads whole windows)."""
+    latents_of = latents_of or dictionary_latents(model, d)
     ids_parts, mask_parts, pos_parts, lat_parts, val_parts = [], [], [], [], []
     offset = 0
     from tqdm.auto import tqdm
 
     bar = tqdm(disable=not progress, unit="tok", unit_scale=True, desc="dashboard pass")
     for input_ids, mask in batches:
-        acts = capture(model, input_ids, [point])[point.name]  # [B, T, d]
-        flat = acts.reshape(-1, acts.shape[-1]).to(device=device, dtype=d.W_dec.dtype)
-        keep = mask.reshape(-1).to(device)
-        latents = d.encode(flat)
+        latents = latents_of(input_ids)
+        keep = mask.reshape(-1).to(latents.device)
         latents[~keep] = 0
         rows, cols = torch.nonzero(latents > 0, as_tuple=True)
         pos_parts.append((rows + offset).cpu().numpy().astype(np.int64))
@@ -171,17 +183,18 @@ def unembedding(model: nn.Module) -> Tensor | None:
 
 
 @torch.no_grad()
-def logit_lens(d: Dictionary, w_u: Tensor, top: int = 10, chunk: int = 1024
+def logit_lens(d: Dictionary | Tensor, w_u: Tensor, top: int = 10, chunk: int = 1024
                ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """Tokens each latent's decoder direction most promotes and suppresses: (top values, top ids,
-    bottom values, bottom ids), each [d_sae, top]. None when the decoder is not in the model's
-    residual space (its width differs from the unembedding's)."""
-    if d.W_dec.shape[1] != w_u.shape[1]:
+    """Tokens each latent's decoder direction (`d.W_dec`, or the rows given) most promotes and
+    suppresses: (top values, top ids, bottom values, bottom ids), each [d_sae, top]. None when the
+    decoder is not in the model's residual space (its width differs from the unembedding's)."""
+    W_dec = d if isinstance(d, Tensor) else d.W_dec
+    if W_dec.shape[1] != w_u.shape[1]:
         return None
-    w_u = w_u.to(d.W_dec.device)
+    w_u = w_u.to(W_dec.device)
     parts: list[list[Tensor]] = [[], [], [], []]
-    for start in range(0, d.d_sae, chunk):
-        logits = d.W_dec[start:start + chunk].float() @ w_u.T
+    for start in range(0, W_dec.shape[0], chunk):
+        logits = W_dec[start:start + chunk].float() @ w_u.T
         hi = logits.topk(top, dim=-1)
         lo = logits.topk(top, dim=-1, largest=False)
         for bucket, tensor in zip(parts, (hi.values, hi.indices, lo.values, lo.indices)):
