@@ -182,18 +182,22 @@ class SparseAttention(nn.Module):
         return scores.masked_fill(future, float("-inf")).softmax(-1)
 
     def queries_keys(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(q, k) [B, n_qk, T, d_qk] with RoPE applied at positions 0..T-1."""
-        q = torch.einsum("btd,hde->bhte", x, self.W_Q) + self.b_Q[:, None]
-        k = torch.einsum("btd,hde->bhte", x, self.W_K) + self.b_K[:, None]
+        """(q, k) [B, n_qk, T, d_qk] with RoPE applied at positions 0..T-1: one product for queries and
+        keys together, and one rotation (they share the angles)."""
+        B, T, d = x.shape
+        n_qk, d_qk = self.qk_config.n_qk_heads, self.qk_config.d_qk
+        weight = torch.cat([self.W_Q, self.W_K]).permute(1, 0, 2).reshape(d, 2 * n_qk * d_qk)
+        bias = torch.cat([self.b_Q, self.b_K]).reshape(-1)
+        qk = torch.addmm(bias, x.reshape(B * T, d), weight).view(B, T, 2 * n_qk, d_qk).transpose(1, 2)
         rotary_dim = self.qk_config.rotary_dim
         if rotary_dim:
-            positions = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)
+            positions = torch.arange(T, device=x.device, dtype=torch.float32)
             freqs = positions[:, None] * self.inv_freq.float()[None]
             angles = torch.cat((freqs, freqs), dim=-1)
-            cos = (angles.cos() * self.qk_config.rotary_scaling).to(q.dtype)
-            sin = (angles.sin() * self.qk_config.rotary_scaling).to(q.dtype)
-            q, k = rotate(q, cos, sin, rotary_dim), rotate(k, cos, sin, rotary_dim)
-        return q, k
+            cos = (angles.cos() * self.qk_config.rotary_scaling).to(qk.dtype)
+            sin = (angles.sin() * self.qk_config.rotary_scaling).to(qk.dtype)
+            qk = rotate(qk, cos, sin, rotary_dim)
+        return qk[:, :n_qk], qk[:, n_qk:]
 
     def pre_activations(self, x: Tensor) -> Tensor:
         """z̃ [B, T, n_ov]: each OV head's value x·w_v, mixed over positions by its QK head, plus b_V."""

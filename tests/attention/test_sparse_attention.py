@@ -203,3 +203,16 @@ class _stopping:
             if i == self.after:
                 raise RuntimeError("stop")
             yield batch
+
+
+def test_objectives_must_match_the_specs(tiny_setup):
+    model, tokenizer, corpus = tiny_setup
+    spec, objective = sparse_attention_spec(model, 1, d_sae=32, k=4)
+    with pytest.raises(saekit.SaekitError, match="2 objectives for 1 dictionaries"):
+        saekit.train(stream(model, tokenizer, corpus, ["attn_in.1", "attn_out.1"]), [spec],
+                     objective=[objective, None], total_tokens=8, batch_size=4, progress=False)
+    # a replacement on a stream of rows (not sequences) is told how to make the right stream
+    tokens = TokenStream(tokenizer, str(corpus), context=16, batch_size=4)
+    rows = ActivationStream(model, tokens, ["attn_in.1", "attn_out.1"])
+    with pytest.raises(saekit.SaekitError, match=r"sequences=True"):
+        saekit.train(rows, [spec], objective=[objective], total_tokens=8, batch_size=4, progress=False)

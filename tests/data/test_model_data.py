@@ -7,7 +7,7 @@ from saekit.data.tokens import TokenStream
 from saekit.evaluation.splice import spliced_evaluation
 from saekit.models.hooks import capture, hooks
 from saekit.models.loading import load_model
-from saekit.models.sites import resolve_hookpoints
+from saekit.models.sites import Hookpoint, resolve_hookpoints
 from tests.helpers import save_tiny, tiny_gpt2, tiny_llama, tiny_tokenizer, write_corpus
 
 
@@ -137,3 +137,20 @@ def test_identity_scores_one_and_zero_ablation_scores_zero(tokenizer, corpus, ll
     assert ablated["ce_loss_score"] == pytest.approx(0.0, abs=1e-5)
     assert ablated["kl_score"] == pytest.approx(0.0, abs=1e-5)
     assert abs(ablated["ce_zero_ablation"] - ablated["ce_clean"]) > 1e-4  # the ablation did something
+
+
+def test_a_stream_of_sequences_keeps_windows_whole_and_resumes_by_window(llama, tokenizer, corpus):
+    tokens = TokenStream(tokenizer, str(corpus), context=12, batch_size=3)
+    stream = ActivationStream(llama, tokens, ["attn_in.1", "resid_post.0"], sequences=True)
+    batches = list(stream)
+    first = batches[0]
+    assert set(first) == {"attn_in.1", "resid_post.0", "mask"}
+    assert first["attn_in.1"].shape == (3, 12, 32) and first["mask"].dtype == torch.bool
+    assert not first["mask"][:, 0].any()  # BOS never counts
+    ids = next(iter(tokens))[0]
+    torch.testing.assert_close(first["resid_post.0"], capture(llama, ids, resolve_hookpoints(llama, ["resid_post.0"]))["resid_post.0"])
+    resumed = list(stream.resume_from(4))  # the trainer counts sequences for such streams
+    flat = torch.cat([b["attn_in.1"] for b in batches])
+    torch.testing.assert_close(torch.cat([b["attn_in.1"] for b in resumed]), flat[4:])
+    with pytest.raises(saekit.SaekitError, match="clashes with the mask"):
+        ActivationStream(llama, tokens, [Hookpoint("mask", "model.layers.0")], sequences=True)
