@@ -148,7 +148,8 @@ def test_a_stream_of_sequences_keeps_windows_whole_and_resumes_by_window(llama, 
     assert first["attn_in.1"].shape == (3, 12, 32) and first["mask"].dtype == torch.bool
     assert not first["mask"][:, 0].any()  # BOS never counts
     ids = next(iter(tokens))[0]
-    torch.testing.assert_close(first["resid_post.0"], capture(llama, ids, resolve_hookpoints(llama, ["resid_post.0"]))["resid_post.0"])
+    direct = capture(llama, ids, resolve_hookpoints(llama, ["resid_post.0"]))["resid_post.0"]
+    torch.testing.assert_close(first["resid_post.0"], direct)
     resumed = list(stream.resume_from(4))  # the trainer counts sequences for such streams
     flat = torch.cat([b["attn_in.1"] for b in batches])
     torch.testing.assert_close(torch.cat([b["attn_in.1"] for b in resumed]), flat[4:])
