@@ -149,3 +149,33 @@ def test_the_toy_pipeline_trains_a_block_through_the_one_trainer():
     with torch.no_grad():
         mean_square = float(model.attention(model.embed(batches[0][0])).pow(2).mean())
     assert isinstance(block, GatedAttentionBlock) and mse < 0.25 * mean_square, (mse, mean_square)
+
+
+def test_a_gated_block_also_trains_on_a_real_layer_from_a_stream_of_sequences(tmp_path):
+    """Mechanically the block is not tied to the toy: on a tiny Llama's layer 1 (attn_in.1 -> attn_out.1)
+    it trains through the same objective and stream as a sparse attention replacement (docs/attention.md
+    says why it is not a good replacement of real layers: rank-1 QK, no RoPE)."""
+    from saekit.data.stream import ActivationStream
+    from saekit.data.tokens import TokenStream
+    from saekit.spec import DictionarySpec
+    from saekit.training.config import TrainingConfig
+    from saekit.training.replacement import ReplacementObjective
+    from tests.helpers import tiny_family, tiny_tokenizer, write_corpus
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_family("llama", len(tokenizer))
+    corpus = write_corpus(tmp_path / "corpus", n_docs=40)
+    tokens = TokenStream(tokenizer, str(corpus), context=16, batch_size=4)
+    stream = ActivationStream(model, tokens, ["attn_in.1", "attn_out.1"], sequences=True)
+    spec = DictionarySpec(DictionaryConfig(method="relu", d_in=32, d_sae=8, transcoder=True),
+                          TrainingConfig(lr=1e-2, normalize_activations="none", sparsity_coefficient=1e-3,
+                                         lr_warmup=0.0, lr_decay=0.0, sparsity_warmup=0.0),
+                          saekit.Provenance(hookpoint="attn_in.1", target_hookpoint="attn_out.1"))
+    objective = ReplacementObjective(lambda spec, device: GatedAttentionBlock(spec.dictionary, spec.training, device))
+    log = tmp_path / "log.jsonl"
+    (block,) = saekit.train(stream, [spec], objective=[objective], total_tokens=120, batch_size=4,
+                            progress=False, log_file=str(log), log_every=1)
+    import json
+
+    mse = [json.loads(line)["mse"] for line in log.read_text().splitlines()]
+    assert isinstance(block, GatedAttentionBlock) and min(mse[-5:]) < 0.5 * mse[0], mse
