@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="For each dictionary, on held-out tokens (the test split) of the model: CE loss "
                     "clean / spliced / zero-ablated, CE-loss score, KL(clean || spliced) and KL score, "
                     "delta LM loss, and every core metric. Results as JSON and a table.")
-    parser.add_argument("dictionaries", nargs="+", type=Path, help="Dictionary directories.")
+    parser.add_argument("dictionaries", nargs="+", type=Path,
+                        help="Dictionary directories (sparse attention replacements too: they are spliced "
+                             "into the attention output they replace).")
     parser.add_argument("--tokens", type=int, default=20_000, help="Held-out tokens to evaluate on.")
     parser.add_argument("--encoder", default="dictionary",
                         choices=("dictionary", "topk", "matching-pursuit", "gradient-pursuit"),
@@ -36,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import saekit
+    from saekit.attention import is_attention_dir
+    from saekit.attention import load as load_attention
+    from saekit.attention.evaluate import evaluate_replacements
     from saekit.evaluation.splice import evaluate_on_text
 
     if args.tokens <= 0:
@@ -43,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
     names = [path.name for path in args.dictionaries]
     if len(set(names)) < len(names):  # e.g. out/resid_post.3/topk-k32 and out/resid_post.6/topk-k32
         names = [f"{path.parent.name}/{path.name}" for path in args.dictionaries]
-    dictionaries = {name: saekit.load(path, device=args.device) for name, path in zip(names, args.dictionaries)}
+    dictionaries = {name: load_attention(path, device=args.device) if is_attention_dir(path)
+                    else saekit.load(path, device=args.device) for name, path in zip(names, args.dictionaries)}
+    replacements = any(is_attention_dir(path) for path in args.dictionaries)
+    if replacements and args.encoder != "dictionary":
+        raise SaekitError("--encoder applies to dictionaries only; evaluate attention replacements with their "
+                          "own encoder (drop --encoder)")
     if args.model is None:
         recorded = {d.provenance.model_name for d in dictionaries.values()}
         if len(recorded) != 1 or None in recorded:
@@ -52,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
     for d in dictionaries.values():
         warn_other_model(d, args.model)
     model, tokenizer = open_model(args)
-    rows = evaluate_on_text(model, tokenizer, dictionaries, text_config(args), args.tokens, args.encoder,
-                            args.l0, progress=not args.no_progress)
+    if replacements:  # modules writing the same output share its clean and zero-ablated forwards
+        rows = evaluate_replacements(model, tokenizer, dictionaries, text_config(args), args.tokens,
+                                     progress=not args.no_progress)
+    else:
+        rows = evaluate_on_text(model, tokenizer, dictionaries, text_config(args), args.tokens,  # type: ignore[arg-type]
+                                args.encoder, args.l0, progress=not args.no_progress)
     print_table(rows, TABLE)
     evaluated = int(rows[0]["eval_targets"]) if rows else 0
     if evaluated < 0.9 * args.tokens:

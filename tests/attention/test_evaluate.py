@@ -48,3 +48,26 @@ def test_the_exact_replacement_spliced_in_changes_nothing(setup):
     assert by_name["broken"]["fvu"] > 3 and by_name["broken"]["kl_spliced"] > by_name["exact"]["kl_spliced"] + 1e-3
     assert by_name["broken"]["ce_zero_ablation"] > by_name["broken"]["ce_clean"]
     assert by_name["sae"]["l0"] == 4
+
+
+def test_saekit_eval_splices_a_saved_replacement(setup, tmp_path, capsys):
+    import json
+
+    from saekit.attention import save
+    from saekit.cli import main
+    from tests.helpers import save_tiny
+
+    model, tokenizer, text = setup
+    model_dir = save_tiny(tmp_path / "model", model, tokenizer)
+    exact = SparseAttention.exact(read_attention(model, 1))
+    exact.provenance = saekit.Provenance(model_name=str(model_dir), hookpoint="attn_in.1",
+                                         target_hookpoint="attn_out.1")
+    save(exact, tmp_path / "exact")
+    code = main(["eval", str(tmp_path / "exact"), "--tokens", "300", "--dataset", text.dataset,
+                 "--context-size", "16", "--model-batch-size", "4", "--no-progress", "--out",
+                 str(tmp_path / "rows.json")])
+    assert code == 0
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    assert row["kind"] == "sparse_attention" and row["kl_spliced"] < 1e-6 and row["fvu"] < 1e-8
+    assert main(["eval", str(tmp_path / "exact"), "--encoder", "topk", "--l0", "4"]) == 2
+    assert "--encoder applies to dictionaries only" in capsys.readouterr().err
