@@ -21,7 +21,6 @@ one QK head per head and its OV map's singular directions in ± pairs, all activ
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -330,6 +329,3 @@ class SparseAttention(nn.Module):
         bias = weights.value_bias_output()
         replacement.ov.b_dec.copy_(bias if weights.b_O is None else bias + weights.b_O)
         return replacement.eval()
-
-    def copy(self) -> SparseAttention:
-        return copy.deepcopy(self)
