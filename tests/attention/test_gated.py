@@ -179,3 +179,20 @@ def test_a_gated_block_also_trains_on_a_real_layer_from_a_stream_of_sequences(tm
 
     mse = [json.loads(line)["mse"] for line in log.read_text().splitlines()]
     assert isinstance(block, GatedAttentionBlock) and min(mse[-5:]) < 0.5 * mse[0], mse
+
+
+def test_toy_model_matches_the_reference_attention():
+    """The reference Attention (TransformerLens conventions: scores / √d_head, masked with -1e5), looped
+    over heads, against the broadcast implementation; logits = embedding + attention output."""
+    model = ToyAttentionModel(8, 3, generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, 8, (6, 11))
+    x = torch.nn.functional.one_hot(tokens, 8).float()
+    expected = torch.zeros(6, 11, 8)
+    for h in range(3):
+        q = x @ model.W_Q[h] + model.b_Q[h]
+        k = x @ model.W_K[h] + model.b_K[h]
+        v = x @ model.W_V[h] + model.b_V[h]
+        scores = (q @ k.transpose(1, 2)).masked_fill(torch.ones(11, 11, dtype=torch.bool).triu(1), -1e5)
+        expected += torch.softmax(scores, -1) @ v @ model.W_O[h]
+    torch.testing.assert_close(model.attention(x), expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model(tokens), x + expected, atol=1e-6, rtol=1e-5)
