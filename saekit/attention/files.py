@@ -24,7 +24,8 @@ from typing import Any
 from safetensors.torch import save_file
 
 from saekit.formats.core import stash
-from saekit.io import atomic_directory, sha256_file
+from saekit.io import OWNER_MARK, atomic_directory, sha256_file
+from saekit.training.guard import check_finite_weights
 
 KIND = "sparse_attention"
 
@@ -39,20 +40,21 @@ QK_TENSORS = ("W_Q", "W_K", "b_Q", "b_K", "inv_freq")
 OV_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
-def save_sparse_attention(module: Any, directory: str | Path) -> Path:
-    """Write `module` to `directory` atomically."""
+def save_sparse_attention(module: Any, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write `module` to `directory` atomically. An existing directory is replaced only if saekit wrote
+    it (or `overwrite`); non-finite weights are refused."""
     directory = Path(directory)
-    tensors = {name: getattr(module, name).detach() for name in QK_TENSORS}
-    tensors.update({name: getattr(module.ov, name).detach() for name in OV_TENSORS})
+    tensors = {k: v.float().contiguous().cpu() for k, v in module.weights().items()}
+    check_finite_weights(tensors, f"saving {directory}")
     cfg = {VERSION_KEY: FORMAT_VERSION, "kind": KIND, "qk": module.qk_config.to_dict(),
            "saekit": stash(module.ov)}
-    with atomic_directory(directory) as tmp:
-        save_file({k: v.float().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
+    with atomic_directory(directory, overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE))
         if module.log_feature_density is not None:
             save_file({"sparsity": module.log_feature_density.detach().float().contiguous().cpu()},
                       str(tmp / SPARSITY_FILE))
         (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-        files = sorted(p.name for p in tmp.iterdir())
+        files = sorted(p.name for p in tmp.iterdir() if p.name != OWNER_MARK)
         manifest = {"kind": MANIFEST_KIND, "format_version": FORMAT_VERSION,
                     "sha256": {name: sha256_file(tmp / name) for name in files}}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -109,6 +109,14 @@ class GatedAttentionBlock(nn.Module):
                           {"mse": mse.detach(), "gate_penalty": penalty.detach()})
 
     # --------------------------------------------------------------- what the trainer calls
+    def weights(self) -> dict[str, Tensor]:
+        """Every parameter, detached (what the trainer checks for non-finite values)."""
+        return {name: param.detach() for name, param in self.named_parameters()}
+
+    def save_to(self, directory: Any, overwrite: bool = False) -> Any:
+        raise SaekitError("a gated attention block has no on-disk format (it is studied on the skip-trigram "
+                          "toys, in memory): train it without checkpoint_dir and keep the returned module")
+
     def normalize_decoder(self) -> None:
         pass  # W_V and W_O are normalised in every forward pass
 

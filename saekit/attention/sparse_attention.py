@@ -162,10 +162,19 @@ class SparseAttention(nn.Module):
         self.W_K.mul_(factor)
         self.ov.fold_activation_scale(scale_in, scale_out)
 
-    def save_to(self, directory: Any) -> Any:
+    def weights(self) -> dict[str, Tensor]:
+        """The tensors the format stores (QK side under its names, OV side under the dictionary's),
+        detached; what checkpoints and saves check for non-finite values."""
+        from saekit.attention.files import OV_TENSORS, QK_TENSORS
+
+        tensors = {name: getattr(self, name).detach() for name in QK_TENSORS}
+        tensors.update({name: getattr(self.ov, name).detach() for name in OV_TENSORS})
+        return tensors
+
+    def save_to(self, directory: Any, overwrite: bool = False) -> Any:
         from saekit.attention.files import save_sparse_attention
 
-        return save_sparse_attention(self, directory)
+        return save_sparse_attention(self, directory, overwrite)
 
     # ------------------------------------------------------------------------- forward pass
     @property

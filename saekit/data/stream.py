@@ -84,7 +84,8 @@ class ActivationStream:
 
     def for_rank(self, rank: int, world: int, local_batch: int) -> ActivationStream:
         """Under torchrun: the activations of this rank's token windows (`TokenStream.for_rank`)."""
-        return ActivationStream(self.model, self.tokens.for_rank(rank, world), self.requested, self.progress)
+        return ActivationStream(self.model, self.tokens.for_rank(rank, world), self.requested, self.progress,
+                                sequences=self.sequences)
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         bar = tqdm(disable=not self.progress, unit="tok", unit_scale=True, desc="model forward",

@@ -179,6 +179,9 @@ def test_a_gated_block_also_trains_on_a_real_layer_from_a_stream_of_sequences(tm
 
     mse = [json.loads(line)["mse"] for line in log.read_text().splitlines()]
     assert isinstance(block, GatedAttentionBlock) and min(mse[-5:]) < 0.5 * mse[0], mse
+    with pytest.raises(saekit.SaekitError, match="no on-disk format"):  # a checkpoint would need one
+        saekit.train(stream, [spec], objective=[objective], total_tokens=8, batch_size=4, progress=False,
+                     checkpoint_dir=str(tmp_path / "ckpt"))
 
 
 def test_toy_model_matches_the_reference_attention():

@@ -141,6 +141,26 @@ def test_save_and_load_round_trip_with_checksums(tmp_path):
         load(tmp_path / "r")
 
 
+def test_saving_follows_the_output_rules(tmp_path):
+    """Like a dictionary's save: its own earlier output is replaced, a folder saekit did not write only
+    with overwrite, and non-finite weights are refused before anything is written."""
+    module = SparseAttention.exact(read_attention(tiny_family("llama", VOCAB), 1))
+    save(module, tmp_path / "r")
+    save(module, tmp_path / "r")  # saekit wrote it: replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(saekit.SaekitError, match="overwrite"):
+        save(module, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    save(module, tmp_path / "mine", overwrite=True)
+    assert load(tmp_path / "mine").d_sae == module.d_sae
+    with torch.no_grad():
+        module.W_Q[0, 0, 0] = float("nan")
+    with pytest.raises(saekit.SaekitError, match="W_Q hold NaN or inf"):
+        save(module, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     tokenizer = tiny_tokenizer()

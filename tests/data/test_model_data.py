@@ -153,5 +153,10 @@ def test_a_stream_of_sequences_keeps_windows_whole_and_resumes_by_window(llama, 
     resumed = list(stream.resume_from(4))  # the trainer counts sequences for such streams
     flat = torch.cat([b["attn_in.1"] for b in batches])
     torch.testing.assert_close(torch.cat([b["attn_in.1"] for b in resumed]), flat[4:])
+    for rank in (0, 1):  # under torchrun a rank's share is still sequences: every 2nd window
+        shard = list(stream.for_rank(rank, 2, 3))
+        assert all(set(b) == set(first) for b in shard)
+        windows = torch.cat([b["attn_in.1"] for b in shard])
+        torch.testing.assert_close(windows, flat[rank::2][:len(windows)])
     with pytest.raises(saekit.SaekitError, match="clashes with the mask"):
         ActivationStream(llama, tokens, [Hookpoint("mask", "model.layers.0")], sequences=True)
