@@ -14,6 +14,11 @@ The train stream is read once from the model and replayed --epochs times (CPU bu
 summary and writes it to --out/results.json.
 
     nice -n 10 .venv/bin/python benchmarks/attention_real.py --out out/attention-real
+    nice -n 10 .venv/bin/python benchmarks/attention_real.py --out out/attention-real --reuse
+
+--reuse skips steps 1's reading and training when --out already holds the three members a previous run
+of this script saved (lorsa, sae_attn_out, sae_attn_z, with its log.jsonl); the results then say so and
+take the training facts from that log.
 """
 
 from __future__ import annotations
@@ -86,31 +91,35 @@ def screenshot(page: Path, out: Path) -> bool:
     return True
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layer", type=int, default=15, help="Layer (SmolLM2-135M has 30).")
-    parser.add_argument("--d-sae", type=int, default=2304, help="Width of every member (OV heads, latents).")
-    parser.add_argument("--k", type=int, default=32, help="Active latents per token of every member.")
-    parser.add_argument("--qk-repeat", type=int, default=1, help="QK heads per model head.")
-    parser.add_argument("--train-tokens", type=int, default=120_000, help="Unique training tokens read.")
-    parser.add_argument("--epochs", type=int, default=2, help="Passes over them.")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eval-tokens", type=int, default=16_000, help="Held-out tokens for the metrics.")
-    parser.add_argument("--dashboard-tokens", type=int, default=12_000)
-    parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8, help="Sequences per step (and per model forward).")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--screenshot", action="store_true", help="Chromium screenshots of two latent pages.")
-    parser.add_argument("--out", type=Path, default=Path("out/attention-real"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    model, tokenizer = offline_model()
-    layer = args.layer
-    attn_in, attn_out, attn_z = f"attn_in.{layer}", f"attn_out.{layer}", f"attn_z.{layer}"
-    points = [attn_in, attn_z, attn_out]
+def final_mse(log: Path) -> dict[str, float]:
+    """Each member's last logged training MSE (normalised activations)."""
+    last: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if "dictionary" in record and "mse" in record:
+            last[record["dictionary"]] = record["mse"]
+    return last
 
+
+def reuse(out: Path) -> tuple:
+    """The members an earlier run saved in `out`, and the training facts its log holds."""
+    from saekit.attention import load as load_attention
+
+    log = out / "log.jsonl"
+    if not log.is_file():
+        raise SystemExit(f"--reuse: {log} is missing; run without --reuse first")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [r for r in records if "step" in r]
+    training = {"reused": True, "steps_logged": max(r["step"] for r in steps),
+                "sequences_trained": max(r["tokens"] for r in steps), "train_s": max(r["elapsed_s"] for r in steps),
+                "final_train_mse": final_mse(log), "lr": steps[0].get("lr")}
+    return (load_attention(out / "lorsa"), saekit.load(out / "sae_attn_out"), saekit.load(out / "sae_attn_z"),
+            training)
+
+
+def train_members(args: argparse.Namespace, model, tokenizer, layer: int, points: list[str]) -> tuple:
+    """Step 1: read the train stream once, train the three members in one run, save them."""
+    attn_out, attn_z = f"attn_out.{layer}", f"attn_z.{layer}"
     t0 = time.perf_counter()
     batches = read_batches(model, tokenizer, points, args.train_tokens, "train", args.context, args.batch)
     read_s = time.perf_counter() - t0
@@ -132,10 +141,46 @@ def main() -> None:
                                          batch_size=args.batch, log_file=str(args.out / "log.jsonl"),
                                          log_every=10)
     train_s = time.perf_counter() - t0
-    save_attention(lorsa, args.out / "lorsa")
-    saekit.save(sae, args.out / "sae_attn_out")
-    saekit.save(sae_heads, args.out / "sae_attn_z")
-    del batches
+    save_attention(lorsa, args.out / "lorsa", overwrite=True)
+    saekit.save(sae, args.out / "sae_attn_out", overwrite=True)
+    saekit.save(sae_heads, args.out / "sae_attn_z", overwrite=True)
+    training = {"reused": False, "train_tokens_unique": unique, "epochs": args.epochs, "steps": steps,
+                "batch_sequences": args.batch, "lr": args.lr, "read_s": read_s, "train_s": train_s,
+                "final_train_mse": final_mse(args.out / "log.jsonl")}
+    return lorsa, sae, sae_heads, training
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", type=int, default=15, help="Layer (SmolLM2-135M has 30).")
+    parser.add_argument("--d-sae", type=int, default=2304, help="Width of every member (OV heads, latents).")
+    parser.add_argument("--k", type=int, default=32, help="Active latents per token of every member.")
+    parser.add_argument("--qk-repeat", type=int, default=1, help="QK heads per model head.")
+    parser.add_argument("--train-tokens", type=int, default=120_000, help="Unique training tokens read.")
+    parser.add_argument("--epochs", type=int, default=2, help="Passes over them.")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eval-tokens", type=int, default=16_000, help="Held-out tokens for the metrics.")
+    parser.add_argument("--dashboard-tokens", type=int, default=12_000)
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8, help="Sequences per step (and per model forward).")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--screenshot", action="store_true", help="Chromium screenshots of two latent pages.")
+    parser.add_argument("--out", type=Path, default=Path("out/attention-real"))
+    parser.add_argument("--reuse", action="store_true", help="Evaluate the members saved in --out by an earlier "
+                        "run instead of training them again.")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model, tokenizer = offline_model()
+    layer = args.layer
+    attn_in, attn_out, attn_z = f"attn_in.{layer}", f"attn_out.{layer}", f"attn_z.{layer}"
+    points = [attn_in, attn_z, attn_out]
+
+    if args.reuse:
+        lorsa, sae, sae_heads, training = reuse(args.out)
+    else:
+        lorsa, sae, sae_heads, training = train_members(args, model, tokenizer, layer, points)
 
     t0 = time.perf_counter()
     text = TextConfig(context_size=args.context, model_batch_size=args.batch)
@@ -180,8 +225,7 @@ def main() -> None:
             "ce_zero_ablation", "delta_lm_loss", "dead_fraction", "eval_targets")
     results = {
         "model": "offline-default (SmolLM2-135M-Instruct)", "layer": layer, "d_sae": args.d_sae, "k": args.k,
-        "qk_heads": lorsa.qk_config.n_qk_heads, "train_tokens_unique": unique, "epochs": args.epochs,
-        "steps": steps, "batch_sequences": args.batch, "lr": args.lr, "context": args.context,
+        "qk_heads": lorsa.qk_config.n_qk_heads, "training": training, "context": args.context,
         "spliced": [{key: row.get(key) for key in keep} for row in rows],
         "attn_z_sae": {key: value for key, value in heads_metrics.result().items()
                        if key in ("fvu", "l0", "dead_fraction")},
@@ -189,7 +233,7 @@ def main() -> None:
         "dashboards": {"lorsa": {k: v for k, v in lorsa_site.items() if not isinstance(v, dict)},
                        "attn_z": {k: v for k, v in heads_site.items() if not isinstance(v, dict)}},
         "screenshots": shots,
-        "seconds": {"read": read_s, "train": train_s, "eval": eval_s, "dashboards": dashboard_s,
+        "seconds": {"eval": eval_s, "dashboards": dashboard_s,
                     "total": time.perf_counter() - started},
         "machine": machine(args.threads), "pid": os.getpid(),
     }
