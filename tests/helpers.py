@@ -51,6 +51,35 @@ def tiny_gpt2(vocab_size: int, seed: int = 0):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+ATTENTION_FAMILIES = ("llama", "qwen2", "gemma", "gpt2", "gpt_neox")
+
+
+def tiny_family(family: str, vocab_size: int, layers: int = 2, seed: int = 0):
+    """A tiny causal LM of one family (width 32, 4 heads of 8; grouped KV heads where the family has
+    them; biases on Qwen2's q/k/v; partial rotary on GPT-NeoX), built offline from a config."""
+    from transformers import GemmaConfig, GPTNeoXConfig, Qwen2Config
+
+    if family == "llama":
+        return tiny_llama(vocab_size, layers, seed)
+    if family == "gpt2":
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=layers,
+                                                           n_head=4, n_positions=256)).eval()
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=4, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                  pad_token_id=0)
+    if family == "qwen2":
+        config: Any = Qwen2Config(num_key_value_heads=2, **common)
+    elif family == "gemma":
+        config = GemmaConfig(num_key_value_heads=1, head_dim=8, **common)
+    elif family == "gpt_neox":
+        config = GPTNeoXConfig(rotary_pct=0.5, **common)
+    else:
+        raise ValueError(family)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 def save_tiny(directory: Path, model, tokenizer) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -198,6 +227,29 @@ def make_site_inputs(root: Path) -> tuple[Path, Path, Path]:
         d.W_dec[0] = evil / evil.norm()
     dict_dir = saekit.save(d, root / "dict")
     return model_dir, corpus, dict_dir
+
+
+def make_attention_site_inputs(root: Path) -> tuple[Path, Path, Path, Path]:
+    """The dashboard site's tiny model and corpus (EVIL in both), and two attention dictionaries trained
+    together from one stream of sequences on it: a sparse attention replacement of layer 1 and a TopK
+    SAE on attn_z.1 (per-head outputs). Returns (model dir, corpus, replacement dir, attn_z SAE dir)."""
+    from saekit.attention import save as save_attention
+    from saekit.attention import sparse_attention_spec
+    from saekit.data.stream import ActivationStream
+    from saekit.data.tokens import TokenStream
+    from saekit.models.loading import load_model
+
+    model_dir, corpus, _ = make_site_inputs(root)
+    model, tokenizer = load_model(str(model_dir))
+    spec, objective = sparse_attention_spec(model, 1, d_sae=32, k=4, qk_repeat=2, lr=3e-3,
+                                            model_name=str(model_dir))
+    per_head = DictionarySpec.from_options(method="topk", d_in=32, d_sae=SITE_D_SAE, k=4, lr=3e-3,
+                                           hookpoint="attn_z.1", model_name=str(model_dir))
+    tokens = TokenStream(tokenizer, str(corpus), context=32, batch_size=8)
+    stream = ActivationStream(model, tokens, ["attn_in.1", "attn_out.1", "attn_z.1"], sequences=True)
+    replacement, sae = saekit.train(stream, [spec, per_head], objective=[objective, None],
+                                    total_tokens=160, batch_size=8, progress=False)
+    return model_dir, corpus, save_attention(replacement, root / "lorsa"), saekit.save(sae, root / "attn_z")
 
 
 def initialized(spec: DictionarySpec, x: torch.Tensor, generator: torch.Generator | None = None) -> Dictionary:

@@ -32,7 +32,7 @@ def mlp_layer_count(model: nn.Module) -> int:
     for a model whose blocks or MLPs it cannot find (a transcoder needs both the MLP's input and its
     output)."""
     names = dict(model.named_modules())
-    for container, mlp, _attn in FAMILIES:
+    for container, mlp, *_ in FAMILIES:
         if container not in names:
             continue
         blocks = cast(Sized, model.get_submodule(container))

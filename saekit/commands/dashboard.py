@@ -15,8 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="One pass of the model over --tokens tokens, encoded for all latents at once, then "
                     "a static site: index.html (search and sort latents) and one page per latent "
                     "(top and quantile examples with per-token highlighting, histogram, density, "
-                    "logit lens, nearest latents). Open index.html from disk; no server needed.")
-    parser.add_argument("dictionary", type=Path, help="Dictionary directory.")
+                    "logit lens, nearest latents; for attention replacements, the source tokens each top "
+                    "activation read from; for dictionaries on attn_z.L, the share of decoder norm per "
+                    "head). Open index.html from disk; no server needed.")
+    parser.add_argument("dictionary", type=Path, help="Dictionary (or sparse attention replacement) directory.")
     parser.add_argument("--tokens", type=int, default=100_000, help="Tokens to run the model on.")
     parser.add_argument("--out", type=Path, required=True, help="Site directory (replaced).")
     parser.add_argument("--split", default="train", choices=("train", "test"),
@@ -50,9 +52,10 @@ def _read_names(path: Path | None) -> dict[int, str]:
 
 def run(args: argparse.Namespace) -> int:
     import saekit
+    from saekit.circuits import CrossLayerTranscoder
     from saekit.circuits.layers import parse_layers
     from saekit.circuits.replacement import model_name_of
-    from saekit.dictionary import Dictionary
+    from saekit.circuits.transcoder_set import TranscoderSet
     from saekit.inspect.dashboard import build_dashboards
     from saekit.inspect.layer_dashboards import build_layer_dashboards
 
@@ -60,7 +63,12 @@ def run(args: argparse.Namespace) -> int:
         raise SaekitError("--tokens must be positive")
     if args.hookpoints:
         raise SaekitError("dashboards read the dictionary's own hookpoint; drop --hookpoints")
-    loaded = saekit.load(args.dictionary, device=args.device)
+    from saekit.attention import is_attention_dir
+    from saekit.attention import load as load_attention
+
+    attention = is_attention_dir(args.dictionary)
+    loaded = load_attention(args.dictionary, device=args.device) if attention else \
+        saekit.load(args.dictionary, device=args.device)
     name = args.model or model_name_of(loaded)
     if not name:
         raise SaekitError("the dictionary does not record its model: pass --model")
@@ -71,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     check_replaceable(args.out, args.overwrite)  # before the model is even loaded
     names = _read_names(args.names)
     warn_other_model(loaded, name)
-    if not isinstance(loaded, Dictionary):
+    if isinstance(loaded, (TranscoderSet, CrossLayerTranscoder)):
         if args.names is not None:
             raise SaekitError("--names applies to one dictionary; transcoder sets and CLTs name latents per layer")
         model, tokenizer = open_model(args, model=name)

@@ -24,10 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="For each dictionary, on held-out tokens (the test split) of the model: CE loss "
                     "clean / spliced / zero-ablated, CE-loss score, KL(clean || spliced) and KL score, "
                     "delta LM loss, and every core metric. A transcoder set or CLT replaces every MLP "
-                    "output at once (the replacement model) and reports per-layer figures. Results as JSON "
-                    "and a table. With --probing: sparse probing on the sae-probes datasets instead (k-sparse "
+                    "output at once (the replacement model) and reports per-layer figures; a sparse attention "
+                    "replacement is spliced into the attention output it replaces. Results as JSON and a "
+                    "table. With --probing: sparse probing on the sae-probes datasets instead (k-sparse "
                     "probes on latents vs a probe on raw activations, test AUC; docs/evaluation.md).")
-    parser.add_argument("dictionaries", nargs="*", type=Path, help="Dictionary directories.")
+    parser.add_argument("dictionaries", nargs="*", type=Path,
+                        help="Dictionary directories (transcoder sets, CLTs and sparse attention replacements "
+                             "too).")
     parser.add_argument("--tokens", type=int, default=20_000, help="Held-out tokens to evaluate on.")
     parser.add_argument("--encoder", default="dictionary",
                         choices=("dictionary", "topk", "matching-pursuit", "gradient-pursuit"),
@@ -67,7 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import saekit
+    from saekit.attention import SparseAttention, is_attention_dir
+    from saekit.attention import load as load_attention
+    from saekit.attention.evaluate import evaluate_replacements
+    from saekit.circuits import CrossLayerTranscoder
     from saekit.circuits.replacement import evaluate_layered_on_text, model_name_of
+    from saekit.circuits.transcoder_set import TranscoderSet
     from saekit.dictionary import Dictionary
     from saekit.evaluation.splice import evaluate_on_text
 
@@ -83,11 +91,17 @@ def run(args: argparse.Namespace) -> int:
     names = [path.name for path in args.dictionaries]
     if len(set(names)) < len(names):  # e.g. out/resid_post.3/topk-k32 and out/resid_post.6/topk-k32
         names = [f"{path.parent.name}/{path.name}" for path in args.dictionaries]
-    loaded = {name: saekit.load(path, device=args.device) for name, path in zip(names, args.dictionaries)}
-    dictionaries = {name: d for name, d in loaded.items() if isinstance(d, Dictionary)}
-    layered = {name: d for name, d in loaded.items() if not isinstance(d, Dictionary)}
-    if layered and args.encoder != "dictionary":
-        raise SaekitError("--encoder applies to single dictionaries; transcoder sets and CLTs use their encoders")
+    loaded = {name: load_attention(path, device=args.device) if is_attention_dir(path)
+              else saekit.load(path, device=args.device) for name, path in zip(names, args.dictionaries)}
+    attention = {name for name, path in zip(names, args.dictionaries) if is_attention_dir(path)}
+    dictionaries = {name: d for name, d in loaded.items() if isinstance(d, (Dictionary, SparseAttention))}
+    layered = {name: d for name, d in loaded.items() if isinstance(d, (TranscoderSet, CrossLayerTranscoder))}
+    if (layered or attention) and args.encoder != "dictionary":
+        raise SaekitError("--encoder applies to single dictionaries; transcoder sets, CLTs and attention "
+                          "replacements use their own encoders (drop --encoder)")
+    if attention and (layered or len(attention) < len(dictionaries)):
+        raise SaekitError("evaluate attention replacements on their own (one `saekit eval` call), apart from "
+                          "dictionaries, transcoder sets and CLTs")
     if args.model is None:
         recorded = {model_name_of(d) for d in loaded.values()}
         if len(recorded) != 1 or None in recorded:
@@ -96,14 +110,18 @@ def run(args: argparse.Namespace) -> int:
     for d in loaded.values():
         warn_other_model(d, args.model)
     if args.probing:
-        if layered:
-            raise SaekitError("--probing takes single dictionaries; transcoder sets and CLTs are evaluated "
-                              "without it")
+        if layered or attention:
+            raise SaekitError("--probing takes single dictionaries; transcoder sets, CLTs and attention "
+                              "replacements are evaluated without it")
         return run_probing(args, dictionaries)
     model, tokenizer = open_model(args)
     text = text_config(args)
-    rows = evaluate_on_text(model, tokenizer, dictionaries, text, args.tokens, args.encoder, args.l0,
-                            progress=not args.no_progress) if dictionaries else []
+    if attention:  # modules writing the same output share its clean and zero-ablated forwards
+        rows = evaluate_replacements(model, tokenizer, dictionaries, text, args.tokens,
+                                     progress=not args.no_progress)
+    else:
+        rows = evaluate_on_text(model, tokenizer, dictionaries, text, args.tokens, args.encoder,  # type: ignore[arg-type]
+                                args.l0, progress=not args.no_progress) if dictionaries else []
     for name, obj in layered.items():
         rows.append(evaluate_layered_on_text(model, tokenizer, name, obj, text, args.tokens,
                                              per_layer=args.per_layer, progress=not args.no_progress))

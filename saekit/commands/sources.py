@@ -23,7 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, hookpoints_required: bo
     if hookpoints:
         group.add_argument("--hookpoints", nargs="+", default=None, required=hookpoints_required,
                            help="Where to read activations: named sites (resid_post.L, mlp_in.L, mlp_out.L, "
-                                "attn_out.L) or module names with wildcards, `:input` for a module's input "
+                                "attn_in.L, attn_out.L, attn_z.L = per-head outputs) or module names with "
+                                "wildcards, `:input` for a module's input "
                                 "(`saekit hookpoints MODEL` lists them).")
     group.add_argument("--device", default="cpu", help="Device for the model and every tensor of the "
                                                        "work: cpu, cuda or cuda:N.")

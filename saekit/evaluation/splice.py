@@ -12,7 +12,8 @@ per dictionary. Definitions (SAELens/SAEBench conventions):
 Only counted positions are replaced (the BOS position keeps its real activation, as its huge norm is not
 what dictionaries are trained on); zero-ablation zeroes the same positions. Core metrics (L0, FVU, ...)
 are computed on the same counted activations. For transcoders the dictionary reads the input hookpoint
-and its output replaces the target hookpoint.
+and its output replaces the target hookpoint. Anything else that stands in for an activation (an
+attention replacement computing `attn_out.L` from `attn_in.L`) is a `Replacement` of `spliced_metrics`.
 """
 
 from __future__ import annotations
@@ -42,19 +43,26 @@ class _Sums:
             self.kl += float((kl * target_mask).sum())
 
 
+# A replacement of the activation at the spliced hookpoint: from the clean values of the read hookpoints
+# (full [B, T, d] tensors) and the counted-token mask [B, T], (true rows, replacement rows, latent rows)
+# at the counted positions.
+Replacement = Callable[[dict[str, Tensor], Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
 @torch.no_grad()
-def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], hookpoint: Hookpoint,
-                       dictionaries: dict[str, Dictionary],
-                       encoders: dict[str, Callable[[Tensor], Tensor]] | None = None,
-                       target_hookpoint: Hookpoint | None = None) -> dict[str, dict[str, float]]:
-    """Spliced metrics and core metrics for each dictionary (all reading the same hookpoint)."""
-    encoders = encoders or {}
+def spliced_metrics(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], reads: list[Hookpoint],
+                    out_point: Hookpoint, replacements: dict[str, Replacement], widths: dict[str, int]
+                    ) -> dict[str, dict[str, float]]:
+    """Spliced and core metrics of replacements of the activation at `out_point` (see the module doc):
+    a dictionary's reconstruction, or an attention replacement's output computed from the layer's
+    input. Only `out_point` is edited, so the clean values of hookpoints before it are also their values
+    in the spliced forward, and each replacement is computed once from the clean forward's store.
+    `widths` holds each replacement's number of latents."""
     device = next(model.parameters()).device
-    out_point = target_hookpoint or hookpoint
-    points = [hookpoint] if target_hookpoint is None else [hookpoint, target_hookpoint]
+    points = list(dict.fromkeys([*reads, out_point]))
     clean, zero = _Sums(), _Sums()
-    spliced = {name: _Sums() for name in dictionaries}
-    accumulators = {name: MetricsAccumulator(d.d_sae) for name, d in dictionaries.items()}
+    spliced = {name: _Sums() for name in replacements}
+    accumulators = {name: MetricsAccumulator(widths[name]) for name in replacements}
     targets = 0.0
 
     for ids, mask in batches:
@@ -73,12 +81,8 @@ def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
         zero.add(next_token_loss(logits, ids, mask)[0], kl_per_position(clean_logp, logits[:, :-1]),
                  target_mask)
 
-        x = store[hookpoint.name][keep].float()
-        truth = store[out_point.name][keep].float()
-        for name, d in dictionaries.items():
-            encode = encoders.get(name, d.encode)
-            latents = encode(x)
-            reconstruction = d.decode(latents, x)
+        for name, replace in replacements.items():
+            truth, reconstruction, latents = replace(store, keep)
             accumulators[name].update(truth, reconstruction, latents)
 
             def replacement(_rows: Tensor, r: Tensor = reconstruction) -> Tensor:
@@ -92,7 +96,7 @@ def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
     ce_clean_mean, ce_zero_mean = clean.ce / targets, zero.ce / targets
     kl_zero_mean = zero.kl / targets
     results = {}
-    for name in dictionaries:
+    for name in replacements:
         ce_spliced = spliced[name].ce / targets
         kl_spliced = spliced[name].kl / targets
         results[name] = {
@@ -108,6 +112,33 @@ def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
             "eval_targets": targets,
         }
     return results
+
+
+def dictionary_replacement(d: Dictionary, hookpoint: Hookpoint, out_point: Hookpoint,
+                           encode: Callable[[Tensor], Tensor] | None = None) -> Replacement:
+    """A dictionary as a Replacement: it reads `hookpoint`'s counted rows, and its reconstruction
+    stands in for `out_point` (the same hookpoint, or a transcoder's target)."""
+    encode = encode or d.encode
+
+    def replace(store: dict[str, Tensor], keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = store[hookpoint.name][keep].float()
+        latents = encode(x)
+        return store[out_point.name][keep].float(), d.decode(latents, x), latents
+
+    return replace
+
+
+def spliced_evaluation(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], hookpoint: Hookpoint,
+                       dictionaries: dict[str, Dictionary],
+                       encoders: dict[str, Callable[[Tensor], Tensor]] | None = None,
+                       target_hookpoint: Hookpoint | None = None) -> dict[str, dict[str, float]]:
+    """Spliced metrics and core metrics for each dictionary (all reading the same hookpoint)."""
+    encoders = encoders or {}
+    out_point = target_hookpoint or hookpoint
+    replacements = {name: dictionary_replacement(d, hookpoint, out_point, encoders.get(name))
+                    for name, d in dictionaries.items()}
+    return spliced_metrics(model, batches, [hookpoint], out_point, replacements,
+                           {name: d.d_sae for name, d in dictionaries.items()})
 
 
 def evaluate_on_text(model: nn.Module, tokenizer: Any, dictionaries: dict[str, Dictionary], text: Any,

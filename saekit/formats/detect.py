@@ -62,6 +62,10 @@ def detect_format(path: str | Path) -> str:
         shown = ", ".join(members[:8]) + (", ..." if len(members) > 8 else "")
         raise SaekitError(f"{path} holds {len(members)} dictionaries ({shown}): pass one of them, "
                           f"e.g. subfolder={members[0]!r} (command line: --subfolder {members[0]})")
+    from saekit.attention.files import is_attention_dir  # a module kind of its own, not a dictionary
+
+    if is_attention_dir(path):
+        raise SaekitError(f"{path} holds a sparse attention replacement: load it with saekit.attention.load")
     names = ", ".join(fmt.name for fmt in formats())
     raise SaekitError(f"{path} is not a saekit dictionary nor one in a known format ({names}): "
                       "expected cfg.json + sae_weights.safetensors, cfg.json + sae.safetensors, ae.pt or "

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from saekit.attention.sparse_attention import SparseAttention
 from saekit.dictionary import Dictionary
 from saekit.inspect.dashboard_data import (
     Activations,
@@ -44,31 +45,42 @@ def latent_href(i: int) -> str:
     return f"latents/{i}.html"
 
 
-def build_dashboards(d: Dictionary, model: nn.Module, tokenizer: Any,
+def build_dashboards(d: Dictionary | SparseAttention, model: nn.Module, tokenizer: Any,
                      batches: Iterable[tuple[Tensor, Tensor]], out: str | Path, *,
                      top_examples: int = 20, bands: int = 4, per_band: int = 4,
                      names: dict[int, str] | None = None, title: str | None = None,
                      progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Build the dashboard site for every latent of `d` into `out` (replaced atomically, and only if
     saekit wrote it, unless `overwrite`). `batches` yields (input_ids [B, T], mask [B, T]) as
-    `saekit.data.tokens.TokenStream` does. Returns timings and sizes."""
+    `saekit.data.tokens.TokenStream` does. Returns timings and sizes.
+
+    Attention latents get one more section each: for a sparse attention replacement, which source
+    tokens each top activation read from through its QK head; for a dictionary on `attn_z.L`, the
+    share of its decoder norm on each head (`saekit.inspect.dashboard_attention`)."""
+    from saekit.inspect import dashboard_attention
     from saekit.io import check_replaceable
 
     check_replaceable(out, overwrite)  # before the (long) model pass
     timings: dict[str, float] = {}
+    text = TokenText(tokenizer)
     started = time.perf_counter()
-    record = gather_activations(model, d, batches, progress=progress)
+    decoder = d.ov if isinstance(d, SparseAttention) else d
+    latents_of = dashboard_attention.replacement_latents(model, d) if isinstance(d, SparseAttention) else None
+    record = gather_activations(model, d, batches, progress=progress, latents_of=latents_of)
     timings["model_and_encode_s"] = time.perf_counter() - started
     started = time.perf_counter()
+    extra = dashboard_attention.sections(model, d, record, text, top_examples)
+    timings["attention_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     w_u = unembedding(model)
-    lens = logit_lens(d, w_u) if w_u is not None else None
-    near = nearest_latents(d)
+    lens = logit_lens(dashboard_attention.residual_directions(model, decoder), w_u) if w_u is not None else None
+    near = nearest_latents(decoder)
     timings["decoder_s"] = time.perf_counter() - started
     started = time.perf_counter()
     with atomic_directory(Path(out), overwrite) as tmp:
-        summary = write_site(record, d, TokenText(tokenizer), tmp, lens, near, names or {},
+        summary = write_site(record, decoder, text, tmp, lens, near, names or {},
                              title or f"{d.cfg.display_name} @ {d.provenance.hookpoint}",
-                             top_examples, bands, per_band)
+                             top_examples, bands, per_band, extra)
     timings["write_s"] = time.perf_counter() - started
     return {**summary, **timings, "tokens": record.n_tokens, "d_sae": d.d_sae}
 
@@ -89,8 +101,9 @@ def write_site(record: Activations, d: Dictionary, text: TokenText, out: Path,
                lens: tuple[Tensor, ...] | None, near: tuple[Tensor, Tensor], names: dict[int, str],
                title: str, top_examples: int = 20, bands: int = 4, per_band: int = 4,
                extra: Callable[[int], str] | None = None) -> dict[str, Any]:
-    """Write index.html, latents/<i>.html and latents.json for `d` into `out`. `extra(i)` adds a section
-    of (already escaped) HTML to latent i's page (a CLT latent's decoder norm into each later layer)."""
+    """Write index.html, latents/<i>.html and latents.json for `d` into `out`. `extra(i)` is more HTML for
+    latent i's page (already escaped), shown after its top activations (a CLT latent's decoder norm into
+    each later layer; an attention latent's heads)."""
     (out / "latents").mkdir(parents=True, exist_ok=True)
     near_cos, near_ids = near[0].tolist(), near[1].tolist()
     lens_lists = [t.tolist() for t in lens] if lens is not None else None
@@ -114,9 +127,7 @@ def write_site(record: Activations, d: Dictionary, text: TokenText, out: Path,
         body = _latent_body(i, name, title, d.d_sae, density, count, record.n_tokens, max_value,
                             top, quantiles, text, counts, edges,
                             None if lens_lists is None else [t[i] for t in lens_lists],
-                            list(zip(near_ids[i], near_cos[i])), names)
-        if extra is not None:
-            body += "\n" + extra(i)
+                            list(zip(near_ids[i], near_cos[i])), names, extra(i) if extra else "")
         (out / latent_href(i)).write_text(page(f"latent {i} · {title}", body), encoding="utf-8")
     (out / "latents.json").write_text(json.dumps(
         {"title": title, "tokens": record.n_tokens, "columns": ["id", "name", "density", "max", "top"],
@@ -138,8 +149,8 @@ def _token_list(values: list[float], ids: list[int], text: TokenText, cls: str) 
 
 def _latent_body(i: int, name: str, title: str, d_sae: int, density: float, count: int,
                  n_tokens: int, max_value: float, top: list, quantiles: list, text: TokenText,
-                 counts: Any, edges: Any, lens: list | None, near: list, names: dict[int, str]
-                 ) -> str:
+                 counts: Any, edges: Any, lens: list | None, near: list, names: dict[int, str],
+                 extra: str = "") -> str:
     nav = ['<nav><a href="../index.html">index</a>']
     if i > 0:
         nav.append(f'<a href="{i - 1}.html">&larr; latent {i - 1}</a>')
@@ -153,6 +164,7 @@ def _latent_body(i: int, name: str, title: str, d_sae: int, density: float, coun
              f'max activation <b id="max">{esc(fmt(max_value))}</b></p>']
     if not count:
         parts.append(f"<p><b>This latent never fired on these {n_tokens:,} tokens.</b></p>")
+        parts.append(extra)
     else:
         parts.append('<div class="cols"><div><h2>Activation histogram</h2>'
                      f'{svg_bars(list(counts), list(edges), label="activation (firing tokens)")}</div>')
@@ -163,6 +175,7 @@ def _latent_body(i: int, name: str, title: str, d_sae: int, density: float, coun
                          f'{_token_list(lens[2], lens[3], text, "neg")}</div>')
         parts.append("</div>")
         parts.append(f'<h2>Top activations</h2><div id="top">{_examples_html(top, text, max_value)}</div>')
+        parts.append(extra)
         for label, examples in quantiles:
             parts.append(f"<h2>{esc(label)}</h2>{_examples_html(examples, text, max_value)}")
     near_rows = "".join(f'<tr><td><a href="{j}.html">latent {j}</a></td><td>{esc(names.get(j, ""))}'

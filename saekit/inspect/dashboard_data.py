@@ -47,10 +47,15 @@ class Activations:
 
 
 @torch.no_grad()
-def gather_activations(model: nn.Module, d: Dictionary, batches: Iterable[tuple[Tensor, Tensor]],
-                       progress: bool = False) -> Activations:
-    """Run the model once over `batches` (input_ids, mask) and record the dictionary's non-zero
-    latents on counted tokens. The input is read at `d.provenance.hookpoint` (a transcoder's input site)."""
+def gather_activations(model: nn.Module, d: Any, batches: Iterable[tuple[Tensor, Tensor]],
+                       progress: bool = False, latents_of: Callable[[Tensor], Tensor] | None = None
+                       ) -> Activations:
+    """Run the model once over `batches` (input_ids, mask) and record the non-zero latents on counted
+    tokens: `latents_of(input_ids)` [B·T, d_sae] (an attention replacement reads whole windows); by default
+    the dictionary `d`, its input read at `d.provenance.hookpoint` (a transcoder's input site)."""
+    if latents_of is not None:
+        encode_windows = latents_of
+        return _record(lambda ids: [encode_windows(ids)], [d.d_sae], batches, progress)[0]
     if d.cfg.n_sources > 1:
         raise SaekitError("dashboards for crosscoders are not supported: build them per source "
                           "dictionary instead")
@@ -69,18 +74,30 @@ def gather_many(model: nn.Module, encoders: list[tuple[str, Callable[[Tensor], T
     every layer's latents from the same forward, stopped after the last hookpoint."""
     points = [resolve_hookpoints(model, [hookpoint])[0] for hookpoint, _, _ in encoders]
     unique = list({p.name: p for p in points}.values())
-    parts: list[tuple[list, list, list]] = [([], [], []) for _ in encoders]
+
+    def all_latents(input_ids: Tensor) -> list[Tensor]:
+        captured = capture(model, input_ids, unique)
+        latents = []
+        for point, (_, encode, _) in zip(points, encoders):
+            acts = captured[point.name]  # [B, T, d]
+            latents.append(encode(acts.reshape(-1, acts.shape[-1]).to(device=device, dtype=dtype)))
+        return latents
+
+    return _record(all_latents, [width for _, _, width in encoders], batches, progress)
+
+
+def _record(latents_of: Callable[[Tensor], list[Tensor]], widths: list[int],
+            batches: Iterable[tuple[Tensor, Tensor]], progress: bool) -> list[Activations]:
+    """The non-zero latents [B·T, width] of each encoder on counted tokens, over all batches."""
+    parts: list[tuple[list, list, list]] = [([], [], []) for _ in widths]
     ids_parts, mask_parts = [], []
     offset = 0
     from tqdm.auto import tqdm
 
     bar = tqdm(disable=not progress, unit="tok", unit_scale=True, desc="dashboard pass")
     for input_ids, mask in batches:
-        captured = capture(model, input_ids, unique)
-        keep = mask.reshape(-1).to(device)
-        for (pos_parts, lat_parts, val_parts), point, (_, encode, _) in zip(parts, points, encoders):
-            acts = captured[point.name]  # [B, T, d]
-            latents = encode(acts.reshape(-1, acts.shape[-1]).to(device=device, dtype=dtype))
+        for (pos_parts, lat_parts, val_parts), latents in zip(parts, latents_of(input_ids)):
+            keep = mask.reshape(-1).to(latents.device)
             latents[~keep] = 0
             rows, cols = torch.nonzero(latents > 0, as_tuple=True)
             pos_parts.append((rows + offset).cpu().numpy().astype(np.int64))
@@ -98,7 +115,7 @@ def gather_many(model: nn.Module, encoders: list[tuple[str, Callable[[Tensor], T
     counted = np.concatenate(mask_parts)
     token_ids = np.concatenate(ids_parts)
     out = []
-    for (pos_parts, lat_parts, val_parts), (_, _, width) in zip(parts, encoders):
+    for (pos_parts, lat_parts, val_parts), width in zip(parts, widths):
         positions = np.concatenate(pos_parts)
         latent_ids = np.concatenate(lat_parts)
         values = np.concatenate(val_parts)
@@ -186,17 +203,18 @@ def unembedding(model: nn.Module) -> Tensor | None:
 
 
 @torch.no_grad()
-def logit_lens(d: Dictionary, w_u: Tensor, top: int = 10, chunk: int = 1024
+def logit_lens(d: Dictionary | Tensor, w_u: Tensor, top: int = 10, chunk: int = 1024
                ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """Tokens each latent's decoder direction most promotes and suppresses: (top values, top ids,
-    bottom values, bottom ids), each [d_sae, top]. None when the decoder is not in the model's
-    residual space (its width differs from the unembedding's)."""
-    if d.W_dec.shape[1] != w_u.shape[1]:
+    """Tokens each latent's decoder direction (`d.W_dec`, or the rows given) most promotes and
+    suppresses: (top values, top ids, bottom values, bottom ids), each [d_sae, top]. None when the
+    decoder is not in the model's residual space (its width differs from the unembedding's)."""
+    W_dec = d if isinstance(d, Tensor) else d.W_dec
+    if W_dec.shape[1] != w_u.shape[1]:
         return None
-    w_u = w_u.to(d.W_dec.device)
+    w_u = w_u.to(W_dec.device)
     parts: list[list[Tensor]] = [[], [], [], []]
-    for start in range(0, d.d_sae, chunk):
-        logits = d.W_dec[start:start + chunk].float() @ w_u.T
+    for start in range(0, W_dec.shape[0], chunk):
+        logits = W_dec[start:start + chunk].float() @ w_u.T
         hi = logits.topk(top, dim=-1)
         lo = logits.topk(top, dim=-1, largest=False)
         for bucket, tensor in zip(parts, (hi.values, hi.indices, lo.values, lo.indices)):

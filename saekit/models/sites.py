@@ -5,8 +5,10 @@ A hookpoint is either
   fnmatch rules), capturing the module's output, or its input with the suffix `:input`; or
 - a named site that means the same thing in every common family, so users need not learn module names:
   `resid_post.L` (residual stream after block L), `mlp_in.L` (the MLP's input, i.e. after the
-  pre-MLP norm), `mlp_out.L` (the MLP's output), `attn_out.L` (the attention block's output), with L an
-  integer or `*`.
+  pre-MLP norm), `mlp_out.L` (the MLP's output), `attn_out.L` (the attention block's output),
+  `attn_in.L` (the attention block's input, i.e. after the pre-attention norm) and `attn_z.L` (the
+  concatenated per-head outputs [n_heads · d_head] before the output projection, the site of
+  attention-output SAEs whose decoders attribute latents to heads), with L an integer or `*`.
 Resolved hookpoints keep the name the user gave (that is what dictionaries record).
 """
 
@@ -19,21 +21,25 @@ from collections.abc import Sized
 from dataclasses import dataclass
 from typing import cast
 
-from torch import nn
+from torch import Tensor, nn
 
 from saekit.errors import SaekitError
 
-# family -> (blocks container, mlp child, attention child); the first whose container exists wins.
+# family -> (blocks container, mlp child, attention child, attention output projection inside the
+# block, whose input is the concatenation of the heads' outputs); the first whose container exists wins.
 FAMILIES = [
-    ("model.layers", "mlp", "self_attn"),  # Llama, Qwen, Gemma, Mistral, SmolLM
-    ("model.language_model.layers", "mlp", "self_attn"),  # Gemma 3 multimodal wrappers
-    ("transformer.h", "mlp", "attn"),  # GPT-2, GPT-J
-    ("gpt_neox.layers", "mlp", "attention"),  # GPT-NeoX, Pythia
-    ("model.decoder.layers", "fc2", "self_attn"),  # OPT (MLP output = fc2)
-    ("encoder.layer", "output", "attention"),  # BERT (AutoModel)
-    ("bert.encoder.layer", "output", "attention"),  # BERT inside task heads
+    ("model.layers", "mlp", "self_attn", "self_attn.o_proj"),  # Llama, Qwen, Gemma, Mistral, SmolLM
+    ("model.language_model.layers", "mlp", "self_attn", "self_attn.o_proj"),  # Gemma 3 multimodal
+    ("transformer.h", "mlp", "attn", "attn.c_proj"),  # GPT-2 (GPT-J: attn.out_proj, see _projection)
+    ("gpt_neox.layers", "mlp", "attention", "attention.dense"),  # GPT-NeoX, Pythia
+    ("model.decoder.layers", "fc2", "self_attn", "self_attn.out_proj"),  # OPT (MLP output = fc2)
+    ("encoder.layer", "output", "attention", "attention.output.dense"),  # BERT (AutoModel)
+    ("bert.encoder.layer", "output", "attention", "attention.output.dense"),  # BERT inside task heads
 ]
-NAMED_SITE = re.compile(r"^(resid_post|mlp_in|mlp_out|attn_out)\.(\d+|\*)$")
+SITE_KINDS = ("resid_post", "mlp_in", "mlp_out", "attn_in", "attn_out", "attn_z")
+NAMED_SITE = re.compile(rf"^({'|'.join(SITE_KINDS)})\.(\d+|\*)$")
+SITE_NAMES = "resid_post.L, mlp_in.L, mlp_out.L, attn_in.L, attn_out.L, attn_z.L"
+
 
 
 @dataclass(frozen=True)
@@ -47,17 +53,31 @@ class Hookpoint:
         return f"{self.module}:input" if self.capture_input else self.module
 
 
-def _family(model: nn.Module) -> tuple[str, str, str]:
+def _family(model: nn.Module) -> tuple[str, str, str, str]:
     names = dict(model.named_modules())
-    for container, mlp, attn in FAMILIES:
-        if container in names:
-            return container, mlp, attn
+    for family in FAMILIES:
+        if family[0] in names:
+            return family
     raise SaekitError("named sites (resid_post.L, mlp_in.L, ...) are not known for "
                       f"{type(model).__name__}: use module names instead (see `saekit hookpoints`)")
 
 
+def _projection(model: nn.Module, block: str, projection: str) -> str:
+    """The attention output projection of one block, or a one-line error when the block has none (a
+    model whose attention is not the usual heads-then-projection)."""
+    for candidate in (projection, projection.rsplit(".", 1)[0] + ".out_proj"):
+        try:
+            model.get_submodule(f"{block}.{candidate}")
+            return f"{block}.{candidate}"
+        except AttributeError:
+            continue
+    raise SaekitError(f"attn_z needs the attention output projection {block}.{projection}, which "
+                      f"{type(model).__name__} does not have: hook the module whose input holds the "
+                      "heads' outputs by name (see `saekit hookpoints`)")
+
+
 def _expand_named(model: nn.Module, site: str, layer: str) -> list[Hookpoint]:
-    container, mlp, attn = _family(model)
+    container, mlp, attn, projection = _family(model)
     n_layers = len(cast(Sized, model.get_submodule(container)))  # the family's ModuleList of blocks
     layers = range(n_layers) if layer == "*" else [int(layer)]
     out = []
@@ -72,9 +92,42 @@ def _expand_named(model: nn.Module, site: str, layer: str) -> list[Hookpoint]:
             out.append(Hookpoint(name, f"{block}.{mlp}", capture_input=True))
         elif site == "mlp_out":
             out.append(Hookpoint(name, f"{block}.{mlp}"))
+        elif site == "attn_in":
+            out.append(Hookpoint(name, f"{block}.{attn}", capture_input=True))
+        elif site == "attn_z":
+            out.append(Hookpoint(name, _projection(model, block, projection), capture_input=True))
         else:
             out.append(Hookpoint(name, f"{block}.{attn}"))
+    for point in out:
+        try:
+            model.get_submodule(point.module)
+        except AttributeError:
+            raise SaekitError(f"{point.name} reads {point.module}, which {type(model).__name__} does not "
+                              "have (its blocks differ from the usual family layout): hook a module by "
+                              "name instead (see `saekit hookpoints`)") from None
     return out
+
+
+def attention_heads(model: nn.Module, hookpoint: str) -> tuple[int, int] | None:
+    """(n_heads, d_head) of the attention whose per-head outputs `hookpoint` reads (an `attn_z.L` site),
+    or None for any other hookpoint."""
+    match = NAMED_SITE.match(hookpoint)
+    if not match or match.group(1) != "attn_z":
+        return None
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    n_heads = getattr(config, "num_attention_heads", None)
+    if not isinstance(n_heads, int) or n_heads <= 0:
+        raise SaekitError(f"{type(model).__name__}'s config has no num_attention_heads: the heads of "
+                          f"{hookpoint} are unknown")
+    point = _expand_named(model, "attn_z", match.group(2))[0]
+    projection = model.get_submodule(point.module)
+    weight = cast(Tensor, projection.weight)
+    # nn.Linear keeps its weight as [out, in]; GPT-2's Conv1D as [in, out]
+    width = projection.in_features if isinstance(projection, nn.Linear) else weight.shape[0]
+    if width % n_heads:
+        raise SaekitError(f"{hookpoint} has width {width}, not a multiple of {n_heads} heads")
+    return n_heads, int(width) // n_heads
 
 
 def resolve_hookpoints(model: nn.Module, patterns: list[str]) -> list[Hookpoint]:
@@ -95,12 +148,23 @@ def resolve_hookpoints(model: nn.Module, patterns: list[str]) -> list[Hookpoint]
             close = difflib.get_close_matches(base, module_names, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise SaekitError(f"hookpoint {pattern!r} matches no module of {type(model).__name__}"
-                              f"{hint} (named sites: resid_post.L, mlp_in.L, mlp_out.L, attn_out.L)")
+                              f"{hint} (named sites: {SITE_NAMES})")
         for name in hits:
             found.append(Hookpoint(name + (":input" if suffix == "input" else ""), name,
                                    capture_input=suffix == "input"))
     unique = list(dict.fromkeys(found))
-    return sorted(unique, key=lambda h: order.get(h.module, -1))
+    # Sorted by when each hook fires: a module's input when the module starts, its output once all of
+    # its submodules have run (modules are listed depth first, so its last descendant's position).
+    # A block's output thus comes after its MLP's, and attention's output after its projection's input,
+    # so a forward stopped after the last hookpoint has recorded every one of them.
+    last_descendant = {}
+    for name in module_names:
+        prefix = name
+        while prefix:
+            last_descendant[prefix] = order[name]
+            prefix = prefix.rpartition(".")[0]
+    return sorted(unique, key=lambda h: (order.get(h.module, -1), 0) if h.capture_input
+                  else (last_descendant.get(h.module, -1), 1))
 
 
 def named_sites(model: nn.Module) -> dict[str, str]:
@@ -111,8 +175,12 @@ def named_sites(model: nn.Module) -> dict[str, str]:
         return {}
     n_layers = len(cast(Sized, model.get_submodule(container)))  # the family's ModuleList of blocks
     sites = {}
-    for kind in ("resid_post", "mlp_in", "mlp_out", "attn_out"):
-        for point in _expand_named(model, kind, "*"):
+    for kind in SITE_KINDS:
+        try:
+            points = _expand_named(model, kind, "*")
+        except SaekitError:  # a family without an output projection has no attn_z
+            continue
+        for point in points:
             sites[point.name] = point.site
     return dict(sorted(sites.items(), key=lambda item: (int(item[0].split(".")[1]), item[0]))) \
         if n_layers else {}

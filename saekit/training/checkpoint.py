@@ -44,7 +44,11 @@ def write_checkpoint(checkpoint_dir: str | Path, step: int, state: dict[str, Any
     with atomic_directory(target) as tmp:
         torch.save(state, tmp / STATE_FILE)
         for name, dictionary in exports.items():
-            save(dictionary, tmp / "dictionaries" / name)
+            own_format = getattr(dictionary, "save_to", None)  # a module that is not a Dictionary
+            if own_format is not None:
+                own_format(tmp / "dictionaries" / name)
+            else:
+                save(dictionary, tmp / "dictionaries" / name)
         meta = dict(meta, step=step, sha256=sha256_file(tmp / STATE_FILE))
         meta["meta_sha256"] = meta_checksum(meta)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

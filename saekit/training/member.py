@@ -35,10 +35,14 @@ from saekit.training.l0_target import L0Controller
 from saekit.training.objective import LocalObjective, Objective
 from saekit.training.schedules import lr_factor, warmup_factor
 
+MASK = "mask"  # key of the counted-token mask [n_sequences, T] in a stream of sequences
+
 
 def _lookup(batch: dict[str, Tensor], key: str | None, spec: Any) -> Tensor:
-    if key in batch:
-        return batch[key]
+    if key in batch and key != MASK:
+        value = batch[key]
+        # sequences [n, T, d] -> the counted rows, for dictionaries that read rows
+        return value[batch[MASK].to(value.device).bool()] if value.ndim == 3 and MASK in batch else value
     if key is None and len(batch) == 1:
         return next(iter(batch.values()))
     raise SaekitError(f"dictionary {spec.name} needs activations of hookpoint {key!r} but the "
@@ -101,8 +105,12 @@ class SweepMember:
 
     # ------------------------------------------------------------------------ what is trained, on what
     def build_module(self) -> Any:
-        """The module this member trains: a `Dictionary` (other module kinds override this)."""
-        d = Dictionary(self.cfg, device=self.device, training=self.training)
+        """The module this member trains: a `Dictionary`, or whatever module the objective builds for this
+        spec (an attention replacement, offering the Dictionary calls used here: `method`,
+        `fold_activation_scale`, `normalize_decoder`, `meta`, ...); other member kinds override this."""
+        build = getattr(self.objective, "build_module", None)
+        d = build(self.spec, self.device) if build is not None else \
+            Dictionary(self.cfg, device=self.device, training=self.training)
         d.provenance = self.spec.source
         return d
 

@@ -3,6 +3,10 @@
 The stream is any iterable of float tensors `[n, d_in]` (any n; the loop re-batches to `batch_size`), or
 of dicts `{hookpoint: tensor}` when dictionaries sit on several hookpoints of one model forward. Each
 batch is read once and handed to every sweep member, which is why a sweep costs less than separate runs.
+A stream of sequences yields dicts of `[n_sequences, T, d]` tensors plus a `mask` [n_sequences, T] of the
+tokens that count (`ActivationStream(..., sequences=True)`): members whose objective reads sequences (an
+attention replacement) get them whole, local dictionaries get the counted rows, and `batch_size` and
+`total_tokens` then count sequences.
 
 Exact resume: a checkpoint holds every member's state plus the step and the number of tokens consumed.
 On resume the stream is advanced past those tokens: through `stream.resume_from(tokens)` when the
@@ -34,7 +38,8 @@ from saekit.training.config import RunConfig
 from saekit.training.distributed import Distributed, local_device
 from saekit.training.guard import FiniteGuard, check_finite_weights
 from saekit.training.logs import RunLog
-from saekit.training.member import SweepMember, member_inputs  # noqa: F401 (member_inputs: public here)
+from saekit.training.member import MASK, SweepMember, member_inputs  # noqa: F401 (member_inputs: public here)
+from saekit.training.objective import LocalObjective
 from saekit.training.prefetch import batches_on_device
 
 logger = logging.getLogger(__name__)
@@ -73,6 +78,17 @@ def unique_names(specs: Sequence[DictionarySpec]) -> list[str]:
     return names
 
 
+def batch_rows(batch: dict[str, Tensor]) -> int:
+    """Tokens in a batch: its rows, or the counted tokens of a batch of sequences."""
+    return int(batch[MASK].sum()) if MASK in batch else next(iter(batch.values())).shape[0]
+
+
+def reads_rows(member: SweepMember) -> bool:
+    """Whether a member learns from rows of activations (the local objective) rather than from the
+    stream's batches as they come (sequences, token ids)."""
+    return isinstance(member.objective, LocalObjective)
+
+
 def _is_spec(spec: Any) -> bool:
     """A DictionarySpec, or a spec of another module kind that names the member class training it
     (`member_class`, e.g. `saekit.circuits.CLTSpec`)."""
@@ -106,7 +122,9 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
     dictionaries take raw activations (normalisation folded in) and are in eval mode. Under torchrun,
     `stream` yields this rank's shard: batch_size / world tokens per global batch. `objective` replaces
     the local reconstruction loss for every member (e.g. `saekit.training.e2e.E2EObjective`, whose
-    stream yields sequences: batch_size and total_tokens then count sequences).
+    stream yields sequences: batch_size and total_tokens then count sequences), or a list with one
+    objective per spec (None: the local one), so dictionaries that read rows and modules that read
+    sequences (attention replacements) train together from one stream of sequences.
     """
     specs = as_specs(specs)
     if run is None:
@@ -130,8 +148,15 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
     local_batch = tc.batch_size if dist is None else dist.local_batch_size(tc.batch_size)
     total_steps = tc.total_steps
     names = unique_names(specs)
+    if isinstance(objective, (list, tuple)):
+        if len(objective) != len(specs):
+            raise SaekitError(f"train got {len(objective)} objectives for {len(specs)} dictionaries: give one "
+                              "per spec (None for the local objective) or a single one for all")
+        objectives = list(objective)
+    else:
+        objectives = [objective] * len(specs)
     members = {i: getattr(spec, "member_class", SweepMember)(spec, total_steps, device, dist, tc.autocast,
-                                                              objective)
+                                                              objectives[i])
                for i, spec in enumerate(specs) if dist is None or dist.owns(i)}
 
     step, tokens_seen, resumed = 0, 0, False
@@ -209,18 +234,25 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
         is estimated on `normalization_tokens` of them. Returns the batches read ahead beyond the first,
         which are then trained on in order, as if never read ahead."""
         ahead: list[dict[str, Tensor]] = []
-        if objective is None:  # other objectives initialise from their first batch
-            for _ in range(min(-(-tc.normalization_tokens // tc.batch_size), total_steps) - 1):
+        world = dist.world if dist is not None and dist.mode == "data" else 1
+
+        def tokens_in(b: dict[str, Tensor]) -> int:  # global tokens: a batch of rows, or of sequences
+            return batch_rows(b) * world if MASK in b else tc.batch_size
+
+        if any(reads_rows(m) for m in members.values()):  # other objectives start from their first batch
+            tokens = tokens_in(first)
+            while tokens < tc.normalization_tokens and 1 + len(ahead) < total_steps:
                 more = next(batches, None)
                 if more is None:
                     break
                 check_batch(more, step + 1 + len(ahead), tokens_seen + tc.batch_size * (1 + len(ahead)))
                 ahead.append(more)
+                tokens += tokens_in(more)
         read = [first] + ahead
         if dist is not None and dist.mode == "shard":
             read = [first] + [{key: dist.gather_rows(value) for key, value in b.items()} for b in ahead]
         for member in members.values():
-            if objective is not None:
+            if not reads_rows(member):
                 member.objective.start(member, first, None)
                 continue
             pairs = [member.inputs(b) for b in read]
@@ -272,7 +304,7 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
             for i, member in members.items():
                 x: Any
                 target: Tensor | None
-                x, target = (batch, None) if objective is not None else member.inputs(batch)
+                x, target = member.inputs(batch) if reads_rows(member) else (batch, None)
                 parts = member.step(x, step, target)
                 guard.check(parts["loss"], f"the loss of dictionary {names[i]} on {span}")  # type: ignore[arg-type]
                 logs.append((names[i], parts))

@@ -7,7 +7,7 @@ from saekit.data.tokens import TokenStream
 from saekit.evaluation.splice import spliced_evaluation
 from saekit.models.hooks import capture, hooks
 from saekit.models.loading import load_model
-from saekit.models.sites import resolve_hookpoints
+from saekit.models.sites import Hookpoint, resolve_hookpoints
 from tests.helpers import save_tiny, tiny_gpt2, tiny_llama, tiny_tokenizer, write_corpus
 
 
@@ -58,8 +58,9 @@ def test_named_sites_match_hidden_states_and_module_io(family, tokenizer):
 
 def test_wildcards_inputs_and_errors(llama):
     points = resolve_hookpoints(llama, ["model.layers.[0-1]", "model.layers.1.mlp:input"])
-    assert [p.name for p in points] == ["model.layers.0", "model.layers.1", "model.layers.1.mlp:input"]
-    assert points[-1].capture_input
+    # in firing order: block 1's MLP reads its input before block 1 returns its output
+    assert [p.name for p in points] == ["model.layers.0", "model.layers.1.mlp:input", "model.layers.1"]
+    assert points[1].capture_input
     with pytest.raises(saekit.SaekitError, match="did you mean"):
         resolve_hookpoints(llama, ["model.layer.0"])
     with pytest.raises(saekit.SaekitError, match="layer 7 does not exist"):
@@ -136,3 +137,26 @@ def test_identity_scores_one_and_zero_ablation_scores_zero(tokenizer, corpus, ll
     assert ablated["ce_loss_score"] == pytest.approx(0.0, abs=1e-5)
     assert ablated["kl_score"] == pytest.approx(0.0, abs=1e-5)
     assert abs(ablated["ce_zero_ablation"] - ablated["ce_clean"]) > 1e-4  # the ablation did something
+
+
+def test_a_stream_of_sequences_keeps_windows_whole_and_resumes_by_window(llama, tokenizer, corpus):
+    tokens = TokenStream(tokenizer, str(corpus), context=12, batch_size=3)
+    stream = ActivationStream(llama, tokens, ["attn_in.1", "resid_post.0"], sequences=True)
+    batches = list(stream)
+    first = batches[0]
+    assert set(first) == {"attn_in.1", "resid_post.0", "mask"}
+    assert first["attn_in.1"].shape == (3, 12, 32) and first["mask"].dtype == torch.bool
+    assert not first["mask"][:, 0].any()  # BOS never counts
+    ids = next(iter(tokens))[0]
+    direct = capture(llama, ids, resolve_hookpoints(llama, ["resid_post.0"]))["resid_post.0"]
+    torch.testing.assert_close(first["resid_post.0"], direct)
+    resumed = list(stream.resume_from(4))  # the trainer counts sequences for such streams
+    flat = torch.cat([b["attn_in.1"] for b in batches])
+    torch.testing.assert_close(torch.cat([b["attn_in.1"] for b in resumed]), flat[4:])
+    for rank in (0, 1):  # under torchrun a rank's share is still sequences: every 2nd window
+        shard = list(stream.for_rank(rank, 2, 3))
+        assert all(set(b) == set(first) for b in shard)
+        windows = torch.cat([b["attn_in.1"] for b in shard])
+        torch.testing.assert_close(windows, flat[rank::2][:len(windows)])
+    with pytest.raises(saekit.SaekitError, match="clashes with the mask"):
+        ActivationStream(llama, tokens, [Hookpoint("mask", "model.layers.0")], sequences=True)

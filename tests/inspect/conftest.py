@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from saekit.cli import main
-from tests.helpers import EVIL, make_site_inputs, save_tiny, tiny_llama, tiny_tokenizer, write_corpus
+from tests.helpers import (
+    EVIL,
+    make_attention_site_inputs,
+    make_site_inputs,
+    save_tiny,
+    tiny_llama,
+    tiny_tokenizer,
+    write_corpus,
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +107,17 @@ def layer_site(site):
                  "--no-progress"])
     assert code == 0
     return site["root"] / "clt_site"
+
+
+@pytest.fixture(scope="module")
+def attention_site(tmp_path_factory):
+    """Dashboards of a sparse attention replacement and of a per-head (attn_z) SAE, built by the CLI."""
+    root = tmp_path_factory.mktemp("attention-dash")
+    model_dir, corpus, lorsa_dir, attn_z_dir = make_attention_site_inputs(root)
+    for name, directory in (("lorsa-site", lorsa_dir), ("attn-z-site", attn_z_dir)):
+        code = main(["dashboard", str(directory), "--tokens", "2000", "--out", str(root / name),
+                     "--dataset", str(corpus), "--context-size", "32", "--model-batch-size", "8",
+                     "--top-examples", "5", "--no-progress"])
+        assert code == 0
+    return {"root": root, "model": model_dir, "corpus": corpus, "lorsa": lorsa_dir, "attn_z": attn_z_dir,
+            "lorsa_site": root / "lorsa-site", "attn_z_site": root / "attn-z-site"}

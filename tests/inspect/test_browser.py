@@ -139,3 +139,23 @@ def test_layer_dashboards_navigate_and_show_decoder_norms(browser, layer_site):
     widths = [b.size["width"] for b in bars]
     assert max(widths) > 0 and len(widths) == 2
     browser.save_screenshot(str(OUTPUT / "clt-latent.png"))
+
+
+def test_attention_latent_pages_show_sources_and_heads(browser, attention_site):
+    """A sparse attention replacement's latent page highlights the source tokens of its top activations;
+    a per-head (attn_z) SAE's page shows its share of decoder norm on each of the 4 heads."""
+    pages = sorted((attention_site["lorsa_site"] / "latents").glob("*.html"), key=lambda p: int(p.stem))
+    fired = next(p for p in pages if "reads most from" in p.read_text())
+    browser.get(fired.as_uri())
+    reads = browser.find_elements(By.CSS_SELECTOR, "#reads .read")
+    assert reads and browser.find_elements(By.CSS_SELECTOR, "#reads mark.peak")
+    assert "QK head" in browser.find_element(By.TAG_NAME, "body").text
+    assert browser.execute_script("return typeof window.__pwned") == "undefined"
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(OUTPUT / "attention-latent.png"))
+    browser.get((attention_site["attn_z_site"] / "latents" / "0.html").as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "#heads tr")
+    assert len(rows) == 4 and len(browser.find_elements(By.CSS_SELECTOR, "#heads tr.top-head")) == 1
+    shares = [float(r.find_elements(By.TAG_NAME, "td")[1].text) for r in rows]
+    assert abs(sum(shares) - 1.0) < 0.01
+    browser.save_screenshot(str(OUTPUT / "attn-z-latent.png"))

@@ -1,0 +1,59 @@
+"""The gated-attention toy table (METHODS-2.md §4.1): for 2H/3ST, 3H/4ST and 4H/5ST, the toy model's learnt and
+distributed trigrams, and the gated block's trigrams produced by exactly one head (of n), its final MSE, against
+the published outcome (every trigram by one head, none distributed), with settings and wall time.
+
+    nice -n 10 .venv/bin/python benchmarks/attention_toy.py --out out/attention-toy
+    .venv/bin/python benchmarks/attention_toy.py --settings published   # the reference's 1000 epochs (hours)
+
+--block-seeds runs the block stage once per seed on the same toy model (the published run used one seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from common import machine
+
+from saekit.experiments.attention_toy import CPU, PUBLISHED, run_toy
+from saekit.inspect.tables import format_table
+
+COLUMNS = ["toy", "block_seed", "model_learnt", "model_distributed", "one_head", "block_distributed",
+           "block_passes", "final_mse", "published", "model_epochs", "model_lr", "block_epochs", "block_lr",
+           "alpha", "model_seconds", "block_seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", choices=("cpu", "published"), default="cpu")
+    parser.add_argument("--toys", nargs="+", default=list(CPU))
+    parser.add_argument("--block-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    presets = CPU if args.settings == "cpu" else PUBLISHED
+    rows = []
+    for toy in args.toys:
+        for seed in args.block_seeds:
+            settings = dataclasses.replace(presets[toy], block_seed=seed)
+            row = run_toy(settings, progress=True)
+            row.update(block_seed=seed, **{key: row["settings"][key] for key in
+                                           ("model_epochs", "model_lr", "block_epochs", "block_lr", "alpha")})
+            rows.append(row)
+            print(format_table([row], COLUMNS), flush=True)
+    print()
+    print(format_table(rows, COLUMNS))
+    print(f"published settings: {json.dumps({k: dataclasses.asdict(v) for k, v in PUBLISHED.items()})}")
+    print(machine(args.threads))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps({"rows": rows, "machine": machine(args.threads)},
+                                                          indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
