@@ -281,7 +281,8 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
     ahead: list[dict[str, Tensor]] = []
     # exactly the batches training will use: a thread reading ahead must not run the model past the end.
     # Made just before `try`, so that whatever fails from here on closes the thread (finally below).
-    batches = batches_on_device(itertools.islice(rows, total_steps - step), device, tc.prefetch)
+    batches = batches_on_device(itertools.islice(rows, total_steps - step), device,
+                                tc.prefetch_depth(torch.device(device).type))
     try:
         while step < total_steps:
             next_batch = ahead.pop(0) if ahead else next(batches, None)

@@ -74,3 +74,16 @@ def test_training_with_and_without_the_thread_is_identical():
     for a, b in zip(*runs):
         for name, t in a.weights().items():
             assert torch.equal(t, b.weights()[name]), name
+
+
+def test_the_thread_is_on_by_default_on_accelerators_only():
+    """On a CPU the producer's forward and the step share the cores (measured slower with the thread);
+    an explicit depth always wins."""
+    from saekit.training.config import RunConfig
+
+    run = RunConfig(total_tokens=4096, batch_size=256)
+    assert (run.prefetch_depth("cpu"), run.prefetch_depth("cuda")) == (0, 2)
+    explicit = RunConfig(total_tokens=4096, batch_size=256, prefetch=3)
+    assert (explicit.prefetch_depth("cpu"), explicit.prefetch_depth("cuda")) == (3, 3)
+    with pytest.raises(SaekitError, match="prefetch"):
+        RunConfig(total_tokens=4096, batch_size=256, prefetch=-1)
