@@ -139,6 +139,10 @@ class SparseAttention(nn.Module):
     def training_config(self) -> Any:
         return self.ov.training_config
 
+    @training_config.setter
+    def training_config(self, value: Any) -> None:  # the trainer records the run-length defaults it used
+        self.ov.training_config = value
+
     @property
     def group_size(self) -> int:
         """OV heads per QK head."""

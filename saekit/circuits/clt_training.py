@@ -30,7 +30,7 @@ from saekit.circuits.clt_activations import get_activation
 from saekit.config import check_fields, help_field
 from saekit.errors import SaekitError
 from saekit.training import normalization
-from saekit.training.config import OPTIONAL_FIELDS, TrainingConfig, _check
+from saekit.training.config import MAX_DEAD_TOKENS, OPTIONAL_FIELDS, TrainingConfig, _check
 from saekit.training.member import SweepMember, _lookup
 from saekit.training.objective import LossResult
 
@@ -53,6 +53,8 @@ class CLTTrainingConfig(TrainingConfig):
         for key, value in activation.training_defaults(dictionary).items():
             if values.get(key) is None:
                 values[key] = value
+        if values.get("dead_tokens") is None:  # Gao's window (dictionaries scale theirs with the run)
+            values["dead_tokens"] = MAX_DEAD_TOKENS
         if values["adam_betas"] is not None:
             values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
         out = CLTTrainingConfig(**values)

@@ -62,6 +62,8 @@ class E2EObjective:
     as saved) instead of from scratch: e2e fine-tuning, which reaches the KL regime in far fewer (costly)
     steps."""
 
+    reads_rows = False  # token sequences: the dictionary is spliced into the model's forward
+
     def __init__(self, model: nn.Module, cfg: E2EConfig, init: Dictionary | None = None) -> None:
         self.model, self.cfg, self.init = model, cfg, init
         self.site = resolve_hookpoints(model, [cfg.hookpoint])[0]

@@ -66,7 +66,9 @@ def batch_fvu(per_token_error: Tensor, target: Tensor) -> Tensor:
 
 
 class Objective(Protocol):
-    """What a member's data means: how to initialise from the first batch, and the loss of a batch."""
+    """What a member's data means: how to initialise from the first batch, and the loss of a batch.
+    An objective with `reads_rows = False` gets the stream's batches as they come (sequences, token ids)
+    instead of its member's rows of activations (`SweepMember.inputs`)."""
 
     def start(self, member: Any, x: Any, target: Any) -> None: ...
 

@@ -34,6 +34,8 @@ MASK = "mask"
 class ReplacementObjective:
     """Train `build(spec, device)` to map the sequences at the spec's hookpoint to those at its target."""
 
+    reads_rows = False  # whole sequences: the module attends over positions
+
     def __init__(self, build: Callable[[DictionarySpec, torch.device], nn.Module]) -> None:
         self.build = build
 

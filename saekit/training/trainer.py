@@ -39,7 +39,6 @@ from saekit.training.distributed import Distributed, local_device
 from saekit.training.guard import FiniteGuard, check_finite_weights
 from saekit.training.logs import RunLog
 from saekit.training.member import MASK, SweepMember, member_inputs  # noqa: F401 (member_inputs: public here)
-from saekit.training.objective import LocalObjective
 from saekit.training.prefetch import batches_on_device
 
 logger = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ def batch_rows(batch: dict[str, Tensor]) -> int:
 def reads_rows(member: SweepMember) -> bool:
     """Whether a member learns from rows of activations (the local objective) rather than from the
     stream's batches as they come (sequences, token ids)."""
-    return isinstance(member.objective, LocalObjective)
+    return bool(getattr(member.objective, "reads_rows", True))
 
 
 def _is_spec(spec: Any) -> bool:

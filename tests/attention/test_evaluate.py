@@ -70,4 +70,4 @@ def test_saekit_eval_splices_a_saved_replacement(setup, tmp_path, capsys):
     (row,) = json.loads((tmp_path / "rows.json").read_text())
     assert row["kind"] == "sparse_attention" and row["kl_spliced"] < 1e-6 and row["fvu"] < 1e-8
     assert main(["eval", str(tmp_path / "exact"), "--encoder", "topk", "--l0", "4"]) == 2
-    assert "--encoder applies to dictionaries only" in capsys.readouterr().err
+    assert "--encoder applies to single dictionaries" in capsys.readouterr().err
