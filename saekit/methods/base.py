@@ -141,7 +141,7 @@ class Method:
     def run_defaults(self, cfg: DictionaryConfig, total_steps: int, total_tokens: int) -> dict[str, Any]:
         """Defaults that depend on the run's length, for the fields `training_defaults` left at None
         (training.config.RUN_DEFAULTS): the dead window, a tenth of the run (at most 10M tokens)."""
-        from saekit.training.config import run_dead_tokens
+        from saekit.methods.dead_latents import run_dead_tokens
 
         return {"dead_tokens": run_dead_tokens(total_tokens)}
 

@@ -22,6 +22,16 @@ from torch import Tensor
 
 from saekit.sparse import sparse_decode, sparse_topk_of_columns
 
+MAX_DEAD_TOKENS = 10_000_000  # Gao et al.'s dead window
+
+
+def run_dead_tokens(total_tokens: int) -> int:
+    """The default dead window: a tenth of the run, at most 10M tokens. Gao et al.'s 10M never elapses in a
+    run of under 10M tokens, so AuxK (or ghost grads) would never act there; a tenth leaves nine tenths
+    of the run to revive what dies early, and is Gao's window from 100M tokens on."""
+    return max(1, min(MAX_DEAD_TOKENS, total_tokens // 10))
+
+
 if TYPE_CHECKING:
     from saekit.dictionary import Dictionary
 

@@ -15,19 +15,11 @@ from typing import Any, Protocol, cast
 
 from saekit.config import DictionaryConfig, check_fields, help_field
 from saekit.errors import SaekitError
-from saekit.methods.dead_latents import GHOST_GRADS_FORMS
+from saekit.methods.dead_latents import GHOST_GRADS_FORMS, MAX_DEAD_TOKENS, run_dead_tokens  # noqa: F401 (public here)
 from saekit.methods.jumprelu import DEFAULT_BANDWIDTH
 
 # Fields whose default may depend on the run's length (`Method.run_defaults`), filled when the run starts.
 RUN_DEFAULTS = ("lr", "dead_tokens")
-MAX_DEAD_TOKENS = 10_000_000  # Gao et al.'s dead window
-
-
-def run_dead_tokens(total_tokens: int) -> int:
-    """The default dead window: a tenth of the run, at most 10M tokens. Gao et al.'s 10M never elapses in a
-    run of under 10M tokens, so AuxK (or ghost grads) would never act there; a tenth leaves nine tenths
-    of the run to revive what dies early, and is Gao's window from 100M tokens on."""
-    return max(1, min(MAX_DEAD_TOKENS, total_tokens // 10))
 
 
 NORMALIZATIONS = ("none", "mean_norm_sqrt_d", "mean_squared_norm_1")

@@ -15,6 +15,7 @@ import torch
 import saekit
 from saekit.cli import main
 from saekit.data.config import ModelConfig
+from saekit.formats import detect
 from saekit.training.member import SweepMember
 from tests.helpers import save_tiny, tiny_llama, tiny_tokenizer, write_corpus
 
@@ -42,7 +43,7 @@ def workspace(tmp_path_factory):
 def recorded(monkeypatch):
     """(what, device) for every model load, dictionary load and trained dictionary."""
     seen: list[tuple[str, torch.device]] = []
-    model_load, dictionary_load, member_init = ModelConfig.load, saekit.load, SweepMember.__init__
+    model_load, dictionary_load, member_init = ModelConfig.load, detect.load, SweepMember.__init__
 
     def load_model(self, device="cpu"):
         seen.append(("model", torch.device(device)))
@@ -58,6 +59,7 @@ def recorded(monkeypatch):
 
     monkeypatch.setattr(ModelConfig, "load", load_model)
     monkeypatch.setattr(saekit, "load", load_dictionary)
+    monkeypatch.setattr(detect, "load", load_dictionary)  # load_any (commands that need one dictionary)
     monkeypatch.setattr(SweepMember, "__init__", member)
     return seen
 
