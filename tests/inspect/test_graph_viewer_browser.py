@@ -6,7 +6,6 @@ supernode whose grouping is offered for saving."""
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.parse
 
 import pytest
@@ -14,30 +13,16 @@ import pytest
 from saekit.circuits.attribution import attribute
 from saekit.inspect.graph_viewer import render_graph_page
 from tests.circuits.test_attribution import _prompt, _transcoders
-from tests.helpers import EVIL, tiny_llama, tiny_tokenizer
+from tests.helpers import CHROMIUM, DRIVER, EVIL, tiny_llama, tiny_tokenizer
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 selenium = pytest.importorskip("selenium", reason="run scripts/setup_browser.sh (selenium missing)")
 if not (CHROMIUM and DRIVER):
     pytest.skip("run scripts/setup_browser.sh (chromium / chromedriver missing)", allow_module_level=True)
 
-from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000", "--allow-file-access-from-files"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+# `browser`: the headless Chromium of tests/inspect/conftest.py
 
 
 @pytest.fixture(scope="module")
