@@ -6,6 +6,8 @@ the published outcome (every trigram by one head, none distributed), with settin
     .venv/bin/python benchmarks/attention_toy.py --settings published   # the reference's 1000 epochs (hours)
 
 --block-seeds runs the block stage once per seed on the same toy model (the published run used one seed).
+--reference DIR (the reference's saved_models, e.g. from a clone of cmathw/gated-attn) first checks its shipped
+toy models and blocks with saekit's check, then trains saekit's block on the shipped toy models.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from pathlib import Path
 import torch
 from common import machine
 
-from saekit.experiments.attention_toy import CPU, PUBLISHED, run_toy
+from saekit.experiments.attention_toy import CPU, PUBLISHED, check_reference, load_reference_model, run_toy
 from saekit.inspect.tables import format_table
 
-COLUMNS = ["toy", "block_seed", "model_learnt", "model_distributed", "one_head", "block_distributed",
+COLUMNS = ["toy", "toy_model", "block_seed", "model_learnt", "model_distributed", "one_head", "block_distributed",
            "block_passes", "final_mse", "published", "model_epochs", "model_lr", "block_epochs", "block_lr",
            "alpha", "model_seconds", "block_seconds"]
 
@@ -33,14 +35,31 @@ def main() -> None:
     parser.add_argument("--block-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="The reference's saved_models folder (cmathw/gated-attn, "
+                             "gated_attention/experiments/saved_models): check its shipped originals and blocks "
+                             "with saekit's check, and train saekit's block on its originals.")
+    parser.add_argument("--block-epochs", type=int, default=None, help="Override the preset's block epochs.")
+    parser.add_argument("--block-lr", type=float, default=None, help="Override the preset's block lr.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     presets = CPU if args.settings == "cpu" else PUBLISHED
     rows = []
+    if args.reference is not None:
+        shipped = [check_reference(args.reference, PUBLISHED[toy]) for toy in args.toys]
+        print("the reference's shipped toy models and gated blocks, checked by saekit:")
+        print(format_table(shipped, ["toy", "model_learnt", "model_distributed", "one_head", "block_distributed",
+                                     "block_passes", "final_mse", "published"]), flush=True)
     for toy in args.toys:
         for seed in args.block_seeds:
             settings = dataclasses.replace(presets[toy], block_seed=seed)
-            row = run_toy(settings, progress=True)
+            if args.block_epochs is not None:
+                settings = dataclasses.replace(settings, block_epochs=args.block_epochs)
+            if args.block_lr is not None:
+                settings = dataclasses.replace(settings, block_lr=args.block_lr)
+            original = None if args.reference is None else load_reference_model(args.reference, settings)
+            row = run_toy(settings, progress=True, model=original)
+            row["toy_model"] = "saekit" if original is None else "reference (shipped)"
             row.update(block_seed=seed, **{key: row["settings"][key] for key in
                                            ("model_epochs", "model_lr", "block_epochs", "block_lr", "alpha")})
             rows.append(row)
@@ -51,8 +70,9 @@ def main() -> None:
     print(machine(args.threads))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps({"rows": rows, "machine": machine(args.threads)},
-                                                          indent=2) + "\n")
+        shipped_rows = shipped if args.reference is not None else []
+        (args.out / "results.json").write_text(json.dumps({"rows": rows, "shipped": shipped_rows,
+                                                           "machine": machine(args.threads)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

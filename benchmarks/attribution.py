@@ -12,6 +12,8 @@
                 per length, with a feature budget (--max-feature-nodes)
     ct          circuit-tracer 0.5.0 (TransformerLens backend, .cache/ct-tl-venv) on SmolLM2 itself, with a
                 random JumpReLU transcoder set saved in its layout: same adjacency, scores, time per prompt
+    ct-scaling  the same set, saekit and circuit-tracer on the same prompt at each --lengths, one process each:
+                time, peak RSS during attribution, same graph (--max-feature-nodes, default 2048)
 
     .venv/bin/python benchmarks/attribution.py train [--tokens 16384]
     .venv/bin/python benchmarks/attribution.py identities|scores|scaling|ct
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import machine, offline_model, peak_rss_mib
+from common import machine, offline_model, peak_rss_mib, reset_peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTUAL = [
@@ -159,68 +161,175 @@ def scores(args: argparse.Namespace) -> None:
         ("offline-text", p) for p in _offline_prompts(tokenizer, args.n, args.length)]
     rows: list[dict[str, Any]] = []
     for name, tc in (("plt", plt_set), ("clt", clt)):
+        if name not in args.kinds:
+            continue
         for kind, prompt in prompts:
             start = time.perf_counter()
             graph = attribute(model, tokenizer, tc, prompt, batch_size=args.batch_size,
                               max_feature_nodes=args.max_feature_nodes)
             seconds = time.perf_counter() - start
-            checks = check_graph(model, tokenizer, tc, graph, top=args.top, scale=0.0)
+            checks = check_graph(model, tokenizer, tc, graph, top=args.top, scale=args.scale)
             row = {"transcoders": name, "set": kind, "tokens": graph.n_pos, "features": graph.n_features,
                    "active": graph.meta["n_active_features"], "seconds": seconds, **graph.scores(),
                    "top_logit": graph.logit_strings[0], "checks": checks}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "checks"}, ensure_ascii=False))
     summary = []
-    for name in ("plt", "clt"):
+    for name in args.kinds:
         for kind in ("factual", "offline-text"):
             sel = [r for r in rows if r["transcoders"] == name and r["set"] == kind]
             pred = torch.tensor([c["predicted"] for r in sel for c in r["checks"]])
             meas = torch.tensor([c["measured"] for r in sel for c in r["checks"]])
-            corr = float(torch.corrcoef(torch.stack([pred, meas]))[0, 1]) if len(pred) > 2 else float("nan")
+            local = torch.tensor([c["in_replacement"] for r in sel for c in r["checks"]])
+
+            def corr_of(a: torch.Tensor, b: torch.Tensor) -> float:
+                return float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if len(a) > 2 else float("nan")
             summary.append({"transcoders": name, "set": kind, "graphs": len(sel),
                             "replacement_mean": sum(r["replacement_score"] for r in sel) / len(sel),
                             "completeness_mean": sum(r["completeness_score"] for r in sel) / len(sel),
-                            "intervention_pairs": len(pred), "intervention_corr": corr,
+                            "intervention_pairs": len(pred), "intervention_corr": corr_of(pred, meas),
+                            "replacement_model_corr": corr_of(pred, local),
+                            "replacement_vs_model_corr": corr_of(local, meas),
                             "seconds_median": sorted(r["seconds"] for r in sel)[len(sel) // 2]})
-    print("\ntranscoders  prompts       graphs  replacement  completeness  corr(pred, measured)  pairs  s/graph")
+    print("\ncorr(pred, model): graph's prediction vs the real model (attention frozen); corr(pred, local): vs the "
+          "local replacement model (features live, errors frozen); corr(local, model): the two measurements")
+    print("transcoders  prompts       graphs  replacement  completeness  corr(pred, model)  corr(pred, local)  "
+          "corr(local, model)  pairs  s/graph")
     for s in summary:
         print(f"{s['transcoders']:11}  {s['set']:12}  {s['graphs']:6}  {s['replacement_mean']:11.3f}  "
-              f"{s['completeness_mean']:12.3f}  {s['intervention_corr']:20.3f}  {s['intervention_pairs']:5}  "
-              f"{s['seconds_median']:7.1f}")
-    _write(args, "scores", {"machine": machine(args.threads), "summary": summary, "graphs": rows})
+              f"{s['completeness_mean']:12.3f}  {s['intervention_corr']:17.3f}  {s['replacement_model_corr']:17.3f}  "
+              f"{s['replacement_vs_model_corr']:18.3f}  {s['intervention_pairs']:5}  {s['seconds_median']:7.1f}")
+    suffix = "" if args.scale == 0.0 and len(args.kinds) == 2 else f"-{'-'.join(args.kinds)}-scale-{args.scale:g}"
+    _write(args, "scores" + suffix, {"machine": machine(args.threads), "scale": args.scale, "summary": summary,
+                                     "graphs": rows})
 
 
 def _one_length(args: argparse.Namespace) -> None:
-    """Child process: one graph of `--length` tokens; prints time and peak RSS as JSON."""
+    """Child process: one graph of `--length` tokens (or of the token ids in `--ids`, with the transcoders
+    in `--transcoders`); prints time and the peak RSS during `attribute` as JSON (with `--save`, also
+    writes the graph there)."""
+    import saekit
     from saekit.circuits.attribution import attribute
 
     torch.set_num_threads(args.threads)
-    model, tokenizer, plt_set, clt = _load(args)
-    tc = plt_set if args.kind == "plt" else clt
-    prompt = _offline_prompts(tokenizer, 1, args.length + 1)[0][:args.length - 1]
-    base = peak_rss_mib()
+    if args.transcoders:
+        model, tokenizer = offline_model()
+        tc: Any = saekit.load(args.transcoders).eval()
+        prompt = json.loads(Path(args.ids).read_text())
+    else:
+        model, tokenizer, plt_set, clt = _load(args)
+        tc = plt_set if args.kind == "plt" else clt
+        prompt = _offline_prompts(tokenizer, 1, args.length + 1)[0][:args.length - 1]
+    with torch.no_grad():  # a forward first: the weights are memory-mapped until touched, and the helper
+        model(input_ids=torch.tensor([prompt[:8]]))  # of circuit-tracer has run its model before it measures
+    base = peak_rss_mib("VmRSS")
+    reset_peak_rss()
     start = time.perf_counter()
     graph = attribute(model, tokenizer, tc, prompt, batch_size=args.batch_size,
                       max_feature_nodes=args.max_feature_nodes)
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mib()
+    if args.save:
+        graph.save(args.save)
     print(json.dumps({"kind": args.kind, "tokens": graph.n_pos, "active_features": graph.meta["n_active_features"],
-                      "features": graph.n_features, "seconds": time.perf_counter() - start,
-                      "peak_rss_mib": peak_rss_mib(), "rss_before_mib": base, "machine": machine(args.threads)}))
+                      "features": graph.n_features, "seconds": seconds, "peak_rss_mib": peak,
+                      "rss_before_mib": base, "machine": machine(args.threads)}))
+
+
+def _child(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """Run `one-length` in a fresh process (so its peak RSS is its own); its JSON line, or the failure."""
+    cmd = [sys.executable, __file__, "one-length", "--out", args.out, "--kind", args.kind, "--threads",
+           str(args.threads), "--batch-size", str(args.batch_size), *extra]
+    if args.max_feature_nodes is not None:
+        cmd += ["--max-feature-nodes", str(args.max_feature_nodes)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        return {"failed": (result.stderr or result.stdout)[-300:]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def scaling(args: argparse.Namespace) -> None:
     rows = []
     for length in args.lengths:
-        cmd = [sys.executable, __file__, "one-length", "--length", str(length), "--out", args.out, "--kind", args.kind,
-               "--threads", str(args.threads), "--batch-size", str(args.batch_size),
-               "--max-feature-nodes", str(args.max_feature_nodes)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            rows.append({"tokens": length, "failed": (result.stderr or result.stdout)[-300:]})
-        else:
-            rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]))
+        rows.append({"tokens": length, **_child(args, ["--length", str(length)])})
+        print(json.dumps(rows[-1]), flush=True)
     _write(args, f"scaling-{args.kind}", rows)
+
+
+def ct_scaling(args: argparse.Namespace) -> None:
+    """circuit-tracer and saekit on the same prompt at each length (the calibrated JumpReLU set of `ct`, one
+    child process per library and length, the same feature budget): time, peak RSS during attribution,
+    and whether the graphs agree."""
+    from safetensors.torch import load_file
+
+    from saekit.formats.detect import save_as
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = offline_model()
+    out = Path(args.out) / "ct-scaling"
+    folder = save_as(_calibrated_jumprelu_set(model, tokenizer, args.ct_d_sae), out / "transcoders",
+                     "circuit-tracer", overwrite=True)
+    rows = []
+    for length in args.lengths:
+        ids = [tokenizer.bos_token_id] + _offline_prompts(tokenizer, 1, length)[0][:length - 1]
+        work = out / f"len-{length}"
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "ids.json").write_text(json.dumps(ids))
+        theirs = _run_circuit_tracer(args, work, {"case": {"transcoders": str(folder), "prompts": [ids],
+                                                           "batch_size": args.batch_size,
+                                                           "max_feature_nodes": args.max_feature_nodes}})
+        ours = _child(args, ["--transcoders", str(folder), "--ids", str(work / "ids.json"),
+                             "--save", str(work / "saekit-graph")])
+        row: dict[str, Any] = {"tokens": len(ids), "saekit": ours, "circuit_tracer": theirs}
+        if "failed" not in ours and "failed" not in theirs:
+            from saekit.circuits.graph import AttributionGraph
+
+            graph = AttributionGraph.load(work / "saekit-graph")
+            tensors = load_file(str(work / "ct" / "case" / "0.safetensors"))
+            row["same_nodes"] = bool(torch.equal(graph.active_features, tensors["active_features"])) and bool(
+                torch.equal(graph.selected_features, tensors["selected_features"]))
+            if graph.adjacency.shape == tensors["adjacency"].shape:
+                row["adjacency_max_rel_diff"] = float((graph.adjacency - tensors["adjacency"]).abs().max()
+                                                      / tensors["adjacency"].abs().max())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    _write(args, "ct-scaling", {"machine": machine(args.threads), "max_feature_nodes": args.max_feature_nodes,
+                                "rows": rows})
+
+
+def _run_circuit_tracer(args: argparse.Namespace, work: Path, cases: dict[str, Any]) -> dict[str, Any]:
+    """The circuit-tracer helper (its own venv, its own process) on `cases`; the first prompt's figures."""
+    job = {"model": str(_model_dir()), "config": _llama_sizes(), "threads": args.threads, "cases": cases}
+    (work / "job.json").write_text(json.dumps(job))
+    python = ROOT / ".cache" / "ct-tl-venv" / "bin" / "python"
+    result = subprocess.run([str(python), str(ROOT / "tests" / "interop" / "ct_attribution_helper.py"), str(work)],
+                            capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1",
+                                 "OMP_NUM_THREADS": str(args.threads)})
+    if result.returncode != 0:
+        return {"failed": (result.stdout + result.stderr)[-600:]}
+    case = next(iter(cases))
+    return json.loads((work / "ct" / case / "0.json").read_text())
+
+
+def _model_dir() -> Path:
+    from saekit.models.loading import offline_default_directory
+
+    return Path(offline_default_directory())
+
+
+def _llama_sizes() -> dict[str, Any]:
+    """The offline default model's Llama sizes, for the helper's hand-made configs."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(_model_dir())
+    sizes = {key: getattr(config, key) for key in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings")}
+    rope = getattr(config, "rope_parameters", None) or {}
+    sizes["rope_theta"] = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    return sizes
 
 
 def ct(args: argparse.Namespace) -> None:
@@ -229,33 +338,19 @@ def ct(args: argparse.Namespace) -> None:
     same token ids."""
     from saekit.circuits.attribution import attribute
     from saekit.formats.detect import save_as
-    from saekit.models.loading import offline_default_directory
 
     torch.set_num_threads(args.threads)
     model, tokenizer = offline_model()
     out = Path(args.out) / "ct"
     tc = _calibrated_jumprelu_set(model, tokenizer, args.ct_d_sae)
     folder = save_as(tc, out / "transcoders", "circuit-tracer", overwrite=True)
-    model_dir = offline_default_directory()
-    sizes = {key: getattr(model.config, key) for key in (
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-        "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings")}
-    rope = getattr(model.config, "rope_parameters", None) or {}
-    sizes["rope_theta"] = float(rope.get("rope_theta", getattr(model.config, "rope_theta", 10000.0)))
     prompts = [[tokenizer.bos_token_id] + p for p in _offline_prompts(tokenizer, 1, args.ct_length)]
-    prompts.append(tokenizer(FACTUAL[0])["input_ids"])
-    prompts[-1] = [tokenizer.bos_token_id] + prompts[-1]
-    job = {"model": str(model_dir), "config": sizes,
-           "cases": {"smollm_plt": {"transcoders": str(folder), "prompts": prompts, "batch_size": args.batch_size}}}
-    (out / "job.json").write_text(json.dumps(job))
-    python = ROOT / ".cache" / "ct-tl-venv" / "bin" / "python"
+    prompts.append([tokenizer.bos_token_id] + tokenizer(FACTUAL[0])["input_ids"])
     start = time.perf_counter()
-    result = subprocess.run([str(python), str(ROOT / "tests" / "interop" / "ct_attribution_helper.py"), str(out)],
-                            capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1",
-                                 "OMP_NUM_THREADS": str(args.threads)})
-    if result.returncode != 0:
-        print("circuit-tracer failed:", (result.stdout + result.stderr)[-2000:])
+    first = _run_circuit_tracer(args, out, {"smollm_plt": {"transcoders": str(folder), "prompts": prompts,
+                                                           "batch_size": args.batch_size}})
+    if "failed" in first:
+        print("circuit-tracer failed:", first["failed"])
         return
     print(f"circuit-tracer helper ran in {time.perf_counter() - start:.0f} s (model conversion included)")
     from safetensors.torch import load_file
@@ -320,7 +415,8 @@ def _write(args: argparse.Namespace, name: str, data: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("train", "identities", "scores", "scaling", "ct", "one-length"))
+    parser.add_argument("step", choices=("train", "identities", "scores", "scaling", "ct", "ct-scaling",
+                                         "one-length"))
     parser.add_argument("--out", default=str(ROOT / "runs" / "attribution-bench"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=16384, help="train: training tokens")
@@ -333,17 +429,24 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="scores: prompts per set")
     parser.add_argument("--length", type=int, default=16, help="scores: offline-text prompt length")
     parser.add_argument("--top", type=int, default=5, help="scores: features ablated per graph")
+    parser.add_argument("--scale", type=float, default=0.0,
+                        help="scores: the intervention scales each feature by this (0 = ablation)")
+    parser.add_argument("--kinds", nargs="+", default=["plt", "clt"], choices=("plt", "clt"),
+                        help="scores: which transcoders")
     parser.add_argument("--batch-size", type=int, default=64, help="targets per backward pass")
     parser.add_argument("--max-feature-nodes", type=int, default=None)
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     parser.add_argument("--kind", default="plt", choices=("plt", "clt"))
     parser.add_argument("--ct-d-sae", type=int, default=256)
     parser.add_argument("--ct-length", type=int, default=32)
+    parser.add_argument("--transcoders", default=None, help="one-length: this transcoder folder, with --ids")
+    parser.add_argument("--ids", default=None, help="one-length: a JSON list of token ids")
+    parser.add_argument("--save", default=None, help="one-length: also save the graph here")
     args = parser.parse_args()
-    if args.step == "scaling" and args.max_feature_nodes is None:
+    if args.step in ("scaling", "ct-scaling") and args.max_feature_nodes is None:
         args.max_feature_nodes = 2048
     {"train": train, "identities": identities, "scores": scores, "scaling": scaling, "ct": ct,
-     "one-length": _one_length}[args.step](args)
+     "ct-scaling": ct_scaling, "one-length": _one_length}[args.step](args)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,19 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_rss_mib() -> float:
-    """VmHWM, this address space's RSS high-water mark. (getrusage's ru_maxrss survives exec, so a child
-    of a large parent would report the parent's peak.)"""
+def peak_rss_mib(field: str = "VmHWM") -> float:
+    """VmHWM, this address space's RSS high-water mark (or, with field="VmRSS", the RSS now). (getrusage's
+    ru_maxrss survives exec, so a child of a large parent would report the parent's peak.)"""
     with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmHWM:"))
+        line = next(line for line in f if line.startswith(field + ":"))
     return int(line.split()[1]) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Restart VmHWM from the current RSS (Linux: "5" to /proc/self/clear_refs), so the next
+    `peak_rss_mib` is the peak of what runs in between, not of loading the model."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def synchronize(device: str) -> None:

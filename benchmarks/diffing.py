@@ -233,7 +233,11 @@ def kjv_row(report: dict[str, Any], budget: int, init: str, seconds: float) -> d
         peaks = [c["tokens"][c["peak"]] for c in item["contexts"]]
         examples.append({"latent": item["latent"], "density": item["frequency"], "nu_error": item["nu_error"],
                          "nu_reconstruction": item["nu_reconstruction"], "peak_tokens": peaks})
+    rotated = [{"latent": item["latent"], "decoder_cosine": item["decoder_cosine"], "density": item["frequency"],
+                "peak_tokens": [c["tokens"][c["peak"]] for c in item["contexts"]]}
+               for item in report["rotated_shared"][:5]]
     return {"budget": budget, "init": init, "train_seconds": round(seconds), "fvu": report["fvu"],
+            "rotated_shared": rotated, "shared_cosine_quantiles": _quantiles(report["shared_cosines"]),
             "dead": report["dead"], "shared_cosine_median": report["summary"]["shared_cosine_median"],
             "counts": counts, "kjv_only_confirmed": scaling["second_only"]["survive"],
             "base_only_confirmed": scaling["first_only"]["survive"],
@@ -241,6 +245,13 @@ def kjv_row(report: dict[str, Any], budget: int, init: str, seconds: float) -> d
             "loss": report["loss_difference"]["mean_loss"],
             "kjv_only_share_of_abs_delta": report["loss_difference"]["by_class"]["second_only"]["share_of_abs_delta"],
             "kjv_only_token_fraction": report["loss_difference"]["by_class"]["second_only"]["token_fraction"]}
+
+
+def _quantiles(values: list[float]) -> list[float]:
+    """The 1st, 10th, 50th and 90th percentiles (NaN when empty)."""
+    if not values:
+        return [float("nan")] * 4
+    return torch.quantile(torch.tensor(values), torch.tensor([0.01, 0.1, 0.5, 0.9])).tolist()
 
 
 def print_kjv_row(row: dict[str, Any], report: dict[str, Any]) -> None:
@@ -257,6 +268,11 @@ def print_kjv_row(row: dict[str, Any], report: dict[str, Any]) -> None:
         print(f"    kjv-only latent {example['latent']} (density {example['density']:.2e}, ν_ε "
               f"{example['nu_error']:.2f}, ν_r {example['nu_reconstruction']:.2f}): peaks on "
               f"{example['peak_tokens']}")
+    q = row["shared_cosine_quantiles"]
+    print(f"    shared-latent decoder cosine percentiles 1/10/50/90: {q[0]:.3f} {q[1]:.3f} {q[2]:.3f} {q[3]:.3f}")
+    for example in row["rotated_shared"]:
+        print(f"    most-rotated shared latent {example['latent']} (cos {example['decoder_cosine']:.3f}, density "
+              f"{example['density']:.2e}): peaks on {example['peak_tokens']}")
     top = report["loss_difference"]["latents"][:3]
     print("    latents tracking Δ: " + ", ".join(f"{t['latent']} ({t['class']}, corr {t['correlation']:.2f})"
                                                 for t in top))

@@ -5,6 +5,8 @@ TopK SAE (k 32, width 4608 = 8 x 576) trains on the same token windows (context 
 tokens a step) in each of, alternating, per round:
 
     forward      saekit's model forward alone, stopped after layer 6 (the ceiling for live training)
+    ceiling      the same forward plus only the TopK encoder product and selection of each batch (no
+                 backward, no optimiser): what no TopK trainer can beat on this hardware
     saekit       `saekit.train` on `ActivationStream` (forward + SAE step, batches prefetched by a thread)
     saekit-p0    the same with prefetch=0 (stream and step in one thread)
     sparsify     EleutherAI sparsify's `Trainer.fit()` in the peer venv (it trains inside forward hooks and
@@ -61,6 +63,7 @@ def main() -> None:
     from saekit.models.hooks import capture
     from saekit.models.loading import load_model, offline_default_directory
     from saekit.models.sites import resolve_hookpoints
+    from saekit.sparse import fused_encode_topk
 
     if args.model == "offline-default" and args.device == "cpu" and args.dtype == "float32":
         model, tokenizer = offline_model()
@@ -96,13 +99,25 @@ def main() -> None:
             capture(model, batch.to(args.device), point)
         return counted / (synchronized() - started)
 
+    W_enc = torch.randn(d_in, spec.dictionary.d_sae, device=args.device) / d_in ** 0.5
+    b_enc = torch.zeros(spec.dictionary.d_sae, device=args.device)
+
+    def ceiling() -> float:
+        """The forward plus only the TopK encoder product and selection (no backward, no optimiser): no
+        TopK trainer can beat this rate, whatever it does with the rest of the step."""
+        started = synchronized()
+        for batch, _ in windows():
+            acts = capture(model, batch.to(args.device), point)[site]
+            fused_encode_topk(acts.reshape(-1, d_in).float(), W_enc, b_enc, args.k)
+        return counted / (synchronized() - started)
+
     def train(prefetch: int) -> float:
         started = synchronized()
         saekit.train(ActivationStream(model, windows(), [site]), [spec], total_tokens=budget,
                      batch_size=batch_size, progress=False, prefetch=prefetch, device=args.device)
         return budget / (synchronized() - started)
 
-    rates: dict[str, list[float]] = {"forward": [], "saekit": [], "saekit-p0": [], "sparsify": []}
+    rates: dict[str, list[float]] = {"forward": [], "ceiling": [], "saekit": [], "saekit-p0": [], "sparsify": []}
     with tempfile.TemporaryDirectory() as folder:
         np.save(Path(folder) / "ids.npy", ids.astype(np.int64))
         peer = [str(args.peer_python), str(ROOT / "benchmarks" / "peer_live.py"), "--model",
@@ -112,6 +127,7 @@ def main() -> None:
                 "--exclude", *map(str, sorted(tokenizer.all_special_ids))]
         for round_ in range(args.rounds):
             rates["forward"].append(forward())
+            rates["ceiling"].append(ceiling())
             rates["saekit"].append(train(prefetch=2))
             rates["saekit-p0"].append(train(prefetch=0))
             if not args.no_peer and args.peer_python.exists():
@@ -123,6 +139,7 @@ def main() -> None:
             print(f"round {round_ + 1}: tokens/s  {line}", flush=True)
     medians = {name: statistics.median(values) for name, values in rates.items() if values}
     print("median tokens/s: " + "  ".join(f"{name} {value:,.0f}" for name, value in medians.items()))
+    print(f"forward + encoder product and top-k only / forward alone: {medians['ceiling'] / medians['forward']:.3f}")
     print(f"saekit / forward alone: {medians['saekit'] / medians['forward']:.3f} (prefetch 2), "
           f"{medians['saekit-p0'] / medians['forward']:.3f} (prefetch 0)")
     if "sparsify" in medians:

@@ -189,11 +189,14 @@ class _RowComputer:
             row[:, start:start + m] = (g * self.errors[t, :m]).sum(-1)
             writers = self.sources.writers[t]
             writers = writers[self.sources.active[writers, 1] < m]
+            if len(writers) == 0:
+                continue
+            by_position = g.transpose(0, 1).contiguous()  # [m, B, d]: a writer's gradients are one block
             for c in range(0, len(writers), self.chunk):
                 idx = writers[c:c + self.chunk]
                 vecs = self.sources.decoder_vectors(t, idx)  # [c, d]
-                pos = self.sources.active[idx, 1]
-                row[:, idx] += torch.einsum("bcd,cd->bc", g[:, pos], vecs)
+                pos = self.sources.active[idx, 1].to(g.device)
+                row[:, idx] += torch.bmm(by_position.index_select(0, pos), vecs[:, :, None])[..., 0].T
         return row
 
 
@@ -252,8 +255,12 @@ def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: st
                 rank = torch.argsort(influence[:n_active], descending=True)
                 queue = min(update_interval * batch_size, budget - n_visited)
                 pending = rank[~visited[rank]][:queue]
-            # batches of targets at nearby positions (shorter prefix runs); rows keep circuit-tracer's order
-            order = torch.argsort(active[pending, 1], stable=True)
+            # batches of targets in the same prefix run (positions within one granule: shorter runs on long
+            # prompts), and within it at nearby layers (the backward stops at the batch's highest layer);
+            # rows keep circuit-tracer's order
+            granule = max(1, prefix_granule)
+            bucket = -(-(active[pending, 1] + 1) // granule)
+            order = torch.argsort(bucket * (L + 1) + active[pending, 0], stable=True)
             for b in range(0, len(pending), batch_size):
                 slots = order[b:b + batch_size]
                 idx = pending[slots]

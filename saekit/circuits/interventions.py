@@ -66,6 +66,17 @@ def frozen_effects(local: LocalReplacementModel, ids: Tensor, clean: dict[str, A
             "unembed_in": store["unembed_in"][0].float()}
 
 
+def _by_layer(local: LocalReplacementModel, n: int,
+              interventions: Sequence[Intervention]) -> dict[int, list[tuple[int, int, float]]]:
+    by_layer: dict[int, list[tuple[int, int, float]]] = {}
+    for layer, pos, feature, value in interventions:
+        if not 0 <= layer < local.n_layers or not 0 <= pos < n or not 0 <= feature < local.transcoders.d_sae:
+            raise SaekitError(f"intervention ({layer}, {pos}, {feature}) is outside the model's {local.n_layers} "
+                              f"layers, the prompt's {n} positions or the {local.transcoders.d_sae} latents")
+        by_layer.setdefault(int(layer), []).append((int(pos), int(feature), float(value)))
+    return by_layer
+
+
 @torch.no_grad()
 def intervene(model: torch.nn.Module, tokenizer: Any, transcoders: Layered, prompt: str | Sequence[int] | Tensor,
               interventions: Sequence[Intervention], freeze_attention: bool = True) -> dict[str, Tensor]:
@@ -74,12 +85,7 @@ def intervene(model: torch.nn.Module, tokenizer: Any, transcoders: Layered, prom
     local = LocalReplacementModel(model, transcoders)
     ids = tokenize_prompt(tokenizer, prompt)
     n = len(ids)
-    by_layer: dict[int, list[tuple[int, int, float]]] = {}
-    for layer, pos, feature, value in interventions:
-        if not 0 <= layer < local.n_layers or not 0 <= pos < n or not 0 <= feature < transcoders.d_sae:
-            raise SaekitError(f"intervention ({layer}, {pos}, {feature}) is outside the model's {local.n_layers} "
-                              f"layers, the prompt's {n} positions or the {transcoders.d_sae} latents")
-        by_layer.setdefault(int(layer), []).append((int(pos), int(feature), float(value)))
+    by_layer = _by_layer(local, n, interventions)
     clean = local.clean_run(ids)
     live: dict[str, Tensor] = {}
     deltas: dict[int, Tensor] = {}  # per target layer, what to add to its MLP output [n, d]
@@ -118,6 +124,36 @@ def intervene(model: torch.nn.Module, tokenizer: Any, transcoders: Layered, prom
     return {"clean_logits": clean["logits"], "logits": logits, "activations_before": torch.tensor(before)}
 
 
+@torch.no_grad()
+def intervene_in_replacement(model: torch.nn.Module, tokenizer: Any, transcoders: Layered,
+                             prompt: str | Sequence[int] | Tensor,
+                             interventions: Sequence[Intervention]) -> dict[str, Tensor]:
+    """The same interventions in the local replacement model instead of the real one: attention patterns
+    and norm scales frozen, every MLP replaced by the transcoders reading their live inputs, the clean
+    run's error nodes added back (so with no intervention it reproduces the clean logits). Features are
+    set to their values where they are encoded, and downstream features respond through their own
+    nonlinearity. Measured against the graph's prediction this isolates the graph's linearisation; the
+    real model's answer (`intervene`) adds how far the transcoders are from the MLPs they replace."""
+    local = LocalReplacementModel(model, transcoders)
+    ids = tokenize_prompt(tokenizer, prompt)
+    by_layer = _by_layer(local, len(ids), interventions)
+    clean = local.clean_run(ids)
+    errors = local.reconstruction_errors(clean)
+    before: list[float] = []
+
+    def edit(layer: int, latents: Tensor) -> Tensor:
+        if layer not in by_layer:
+            return latents
+        latents = latents.clone()
+        for pos, feature, target in by_layer[layer]:
+            before.append(float(latents[pos, feature]))
+            latents[pos, feature] = target
+        return latents
+
+    logits = local.replacement_logits(ids, clean["state"], errors, edit)
+    return {"clean_logits": clean["logits"], "logits": logits, "activations_before": torch.tensor(before)}
+
+
 def predicted_node_changes(graph: AttributionGraph, changes: dict[int, float]) -> Tensor:
     """Change of every node's input (features: pre-activation; logits: demeaned logit) predicted by the
     graph when the feature nodes in `changes` ({node: Δactivation}) move by those amounts: edges are
@@ -150,7 +186,8 @@ def check_graph(model: torch.nn.Module, tokenizer: Any, transcoders: Layered, gr
                 top: int = 10, scale: float = 0.0, freeze_attention: bool = True) -> list[dict[str, float]]:
     """For each of the graph's `top` most influential features: scale it by `scale` (0 = ablate) in the
     real model and compare the change of the top logit (demeaned, as the graph's logit nodes read it)
-    with the graph's prediction. One dict per feature."""
+    with the graph's prediction; `in_replacement` is the same change measured in the local replacement
+    model (`intervene_in_replacement`). One dict per feature."""
     influence = graph.node_influence()[:graph.n_features]
     order = torch.argsort(influence, descending=True)[:top]
     target = int(graph.logit_tokens[0])
@@ -161,7 +198,11 @@ def check_graph(model: torch.nn.Module, tokenizer: Any, transcoders: Layered, gr
         out = intervene(model, tokenizer, transcoders, graph.input_tokens, [(layer, pos, feature, value * scale)],
                         freeze_attention=freeze_attention)
         measured = _demeaned(out["logits"], target) - _demeaned(out["clean_logits"], target)
+        local = intervene_in_replacement(model, tokenizer, transcoders, graph.input_tokens,
+                                         [(layer, pos, feature, value * scale)])
+        in_replacement = _demeaned(local["logits"], target) - _demeaned(local["clean_logits"], target)
         predicted = float(predicted_node_changes(graph, {node: value * (scale - 1)})[graph.logit_start])
         rows.append({"node": node, "layer": layer, "pos": pos, "feature": feature, "activation": value,
-                     "influence": float(influence[node]), "predicted": predicted, "measured": measured})
+                     "influence": float(influence[node]), "predicted": predicted, "measured": measured,
+                     "in_replacement": in_replacement})
     return rows

@@ -20,7 +20,7 @@ of targets gives exact direct effects (`saekit.circuits.attribution`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -228,11 +228,13 @@ class LocalReplacementModel:
         return clean["mlp_out"] - torch.stack(recon)
 
     @torch.no_grad()
-    def replacement_logits(self, ids: Tensor, state: FrozenState, errors: Tensor | None = None) -> Tensor:
+    def replacement_logits(self, ids: Tensor, state: FrozenState, errors: Tensor | None = None,
+                           edit: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
         """Logits [n, V] of the local replacement model: patterns and scales from `state` (the clean
-        run), every MLP output = the transcoders' reconstruction from its live input (+ `errors[l]`)."""
+        run), every MLP output = the transcoders' reconstruction from its live input (+ `errors[l]`);
+        `edit(layer, latents)` may change each layer's latents before they are decoded."""
         live: dict[str, Tensor] = {}
-        walk = LayerByLayer(self.transcoders)
+        walk = LayerByLayer(self.transcoders, edit)
 
         def replace(layer: int) -> Any:
             def edit(value: Tensor) -> Tensor:

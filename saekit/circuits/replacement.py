@@ -58,16 +58,20 @@ class LayerByLayer:
     input, adds what its latents write into every target it reaches to running sums, and returns target
     t's reconstruction (sum of the sources ≤ t, decoder bias, skip term). Works for a forward pass in
     progress (the replacement model) as for recorded inputs; each source is decoded once, on the sparse
-    kernels, so a CLT costs O(L0·reach·d) per token instead of O(L²·F·d)."""
+    kernels, so a CLT costs O(L0·reach·d) per token instead of O(L²·F·d). `edit(t, latents)`, when given,
+    may change layer t's latents before they are decoded (interventions in the replacement model)."""
 
-    def __init__(self, transcoders: Layered) -> None:
+    def __init__(self, transcoders: Layered, edit: Callable[[int, Tensor], Tensor] | None = None) -> None:
         self.transcoders = transcoders
+        self.edit = edit
         self.sums: dict[int, Tensor] = {}
         self.latents: list[Tensor] = []
 
     def step(self, t: int, x: Tensor) -> Tensor:
         tc = self.transcoders
         latents = tc.encode_layer(t, x)
+        if self.edit is not None:
+            latents = self.edit(t, latents)
         self.latents.append(latents)
         contributions = tc.decode_source(t, latents)
         for r in range(contributions.shape[1]):

@@ -116,15 +116,68 @@ def train_gated_block(model: ToyAttentionModel, batches: list[tuple[Tensor, Tens
     return block, mse / len(stream.items)
 
 
-def run_toy(settings: ToySettings, progress: bool = False) -> dict[str, Any]:
-    """Train both stages of one toy and check both (one row of the table)."""
+def reference_file(folder: Any, stem: str) -> Any:
+    """`folder/stem.st`, a safetensors file of the reference's `saved_models` (cmathw/gated-attn)."""
+    from pathlib import Path
+
+    path = Path(folder) / f"{stem}.st"
+    if not path.is_file():
+        raise SaekitError(f"no {path.name} in {folder}: pass the reference's gated_attention/experiments/saved_models")
+    return path
+
+
+def load_reference_model(folder: Any, settings: ToySettings) -> ToyAttentionModel:
+    """The reference's trained toy model (`toy_model_{H}H_{n}ST.st`, keys `attn.W_Q` …, same layout)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(reference_file(folder, f"toy_model_{settings.name.replace('/', '_')}")))
+    model = ToyAttentionModel(2 * settings.n_trigrams + 2, settings.n_heads)
+    model.load_state_dict({k.removeprefix("attn."): v for k, v in state.items() if k != "attn.IGNORE"})
+    return model.eval()
+
+
+def load_reference_block(folder: Any, settings: ToySettings) -> GatedAttentionBlock:
+    """The reference's trained gated block (`gated_block_{2H}H_{n}ST.st`; saekit's parameter names)."""
+    from safetensors.torch import load_file
+
+    spec = block_spec(settings, 2 * settings.n_trigrams + 2)
+    block = GatedAttentionBlock(spec.dictionary, spec.training)
+    block.load_state_dict(load_file(str(reference_file(folder, f"gated_block_{2 * settings.n_heads}H_"
+                                                                f"{settings.n_trigrams}ST"))))
+    return block.eval()
+
+
+def check_reference(folder: Any, settings: ToySettings) -> dict[str, Any]:
+    """saekit's check on the reference's shipped original and block: the published verdicts (original
+    distributed, block one head per trigram) come out only if saekit's model, block and check compute
+    what the reference's do."""
+    task = SkipTrigrams(settings.n_trigrams)
+    model = load_reference_model(folder, settings)
+    block = load_reference_block(folder, settings)
+    with torch.no_grad():
+        original = check_superposition(task, lambda tokens: model.head_outputs(model.embed(tokens)))
+        gated = check_superposition(task, lambda tokens: block.details(model.embed(tokens))[0])
+        batches = task.batches(settings.n_batches, settings.per_batch, settings.data_seed)
+        mse = sum(float((block(model.embed(t)) - model.attention(model.embed(t))).pow(2).mean())
+                  for t, _ in batches) / len(batches)
+    n = settings.n_trigrams
+    return {"toy": settings.name, "model_learnt": f"{sum(original.learnt.values())}/{n}",
+            "model_distributed": len(original.distributed), "one_head": f"{gated.exactly_one_head}/{n}",
+            "block_distributed": len(gated.distributed), "block_passes": gated.passes and gated.exactly_one_head == n,
+            "final_mse": mse, "published": PUBLISHED_OUTCOME}
+
+
+def run_toy(settings: ToySettings, progress: bool = False, model: ToyAttentionModel | None = None) -> dict[str, Any]:
+    """Train both stages of one toy and check both (one row of the table); with `model`, only the block
+    is trained, on that toy model (e.g. the reference's, `load_reference_model`)."""
     if settings.n_heads < 1 or settings.n_trigrams < 1:
         raise SaekitError("a toy needs at least one head and one trigram")
     started = time.perf_counter()
     task = SkipTrigrams(settings.n_trigrams)
     batches = task.batches(settings.n_batches, settings.per_batch, settings.data_seed)
-    model = train_toy_model(task, settings.n_heads, batches, settings.model_epochs, settings.model_lr,
-                            settings.model_seed, progress)
+    if model is None:
+        model = train_toy_model(task, settings.n_heads, batches, settings.model_epochs, settings.model_lr,
+                                settings.model_seed, progress)
     original = check_superposition(task, lambda tokens: model.head_outputs(model.embed(tokens)))
     model_seconds = time.perf_counter() - started
     block, mse = train_gated_block(model, batches, settings, progress)

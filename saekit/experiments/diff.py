@@ -258,6 +258,15 @@ def diff_report(crosscoder: Dictionary, held: HeldOut, tokenizer: Any, model_nam
             "contexts": [_context(held, tokenizer, latents, i, int(row))
                          for row in latents[:, i].topk(min(5, int((latents[:, i] > 0).sum()))).indices]}
             for i in order[:top_latents]]
+    # Shared latents whose two decoder blocks differ most: where a fine-tune that moved existing features
+    # (rather than adding new ones) shows up.
+    shared_all = torch.nonzero(classes["shared"]).flatten()
+    turned = shared_all[cosines[shared_all].argsort()[:top_latents]].tolist()
+    rotated = [{"latent": i, "relative_norm": float(r[i]), "frequency": float(frequency[i]),
+                "decoder_norms": norms[i].tolist(), "decoder_cosine": float(cosines[i]),
+                "contexts": [_context(held, tokenizer, latents, i, int(row))
+                             for row in latents[:, i].topk(min(5, int((latents[:, i] > 0).sum()))).indices]}
+               for i in turned]
     baseline = [per_latent[int(i)] for i in shared]
     summary = diffing_summary(crosscoder, alive)
     return {
@@ -274,5 +283,6 @@ def diff_report(crosscoder: Dictionary, held: HeldOut, tokenizer: Any, model_nam
         "relative_norms": r[alive].tolist(),
         "shared_cosines": shared_decoder_cosines(crosscoder, classes["shared"]).tolist(),
         "model_specific": specific,
+        "rotated_shared": rotated,
         "loss_difference": loss_difference(held, latents, classes, labels, tokenizer),
     }

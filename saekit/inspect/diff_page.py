@@ -86,22 +86,24 @@ def _badge(ok: bool, yes: str = "survives", no: str = "does not survive") -> str
     return f'<span class="badge {"yes" if ok else "no"}">{esc(yes if ok else no)}</span>'
 
 
-def _latent_card(item: dict[str, Any], labels: list[str], own: int) -> str:
+def _latent_card(item: dict[str, Any], labels: list[str], own: int | None) -> str:
+    """A latent's card: decoder norms, its latent-scaling verdict when it was probed (`own` = the model it
+    is said to belong to; None for a shared latent, shown without β), and its strongest contexts."""
     first, second = labels
-    beta_e, beta_r = item["beta_error"], item["beta_reconstruction"]
-    facts = _table(
-        ["", esc(first), esc(second)],
-        [["decoder norm", _num(item["decoder_norms"][0]), _num(item["decoder_norms"][1])],
-         ["β (error target)", _num(beta_e[0]), _num(beta_e[1])],
-         ["β (reconstruction target)", _num(beta_r[0]), _num(beta_r[1])]])
-    few = item["count"] < MIN_SCALING_COUNT
-    verdict = (_badge(False, no=f"too few firings ({item['count']})") if few else _badge(item["survives"]))
+    rows = [["decoder norm", _num(item["decoder_norms"][0]), _num(item["decoder_norms"][1])]]
     head = (f"<h3 id=\"latent-{item['latent']}\">latent {item['latent']} · r = {_num(item['relative_norm'])} · "
             f"density {_num(item['frequency'])} · cos(d<sub>{esc(first)}</sub>, d<sub>{esc(second)}</sub>) = "
-            f"{_num(item['decoder_cosine'])}</h3>"
-            f"<p>latent scaling: ν<sub>ε</sub> = {_num(item['nu_error'])}, ν<sub>r</sub> = "
-            f"{_num(item['nu_reconstruction'])} (β of {esc(labels[1 - own])} over β of {esc(labels[own])}, "
-            f"probed with the {esc(labels[own])} decoder; {item['count']:,} firings) {verdict}</p>")
+            f"{_num(item['decoder_cosine'])}</h3>")
+    if own is not None:
+        beta_e, beta_r = item["beta_error"], item["beta_reconstruction"]
+        rows += [["β (error target)", _num(beta_e[0]), _num(beta_e[1])],
+                 ["β (reconstruction target)", _num(beta_r[0]), _num(beta_r[1])]]
+        few = item["count"] < MIN_SCALING_COUNT
+        verdict = (_badge(False, no=f"too few firings ({item['count']})") if few else _badge(item["survives"]))
+        head += (f"<p>latent scaling: ν<sub>ε</sub> = {_num(item['nu_error'])}, ν<sub>r</sub> = "
+                 f"{_num(item['nu_reconstruction'])} (β of {esc(labels[1 - own])} over β of {esc(labels[own])}, "
+                 f"probed with the {esc(labels[own])} decoder; {item['count']:,} firings) {verdict}</p>")
+    facts = _table(["", esc(first), esc(second)], rows)
     contexts = []
     scale = max((c["activation"] for c in item["contexts"]), default=1.0)
     for c in item["contexts"]:
@@ -179,6 +181,7 @@ def render_diff_page(report: dict[str, Any]) -> str:
                              (f"{second}-only", losses["by_class"]["second_only"]),
                              ("shared", losses["by_class"]["shared"]))]))
     shown = {item["latent"] for items in report["model_specific"].values() for item in items}
+    shown |= {item["latent"] for item in report.get("rotated_shared", [])}
     parts.append("<h3>Latents whose activation tracks Δ most (|correlation|)</h3>" + _table(
         ["latent", "class", "correlation with Δ", "firings", "mean Δ when firing", "share of Σ|Δ|"],
         [[(f'<a href="#latent-{item["latent"]}">{item["latent"]}</a>' if item["latent"] in shown
@@ -197,6 +200,13 @@ def render_diff_page(report: dict[str, Any]) -> str:
             rule = f"&lt; {FIRST_ONLY}" if own == 0 else f"&gt; {SECOND_ONLY}"
             parts.append(f"<p class=muted>No live latent has r {rule}.</p>")
         parts.extend(_latent_card(item, labels, own) for item in items)
+    rotated = report.get("rotated_shared", [])
+    if rotated:
+        parts.append("<h2>Shared latents whose decoder differs most between the models</h2>"
+                     f"<p>The shared latents with the lowest cos(d<sub>{esc(first)}</sub>, "
+                     f"d<sub>{esc(second)}</sub>): a concept both models hold but write differently, which is "
+                     "where a fine-tune that moves existing features, rather than adding new ones, shows.</p>")
+        parts.extend(_latent_card(item, labels, None) for item in rotated)
     return page(title, "\n".join(parts), css_extra=CSS)
 
 

@@ -11,7 +11,13 @@ import torch
 
 from saekit.circuits.attribution import attribute, tokenize_prompt
 from saekit.circuits.graph import AttributionGraph
-from saekit.circuits.interventions import check_graph, frozen_effects, intervene, predicted_node_changes
+from saekit.circuits.interventions import (
+    check_graph,
+    frozen_effects,
+    intervene,
+    intervene_in_replacement,
+    predicted_node_changes,
+)
 from saekit.circuits.local_model import LocalReplacementModel
 from saekit.cli import main
 from saekit.formats.detect import save_as
@@ -109,7 +115,31 @@ def test_interventions_in_the_real_model(setup, kind):
     assert (ablated["logits"][-1] - ablated["clean_logits"][-1]).abs().max() > 1e-4
     assert torch.allclose(ablated["logits"][:pos], ablated["clean_logits"][:pos], atol=1e-5)  # causal
     rows = check_graph(model, tokenizer, tc, graph, top=4)
-    assert len(rows) == 4 and all(set(r) >= {"predicted", "measured"} for r in rows)
+    assert len(rows) == 4 and all(set(r) >= {"predicted", "measured", "in_replacement"} for r in rows)
+
+
+@pytest.mark.parametrize("kind", ["plt", "clt"])
+def test_the_graph_predicts_small_changes_in_the_replacement_model(setup, kind):
+    """In the local replacement model (errors frozen, features live) a small scaling of a feature keeps
+    every active set, so the response is linear and the graph's propagated prediction must match it (at
+    1% some of these random JumpReLU features already jump their threshold); the same feature set to its
+    own value changes nothing."""
+    _root, _dir, _saved, _ct, tokenizer, model = setup
+    tc = _transcoders(kind)
+    prompt = _prompt(tokenizer, seed=6)
+    graph = attribute(model, tokenizer, tc, prompt)
+    target = int(graph.logit_tokens[0])
+    order = torch.argsort(graph.node_influence()[:graph.n_features], descending=True)[:3]
+    for node in order.tolist():
+        layer, pos, feature = graph.active_features[graph.selected_features[node]].tolist()
+        value = float(graph.activation_values[graph.selected_features[node]])
+        same = intervene_in_replacement(model, tokenizer, tc, prompt, [(layer, pos, feature, value)])
+        assert torch.allclose(same["logits"], same["clean_logits"], atol=1e-4)
+        out = intervene_in_replacement(model, tokenizer, tc, prompt, [(layer, pos, feature, value * (1 + 1e-4))])
+        measured = float((out["logits"][-1, target] - out["logits"][-1].mean())
+                         - (out["clean_logits"][-1, target] - out["clean_logits"][-1].mean()))
+        predicted = float(predicted_node_changes(graph, {node: value * 1e-4})[graph.logit_start])
+        assert measured == pytest.approx(predicted, rel=0.05, abs=3e-7)
 
 
 def test_graph_prediction_is_exact_for_direct_effects(setup):

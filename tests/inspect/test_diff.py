@@ -122,6 +122,13 @@ def test_diff_command_writes_a_readable_report(diff_run, capsys):
             assert context["values"][context["peak"]] == pytest.approx(context["activation"])
     losses = report["loss_difference"]
     assert 200 < losses["tokens"] <= report["eval_tokens"] and len(losses["mean_loss"]) == 2
+    # the shared latents whose blocks differ most, lowest cosine first, each with its card
+    rotated = report["rotated_shared"]
+    assert 0 < len(rotated) <= min(8, counts["shared"])
+    cosines = [item["decoder_cosine"] for item in rotated]
+    assert cosines == sorted(cosines) and min(cosines) <= min(report["shared_cosines"]) + 1e-6
+    assert all(0.3 <= item["relative_norm"] <= 0.7 and item["contexts"] for item in rotated)
+    assert "decoder differs most" in page and all(f'id="latent-{item["latent"]}"' in page for item in rotated)
 
 
 def test_diff_reports_again_from_a_saved_crosscoder_and_rejects_bad_input(diff_run, capsys):

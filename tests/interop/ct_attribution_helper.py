@@ -14,7 +14,8 @@ The Llama's weights are read from its safetensors and converted by transformer-l
 configures it with the transcoders (loaded by its own `load_transcoders_from_cache`). For each prompt,
 circuit-tracer's `attribute` gives the graph; its adjacency, node tensors, `compute_graph_scores` and
 `prune_graph` masks, and the logits of `feature_intervention` ablating the strongest active feature
-(attention frozen), are written to WORKDIR/ct/<case>/<i>.safetensors (+ .json), with the wall time.
+(attention frozen), are written to WORKDIR/ct/<case>/<i>.safetensors (+ .json), with the wall time and the
+peak RSS of `attribute` (job "threads": torch threads, default 1).
 """
 
 from __future__ import annotations
@@ -29,8 +30,19 @@ import torch
 from safetensors.torch import save_file
 
 warnings.filterwarnings("ignore")
-torch.set_num_threads(1)
 CPU = torch.device("cpu")
+
+
+def rss_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, MiB."""
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1]) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start VmHWM again from the current RSS (Linux: "5" to clear_refs), so the peak is the attribution's."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def build_model(model_dir: Path, sizes: dict, transcoders):
@@ -80,6 +92,7 @@ def main(work: Path) -> None:
     from circuit_tracer.utils.caching import load_transcoders_from_cache
 
     job = json.loads((work / "job.json").read_text())
+    torch.set_num_threads(int(job.get("threads", 1)))
     model_dir = Path(job["model"])
     for case, spec in job["cases"].items():
         folder = Path(spec["transcoders"])
@@ -93,10 +106,13 @@ def main(work: Path) -> None:
             with torch.no_grad():
                 tl_logits = model(tokens[None])[0]
                 hf_logits = hf(input_ids=tokens[None]).logits[0]
+            rss_before = rss_mib("VmRSS")
+            reset_peak_rss()
             start = time.perf_counter()
             graph = attribute(tokens, model, batch_size=spec.get("batch_size", 64),
                               max_feature_nodes=spec.get("max_feature_nodes"))
             seconds = time.perf_counter() - start
+            peak = rss_mib("VmHWM")
             replacement, completeness = compute_graph_scores(graph)
             # an intervention: the strongest active feature ablated, attention patterns frozen
             strongest = int(torch.argmax(graph.activation_values))
@@ -115,6 +131,7 @@ def main(work: Path) -> None:
                       str(out / f"{i}.safetensors"))
             (out / f"{i}.json").write_text(json.dumps({
                 "replacement_score": replacement, "completeness_score": completeness, "seconds": seconds,
+                "rss_before_mib": rss_before, "peak_rss_mib": peak,
                 "tl_vs_hf_logits": float((tl_logits - hf_logits).abs().max())}))
 
 
