@@ -236,6 +236,20 @@ def _one_length(args: argparse.Namespace) -> None:
                       "rss_before_mib": base, "machine": machine(args.threads)}))
 
 
+def _memory_cap(args: argparse.Namespace) -> Any:
+    """A preexec_fn capping a child's address space at --memory-limit-gib, so a graph too large for this
+    machine fails in its own process (MemoryError) instead of waking the kernel's OOM killer."""
+    if not args.memory_limit_gib:
+        return None
+
+    def cap() -> None:
+        import resource
+
+        limit = int(args.memory_limit_gib * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return cap
+
+
 def _child(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """Run `one-length` in a fresh process (so its peak RSS is its own); its JSON line, or the failure."""
     cmd = [sys.executable, __file__, "one-length", "--out", args.out, "--kind", args.kind, "--threads",
@@ -243,7 +257,7 @@ def _child(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     if args.max_feature_nodes is not None:
         cmd += ["--max-feature-nodes", str(args.max_feature_nodes)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=_memory_cap(args))
     if result.returncode != 0:
         return {"failed": (result.stderr or result.stdout)[-300:]}
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -304,7 +318,7 @@ def _run_circuit_tracer(args: argparse.Namespace, work: Path, cases: dict[str, A
     (work / "job.json").write_text(json.dumps(job))
     python = ROOT / ".cache" / "ct-tl-venv" / "bin" / "python"
     result = subprocess.run([str(python), str(ROOT / "tests" / "interop" / "ct_attribution_helper.py"), str(work)],
-                            capture_output=True, text=True,
+                            capture_output=True, text=True, preexec_fn=_memory_cap(args),
                             env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1",
                                  "OMP_NUM_THREADS": str(args.threads)})
     if result.returncode != 0:
@@ -442,6 +456,8 @@ def main() -> None:
     parser.add_argument("--transcoders", default=None, help="one-length: this transcoder folder, with --ids")
     parser.add_argument("--ids", default=None, help="one-length: a JSON list of token ids")
     parser.add_argument("--save", default=None, help="one-length: also save the graph here")
+    parser.add_argument("--memory-limit-gib", type=float, default=12.0,
+                        help="scaling, ct-scaling: address-space cap of each child process (0: none)")
     args = parser.parse_args()
     if args.step in ("scaling", "ct-scaling") and args.max_feature_nodes is None:
         args.max_feature_nodes = 2048

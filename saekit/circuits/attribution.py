@@ -13,7 +13,9 @@
    gives the gradient at every write site, and contracting it with every source's vector gives
    A[t, s] = u_t·J·v_s (activation × gradient): features a_s·W_dec (CLT: each target-layer slice at its
    layer), errors, token embeddings. Feature columns are contracted in chunks of `chunk_features`, so a
-   batch's working memory is batch × chunk × d, whatever the number of active features;
+   batch's working memory is batch × chunk × d, whatever the number of active features; a batch whose
+   attention gradients would pass `attention_bytes` runs as sub-batches, and only the latest prefix run
+   is kept, so memory grows linearly with the prompt;
 5. with `max_feature_nodes` below the number of active features, features are visited in order of
    their partial influence on the logits (recomputed every `update_interval` batches), as
    circuit-tracer does, and the unvisited ones are dropped from rows and columns.
@@ -131,11 +133,18 @@ class _RowComputer:
     Causal attention means a target at position p depends on positions ≤ p only, so a batch whose targets
     all sit before position m runs its backward through the frozen model of the first m tokens (a prefix
     run: the recorded patterns and scales sliced, no copy). Prefix lengths are rounded up to multiples of
-    `granule` positions, and each prefix run is made once."""
+    `granule` positions. Only the latest prefix run is kept (batches come sorted by prefix, and each run
+    holds a graph of m positions: keeping them all would cost memory quadratic in the prompt's length), and
+    a batch whose attention gradients ([B, heads, m, m] per layer) would pass `attention_bytes` is split
+    into sub-batches, so a long prompt needs memory linear in its length and in its active features."""
 
     def __init__(self, local: LocalReplacementModel, ids: Tensor, state: Any, sources: _Sources, errors: Tensor,
-                 embed_values: Tensor, n_cols: int, chunk_features: int, granule: int) -> None:
+                 embed_values: Tensor, n_cols: int, chunk_features: int, granule: int,
+                 attention_bytes: int = 256 * 2 ** 20) -> None:
         self.local, self.ids, self.state, self.sources = local, ids, state, sources
+        config: Any = getattr(local.model, "config", None)
+        self.n_heads = int(getattr(config, "num_attention_heads", 1) or 1)
+        self.attention_bytes = attention_bytes
         self.errors, self.embed_values = errors, embed_values
         self.n_cols, self.chunk = n_cols, chunk_features
         self.n_feat = len(sources.active)
@@ -149,13 +158,19 @@ class _RowComputer:
 
             state = FrozenState("use", patterns={k: v[..., :m, :m] for k, v in self.state.patterns.items()},
                                 scales={k: v[:, :m] for k, v in self.state.scales.items()}, checked=self.state.checked)
+            self.runs.clear()
             self.runs[m] = self.local.gradient_run(self.ids[:m], state, 0)
         return self.runs[m]
 
     def rows(self, layers: Tensor, positions: Tensor, vectors: Tensor) -> Tensor:
         """Rows [B, n_cols] for targets reading `vectors` [B, d] at (layer, position); layer L = logits."""
-        L, B = self.local.n_layers, len(layers)
         m = min(self.n_pos, -(-(int(positions.max()) + 1) // self.granule) * self.granule)
+        largest = max(1, self.attention_bytes // (self.n_heads * m * m * 4))
+        return torch.cat([self._rows(layers[i:i + largest], positions[i:i + largest], vectors[i:i + largest], m)
+                          for i in range(0, len(layers), largest)])
+
+    def _rows(self, layers: Tensor, positions: Tensor, vectors: Tensor, m: int) -> Tensor:
+        L, B = self.local.n_layers, len(layers)
         run = self._run(m)
         reads = run["reads"]
         top = int(layers.max())
@@ -203,7 +218,8 @@ class _RowComputer:
 def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: str | Sequence[int] | Tensor, *,
               max_n_logits: int = 10, desired_logit_prob: float = 0.95, batch_size: int = 64,
               max_feature_nodes: int | None = None, update_interval: int = 4, skip_first: int = 1,
-              chunk_features: int = 2048, prefix_granule: int = 32, progress: bool = False) -> AttributionGraph:
+              chunk_features: int = 2048, prefix_granule: int = 32, attention_bytes: int = 256 * 2 ** 20,
+              progress: bool = False) -> AttributionGraph:
     """The attribution graph of `prompt` (see the module docstring)."""
     start = time.perf_counter()
     if batch_size < 1 or chunk_features < 1:
@@ -235,7 +251,7 @@ def attribute(model: nn.Module, tokenizer: Any, transcoders: Layered, prompt: st
         with torch.no_grad():
             embed_values = cast(Any, model).get_input_embeddings()(ids[None].to(local.device))[0].float()
         computer = _RowComputer(local, ids, clean["state"], sources, errors, embed_values, logit_offset,
-                                chunk_features, prefix_granule)
+                                chunk_features, prefix_granule, attention_bytes)
         edge = torch.zeros(budget + n_logits, total_nodes)  # logit columns stay zero
         row_node = torch.zeros(budget + n_logits, dtype=torch.long)
         for i in range(0, n_logits, batch_size):

@@ -292,8 +292,12 @@ def test_prefix_runs_give_the_same_rows(model, tokenizer, kind):
     for granule in (1, 3):
         prefix = attribute(model, tokenizer, tc, prompt, batch_size=9, prefix_granule=granule)
         assert torch.allclose(prefix.adjacency, full.adjacency, rtol=1e-5, atol=1e-6 * full.adjacency.abs().max())
+    # batches split by the attention-memory cap (here: one target per backward) give the same rows too
+    split = attribute(model, tokenizer, tc, prompt, batch_size=9, prefix_granule=3, attention_bytes=1)
+    assert torch.allclose(split.adjacency, full.adjacency, rtol=1e-5, atol=1e-6 * full.adjacency.abs().max())
     budget_full = attribute(model, tokenizer, tc, prompt, batch_size=5, max_feature_nodes=30, prefix_granule=1000)
-    budget = attribute(model, tokenizer, tc, prompt, batch_size=5, max_feature_nodes=30, prefix_granule=2)
+    budget = attribute(model, tokenizer, tc, prompt, batch_size=5, max_feature_nodes=30, prefix_granule=2,
+                       attention_bytes=1)
     assert torch.equal(budget.selected_features, budget_full.selected_features)
     assert torch.allclose(budget.adjacency, budget_full.adjacency, rtol=1e-5,
                           atol=1e-6 * budget_full.adjacency.abs().max())
