@@ -34,30 +34,38 @@ TENSORS = ("adjacency", "input_tokens", "active_features", "activation_values", 
            "logit_tokens", "logit_probabilities")
 
 
-def normalize_matrix(matrix: Tensor) -> Tensor:
-    """|A| with every row divided by its sum (rows summing to 0 stay 0)."""
-    absolute = matrix.abs()
-    return absolute / absolute.sum(dim=1, keepdim=True).clamp(min=1e-10)
+def normalize_matrix(matrix: Tensor, rows: Tensor | None = None) -> Tensor:
+    """|A| with every row divided by its sum (rows summing to 0 stay 0); with `rows`, only those rows
+    ([len(rows), N]): a graph's error and token rows are zero, and leaving them out keeps long prompts from
+    needing a second N × N matrix."""
+    absolute = (matrix if rows is None else matrix.index_select(0, rows)).abs()
+    return absolute.div_(absolute.sum(dim=1, keepdim=True).clamp(min=1e-10))
 
 
-def influence(normalized: Tensor, weights: Tensor, max_iter: int = 1000) -> Tensor:
-    """w·(Â + Â² + …) by repeated products (the graph is acyclic, so the product vanishes)."""
-    current = weights @ normalized
+def influence(normalized: Tensor, weights: Tensor, rows: Tensor | None = None, max_iter: int = 1000) -> Tensor:
+    """w·(Â + Â² + …) by repeated products (the graph is acyclic, so the product vanishes); `normalized`
+    holds the rows `rows` of Â (all rows when None), the others being zero."""
+    def step(vector: Tensor) -> Tensor:
+        return (vector if rows is None else vector[rows]) @ normalized
+
+    current = step(weights)
     total = current.clone()
     for _ in range(max_iter):
         if not current.any():
             return total
-        current = current @ normalized
+        current = step(current)
         total += current
     raise SaekitError(f"node influence did not converge in {max_iter} steps: the adjacency matrix has a cycle")
 
 
-def cut_for(scores: Tensor, fraction: float) -> Tensor:
-    """The score at which the scores sorted descending first reach `fraction` of their sum."""
+def cut_for(scores: Tensor, fraction: float, zeros: int = 0) -> Tensor:
+    """The score at which the scores sorted descending first reach `fraction` of their sum (`zeros` more
+    entries of 0 counted after them, as if they had been passed)."""
     ordered = torch.sort(scores.flatten(), descending=True).values
     cumulative = torch.cumsum(ordered, 0) / ordered.sum()
-    index = min(int(torch.searchsorted(cumulative, torch.tensor(fraction, dtype=cumulative.dtype))),
-                len(cumulative) - 1)
+    index = int(torch.searchsorted(cumulative, torch.tensor(fraction, dtype=cumulative.dtype)))
+    if index >= len(ordered):
+        return ordered.new_zeros(()) if zeros else ordered[-1]
     return ordered[index]
 
 
@@ -178,8 +186,13 @@ class AttributionGraph:
         return [self.node(i) for i in range(self.n_nodes)]
 
     # ------------------------------------------------------------------------- influence, pruning
+    def live_rows(self) -> Tensor:
+        """The rows that can be non-zero: features and logits (error and token nodes have no inputs)."""
+        return torch.cat([torch.arange(self.n_features), torch.arange(self.logit_start, self.n_nodes)])
+
     def node_influence(self) -> Tensor:
-        return influence(normalize_matrix(self.adjacency), self.logit_weights())
+        rows = self.live_rows()
+        return influence(normalize_matrix(self.adjacency, rows), self.logit_weights(), rows)
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
         """circuit-tracer's `prune_graph` (see the module docstring)."""
@@ -188,15 +201,19 @@ class AttributionGraph:
                 raise SaekitError(f"{name} must be between 0 and 1, got {value}")
         n_keep = self.n_logits + self.n_pos
         weights = self.logit_weights()
-        node_influence = influence(normalize_matrix(self.adjacency), weights)
+        rows = self.live_rows()
+        node_influence = influence(normalize_matrix(self.adjacency, rows), weights, rows)
         node_mask = node_influence >= cut_for(node_influence, node_threshold)
         node_mask[-n_keep:] = True
-        pruned = self.adjacency.clone()
-        pruned[~node_mask] = 0
+        pruned = self.adjacency.index_select(0, rows)  # a copy of the live rows only
+        pruned[~node_mask[rows]] = 0
         pruned[:, ~node_mask] = 0
         normalized = normalize_matrix(pruned)
-        edge_scores = normalized * (influence(normalized, weights) + weights)[:, None]
-        edge_mask = edge_scores >= cut_for(edge_scores, edge_threshold)
+        edge_scores = normalized * (influence(normalized, weights, rows) + weights)[rows, None]
+        zero_entries = (self.n_nodes - len(rows)) * self.n_nodes
+        cut = cut_for(edge_scores, edge_threshold, zero_entries)
+        edge_mask = torch.full((self.n_nodes, self.n_nodes), bool(cut <= 0))
+        edge_mask[rows] = edge_scores >= cut
         old = node_mask.clone()
         node_mask[:-n_keep] &= edge_mask[:, :-n_keep].any(0)
         node_mask[:self.n_features] &= edge_mask[:self.n_features].any(1)
@@ -214,12 +231,14 @@ class AttributionGraph:
     def scores(self) -> dict[str, float]:
         """Replacement and completeness scores of the unpruned graph (circuit-tracer's definitions)."""
         weights = self.logit_weights()
-        normalized = normalize_matrix(self.adjacency)
-        node_influence = influence(normalized, weights)
+        rows = self.live_rows()
+        normalized = normalize_matrix(self.adjacency, rows)
+        node_influence = influence(normalized, weights, rows)
         tokens = node_influence[self.token_start:self.logit_start].sum()
         errors = node_influence[self.error_start:self.token_start].sum()
         replacement = tokens / (tokens + errors)
-        non_error = 1 - normalized[:, self.error_start:self.token_start].sum(-1)
+        non_error = torch.ones(self.n_nodes)  # rows without inputs count as complete
+        non_error[rows] = 1 - normalized[:, self.error_start:self.token_start].sum(-1)
         output = node_influence + weights
         completeness = (non_error * output).sum() / output.sum()
         return {"replacement_score": float(replacement), "completeness_score": float(completeness)}
