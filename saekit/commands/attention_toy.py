@@ -10,7 +10,7 @@ from pathlib import Path
 from saekit.commands.common import print_table
 from saekit.errors import SaekitError
 
-COLUMNS = ["toy", "model_learnt", "model_distributed", "block_heads", "one_head", "block_distributed",
+COLUMNS = ["toy", "toy_model", "model_learnt", "model_distributed", "block_heads", "one_head", "block_distributed",
            "block_passes", "final_mse", "published", "model_seconds", "block_seconds"]
 
 
@@ -38,13 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              ("model-seed", int, "Seed of the toy model's initialisation"),
                              ("block-seed", int, "Seed of the block's initialisation")]:
         parser.add_argument(f"--{name}", type=kind, default=None, help=f"{text} (default: the settings').")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="The reference's saved_models folder (cmathw/gated-attn, gated_attention/experiments/"
+                             "saved_models): first check its shipped toy models and blocks with saekit's check, "
+                             "then train saekit's block on its toy models instead of training new ones.")
     parser.add_argument("--out", type=Path, default=None, help="Write results.json here.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from saekit.experiments.attention_toy import CPU, PUBLISHED, run_toy
+    from saekit.experiments.attention_toy import CPU, PUBLISHED, check_reference, load_reference_model, run_toy
 
     presets = CPU if args.settings == "cpu" else PUBLISHED
     toys = args.toys or list(presets)
@@ -58,10 +62,16 @@ def run(args: argparse.Namespace) -> int:
     for field, value in overrides.items():
         if value <= 0 and not field.endswith("seed"):
             raise SaekitError(f"--{field.replace('_', '-')} must be positive")
+    if args.reference is not None:
+        shipped = [check_reference(args.reference, PUBLISHED[toy]) for toy in toys]
+        print("the reference's shipped toy models and gated blocks, checked by saekit:")
+        print_table(shipped, ["toy", "model_learnt", "model_distributed", "one_head", "block_distributed",
+                              "block_passes", "final_mse", "published"])
     rows = []
     for toy in toys:
         settings = dataclasses.replace(presets[toy], **overrides)
-        rows.append(run_toy(settings, progress=not args.no_progress))
+        model = None if args.reference is None else load_reference_model(args.reference, settings)
+        rows.append(run_toy(settings, progress=not args.no_progress, model=model))
     print_table(rows, COLUMNS)
     print("one_head: trigrams produced by exactly one head of the block under every ablation of the others "
           "(the published success criterion; block_passes: all n, none distributed)")

@@ -175,6 +175,7 @@ def run_toy(settings: ToySettings, progress: bool = False, model: ToyAttentionMo
     started = time.perf_counter()
     task = SkipTrigrams(settings.n_trigrams)
     batches = task.batches(settings.n_batches, settings.per_batch, settings.data_seed)
+    toy_model = "saekit" if model is None else "given"
     if model is None:
         model = train_toy_model(task, settings.n_heads, batches, settings.model_epochs, settings.model_lr,
                                 settings.model_seed, progress)
@@ -185,6 +186,7 @@ def run_toy(settings: ToySettings, progress: bool = False, model: ToyAttentionMo
     n = settings.n_trigrams
     return {
         "toy": settings.name,
+        "toy_model": toy_model,
         "model_learnt": f"{sum(original.learnt.values())}/{n}",
         "model_distributed": len(original.distributed),
         "block_heads": 2 * settings.n_heads,

@@ -201,25 +201,33 @@ def test_toy_model_matches_the_reference_attention():
     torch.testing.assert_close(model(tokens), x + expected, atol=1e-6, rtol=1e-5)
 
 
-def test_the_references_saved_models_load_in_its_own_layout(tmp_path):
-    """A folder in the layout of the reference's saved_models (toy keys prefixed `attn.` with its IGNORE
-    buffer, block keys as saekit names them) loads into the same computation; a missing file is one line."""
+def write_reference_folder(folder):
+    """A 2H/3ST toy model and 4-head block saved as the reference's saved_models holds them (toy keys prefixed
+    `attn.` with its IGNORE buffer, block keys as saekit names them); returns (model, block)."""
     from safetensors.torch import save_file
 
+    task = SkipTrigrams(3)
+    model = ToyAttentionModel(task.vocab, 2, generator=torch.Generator().manual_seed(0))
+    state = {f"attn.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    save_file({**state, "attn.IGNORE": torch.tensor(-1e5)}, str(folder / "toy_model_2H_3ST.st"))
+    block = GatedAttentionBlock(DictionaryConfig(method="relu", d_in=task.vocab, d_sae=4, transcoder=True))
+    block.initialize_from(None, None, None, torch.Generator().manual_seed(1))
+    save_file({k: v.detach().clone() for k, v in block.state_dict().items()}, str(folder / "gated_block_4H_3ST.st"))
+    return model, block
+
+
+def test_the_references_saved_models_load_in_its_own_layout(tmp_path):
+    """The reference's layout loads into the same computation; a missing file is one line."""
     from saekit.errors import SaekitError
     from saekit.experiments.attention_toy import PUBLISHED, check_reference, load_reference_block, load_reference_model
 
     settings = PUBLISHED["2H/3ST"]
-    task = SkipTrigrams(3)
-    model = ToyAttentionModel(task.vocab, 2, generator=torch.Generator().manual_seed(0))
-    state = {f"attn.{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    save_file({**state, "attn.IGNORE": torch.tensor(-1e5)}, str(tmp_path / "toy_model_2H_3ST.st"))
+    model, block = write_reference_folder(tmp_path)
+    (tmp_path / "gated_block_4H_3ST.st").rename(tmp_path / "aside.st")
     with pytest.raises(SaekitError, match="gated_block_4H_3ST.st"):
         check_reference(tmp_path, settings)
-    block = GatedAttentionBlock(DictionaryConfig(method="relu", d_in=task.vocab, d_sae=4, transcoder=True))
-    block.initialize_from(None, None, None, torch.Generator().manual_seed(1))
-    save_file({k: v.detach().clone() for k, v in block.state_dict().items()}, str(tmp_path / "gated_block_4H_3ST.st"))
-    tokens, _ = task.sample(8, torch.Generator().manual_seed(2))
+    (tmp_path / "aside.st").rename(tmp_path / "gated_block_4H_3ST.st")
+    tokens, _ = SkipTrigrams(3).sample(8, torch.Generator().manual_seed(2))
     x = model.embed(tokens)
     loaded = load_reference_model(tmp_path, settings)
     assert torch.allclose(loaded.head_outputs(x), model.head_outputs(x))
