@@ -20,7 +20,14 @@ from pathlib import Path
 import torch
 from common import machine
 
-from saekit.experiments.attention_toy import CPU, PUBLISHED, check_reference, load_reference_model, run_toy
+from saekit.experiments.attention_toy import (
+    CPU,
+    PUBLISHED,
+    REFERENCE_COLUMNS,
+    check_reference,
+    load_reference_model,
+    run_toy,
+)
 from saekit.inspect.tables import format_table
 
 COLUMNS = ["toy", "toy_model", "block_seed", "model_learnt", "model_distributed", "one_head", "block_distributed",
@@ -48,8 +55,7 @@ def main() -> None:
     if args.reference is not None:
         shipped = [check_reference(args.reference, PUBLISHED[toy]) for toy in args.toys]
         print("the reference's shipped toy models and gated blocks, checked by saekit:")
-        print(format_table(shipped, ["toy", "model_learnt", "model_distributed", "one_head", "block_distributed",
-                                     "block_passes", "final_mse", "published"]), flush=True)
+        print(format_table(shipped, REFERENCE_COLUMNS), flush=True)
     for toy in args.toys:
         for seed in args.block_seeds:
             settings = dataclasses.replace(presets[toy], block_seed=seed)

@@ -84,9 +84,15 @@ def intervene(model: torch.nn.Module, tokenizer: Any, transcoders: Layered, prom
     before the intervention (see the module docstring)."""
     local = LocalReplacementModel(model, transcoders)
     ids = tokenize_prompt(tokenizer, prompt)
-    n = len(ids)
-    by_layer = _by_layer(local, n, interventions)
-    clean = local.clean_run(ids)
+    return _intervene(local, ids, local.clean_run(ids), interventions, freeze_attention)
+
+
+@torch.no_grad()
+def _intervene(local: LocalReplacementModel, ids: Tensor, clean: dict[str, Any],
+               interventions: Sequence[Intervention], freeze_attention: bool) -> dict[str, Tensor]:
+    """`intervene` on a prepared model, prompt and clean run (which `check_graph` makes once per graph)."""
+    model, transcoders = local.model, local.transcoders
+    by_layer = _by_layer(local, len(ids), interventions)
     live: dict[str, Tensor] = {}
     deltas: dict[int, Tensor] = {}  # per target layer, what to add to its MLP output [n, d]
     before: list[float] = []
@@ -136,9 +142,15 @@ def intervene_in_replacement(model: torch.nn.Module, tokenizer: Any, transcoders
     real model's answer (`intervene`) adds how far the transcoders are from the MLPs they replace."""
     local = LocalReplacementModel(model, transcoders)
     ids = tokenize_prompt(tokenizer, prompt)
-    by_layer = _by_layer(local, len(ids), interventions)
     clean = local.clean_run(ids)
-    errors = local.reconstruction_errors(clean)
+    return _intervene_in_replacement(local, ids, clean, local.reconstruction_errors(clean), interventions)
+
+
+@torch.no_grad()
+def _intervene_in_replacement(local: LocalReplacementModel, ids: Tensor, clean: dict[str, Any], errors: Tensor,
+                              interventions: Sequence[Intervention]) -> dict[str, Tensor]:
+    """`intervene_in_replacement` on a prepared model, prompt, clean run and error nodes."""
+    by_layer = _by_layer(local, len(ids), interventions)
     before: list[float] = []
 
     def edit(layer: int, latents: Tensor) -> Tensor:
@@ -191,16 +203,19 @@ def check_graph(model: torch.nn.Module, tokenizer: Any, transcoders: Layered, gr
     influence = graph.node_influence()[:graph.n_features]
     order = torch.argsort(influence, descending=True)[:top]
     target = int(graph.logit_tokens[0])
+    local = LocalReplacementModel(model, transcoders)
+    ids = tokenize_prompt(tokenizer, graph.input_tokens)
+    clean = local.clean_run(ids)
+    errors = local.reconstruction_errors(clean)
+    clean_logit = _demeaned(clean["logits"], target)
     rows = []
     for node in order.tolist():
         layer, pos, feature = (int(v) for v in graph.active_features[graph.selected_features[node]])
         value = float(graph.activation_values[graph.selected_features[node]])
-        out = intervene(model, tokenizer, transcoders, graph.input_tokens, [(layer, pos, feature, value * scale)],
-                        freeze_attention=freeze_attention)
-        measured = _demeaned(out["logits"], target) - _demeaned(out["clean_logits"], target)
-        local = intervene_in_replacement(model, tokenizer, transcoders, graph.input_tokens,
-                                         [(layer, pos, feature, value * scale)])
-        in_replacement = _demeaned(local["logits"], target) - _demeaned(local["clean_logits"], target)
+        change = [(layer, pos, feature, value * scale)]
+        measured = _demeaned(_intervene(local, ids, clean, change, freeze_attention)["logits"], target) - clean_logit
+        in_replacement = _demeaned(_intervene_in_replacement(local, ids, clean, errors, change)["logits"],
+                                   target) - clean_logit
         predicted = float(predicted_node_changes(graph, {node: value * (scale - 1)})[graph.logit_start])
         rows.append({"node": node, "layer": layer, "pos": pos, "feature": feature, "activation": value,
                      "influence": float(influence[node]), "predicted": predicted, "measured": measured,

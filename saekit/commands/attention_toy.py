@@ -48,7 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saekit.experiments.attention_toy import CPU, PUBLISHED, check_reference, load_reference_model, run_toy
+    from saekit.experiments.attention_toy import (
+        CPU,
+        PUBLISHED,
+        REFERENCE_COLUMNS,
+        check_reference,
+        load_reference_model,
+        run_toy,
+    )
 
     presets = CPU if args.settings == "cpu" else PUBLISHED
     toys = args.toys or list(presets)
@@ -65,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reference is not None:
         shipped = [check_reference(args.reference, PUBLISHED[toy]) for toy in toys]
         print("the reference's shipped toy models and gated blocks, checked by saekit:")
-        print_table(shipped, ["toy", "model_learnt", "model_distributed", "one_head", "block_distributed",
-                              "block_passes", "final_mse", "published"])
+        print_table(shipped, REFERENCE_COLUMNS)
     rows = []
     for toy in toys:
         settings = dataclasses.replace(presets[toy], **overrides)

@@ -110,10 +110,14 @@ def train_gated_block(model: ToyAttentionModel, batches: list[tuple[Tensor, Tens
 
     (trained,) = train(ToyStream(model, batches, settings.block_epochs), [spec], run=run, objective=[objective])
     block = cast(GatedAttentionBlock, trained)  # what the objective built
-    stream = ToyStream(model, batches, 1)
-    with torch.no_grad():
-        mse = sum(float((block(item["embed"]) - item["attn_out"]).pow(2).mean()) for item in stream.items)
-    return block, mse / len(stream.items)
+    return block, block_mse(block, model, batches)
+
+
+@torch.no_grad()
+def block_mse(block: GatedAttentionBlock, model: ToyAttentionModel, batches: list[tuple[Tensor, Tensor]]) -> float:
+    """The block's MSE to the toy model's attention output, averaged over the batches."""
+    items = ToyStream(model, batches, 1).items
+    return sum(float((block(item["embed"]) - item["attn_out"]).pow(2).mean()) for item in items) / len(items)
 
 
 def reference_file(folder: Any, stem: str) -> Any:
@@ -131,7 +135,7 @@ def load_reference_model(folder: Any, settings: ToySettings) -> ToyAttentionMode
     from safetensors.torch import load_file
 
     state = load_file(str(reference_file(folder, f"toy_model_{settings.name.replace('/', '_')}")))
-    model = ToyAttentionModel(2 * settings.n_trigrams + 2, settings.n_heads)
+    model = ToyAttentionModel(SkipTrigrams(settings.n_trigrams).vocab, settings.n_heads)
     model.load_state_dict({k.removeprefix("attn."): v for k, v in state.items() if k != "attn.IGNORE"})
     return model.eval()
 
@@ -140,11 +144,15 @@ def load_reference_block(folder: Any, settings: ToySettings) -> GatedAttentionBl
     """The reference's trained gated block (`gated_block_{2H}H_{n}ST.st`; saekit's parameter names)."""
     from safetensors.torch import load_file
 
-    spec = block_spec(settings, 2 * settings.n_trigrams + 2)
+    spec = block_spec(settings, SkipTrigrams(settings.n_trigrams).vocab)
     block = GatedAttentionBlock(spec.dictionary, spec.training)
     block.load_state_dict(load_file(str(reference_file(folder, f"gated_block_{2 * settings.n_heads}H_"
                                                                 f"{settings.n_trigrams}ST"))))
     return block.eval()
+
+
+REFERENCE_COLUMNS = ["toy", "model_learnt", "model_distributed", "one_head", "block_distributed", "block_passes",
+                     "final_mse", "published"]
 
 
 def check_reference(folder: Any, settings: ToySettings) -> dict[str, Any]:
@@ -157,9 +165,7 @@ def check_reference(folder: Any, settings: ToySettings) -> dict[str, Any]:
     with torch.no_grad():
         original = check_superposition(task, lambda tokens: model.head_outputs(model.embed(tokens)))
         gated = check_superposition(task, lambda tokens: block.details(model.embed(tokens))[0])
-        batches = task.batches(settings.n_batches, settings.per_batch, settings.data_seed)
-        mse = sum(float((block(model.embed(t)) - model.attention(model.embed(t))).pow(2).mean())
-                  for t, _ in batches) / len(batches)
+    mse = block_mse(block, model, task.batches(settings.n_batches, settings.per_batch, settings.data_seed))
     n = settings.n_trigrams
     return {"toy": settings.name, "model_learnt": f"{sum(original.learnt.values())}/{n}",
             "model_distributed": len(original.distributed), "one_head": f"{gated.exactly_one_head}/{n}",

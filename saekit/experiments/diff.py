@@ -242,6 +242,13 @@ def diff_report(crosscoder: Dictionary, held: HeldOut, tokenizer: Any, model_nam
         x, x_hat = held.inputs[:, m * width:(m + 1) * width], reconstruction[:, m * width:(m + 1) * width]
         fvu.append(float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()))
 
+    def card(i: int) -> dict[str, Any]:
+        """What the page shows of latent i: its decoder and its strongest held-out contexts."""
+        return {"latent": i, "relative_norm": float(r[i]), "frequency": float(frequency[i]),
+                "decoder_norms": norms[i].tolist(), "decoder_cosine": float(cosines[i]),
+                "contexts": [_context(held, tokenizer, latents, i, int(row))
+                             for row in latents[:, i].topk(min(5, int((latents[:, i] > 0).sum()))).indices]}
+
     specific: dict[str, list[dict[str, Any]]] = {}
     scaling_counts = {}
     for label, key in ((labels[0], "first_only"), (labels[1], "second_only")):
@@ -252,21 +259,12 @@ def diff_report(crosscoder: Dictionary, held: HeldOut, tokenizer: Any, model_nam
                                                       for i in chosen)}
         # Survivors first, then the most frequent.
         order = sorted(chosen.tolist(), key=lambda i: (not per_latent[i]["survives"], -float(frequency[i])))
-        specific[label] = [{
-            "latent": i, "relative_norm": float(r[i]), "frequency": float(frequency[i]),
-            "decoder_norms": norms[i].tolist(), "decoder_cosine": float(cosines[i]), **per_latent[i],
-            "contexts": [_context(held, tokenizer, latents, i, int(row))
-                         for row in latents[:, i].topk(min(5, int((latents[:, i] > 0).sum()))).indices]}
-            for i in order[:top_latents]]
+        specific[label] = [card(i) | per_latent[i] for i in order[:top_latents]]
     # Shared latents whose two decoder blocks differ most: where a fine-tune that moved existing features
     # (rather than adding new ones) shows up.
     shared_all = torch.nonzero(classes["shared"]).flatten()
     turned = shared_all[cosines[shared_all].argsort()[:top_latents]].tolist()
-    rotated = [{"latent": i, "relative_norm": float(r[i]), "frequency": float(frequency[i]),
-                "decoder_norms": norms[i].tolist(), "decoder_cosine": float(cosines[i]),
-                "contexts": [_context(held, tokenizer, latents, i, int(row))
-                             for row in latents[:, i].topk(min(5, int((latents[:, i] > 0).sum()))).indices]}
-               for i in turned]
+    rotated = [card(i) for i in turned]
     baseline = [per_latent[int(i)] for i in shared]
     summary = diffing_summary(crosscoder, alive)
     return {
