@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saekit.commands.common import read_prompts
 from saekit.errors import SaekitError
 
 
@@ -82,17 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     view.add_argument("--edge-threshold", type=float, default=0.98)
     view.add_argument("--dashboards", default=None, help="Layer dashboards (folder or URL) to link features to.")
     view.set_defaults(func=run_view)
-
-
-def read_prompts(path: Path) -> list[str]:
-    from saekit.io import read_text
-
-    if not path.is_file():
-        raise SaekitError(f"prompt file not found: {path}")
-    prompts = [line.strip() for line in read_text(path, "prompt file").splitlines() if line.strip()]
-    if not prompts:
-        raise SaekitError(f"{path} holds no prompts")
-    return prompts
 
 
 def run_attribute(args: argparse.Namespace) -> int:

@@ -97,6 +97,18 @@ def build(cls: type, values: dict[str, Any], what: str) -> Any:
         raise SaekitError(f"bad {what} options: {error}") from None
 
 
+def read_prompts(path: Path) -> list[str]:
+    """The non-empty lines of a prompt file, one prompt each."""
+    from saekit.io import read_text
+
+    if not path.is_file():
+        raise SaekitError(f"prompt file not found: {path}")
+    prompts = [line.strip() for line in read_text(path, "prompt file").splitlines() if line.strip()]
+    if not prompts:
+        raise SaekitError(f"{path} holds no prompts")
+    return prompts
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Print a plain aligned text table and return it."""
     from saekit.inspect.tables import format_table

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from saekit.commands.common import read_prompts
 from saekit.commands.sources import warn_other_model
 from saekit.errors import SaekitError
 
@@ -133,14 +134,7 @@ def run_steer(args: argparse.Namespace) -> int:
 def _prompts(path: Path | None, flag: str) -> list[str]:
     if path is None:
         raise SaekitError(f"pass {flag} (a file with one prompt per line), or --vector")
-    if not path.is_file():
-        raise SaekitError(f"prompt file not found: {path}")
-    from saekit.io import read_text
-
-    prompts = [line.strip() for line in read_text(path, "prompt file").splitlines() if line.strip()]
-    if not prompts:
-        raise SaekitError(f"{path} holds no prompts")
-    return prompts
+    return read_prompts(path)
 
 
 def run_vector(args: argparse.Namespace) -> int:
