@@ -64,6 +64,11 @@ def main() -> None:
     from saekit.models.loading import load_model, offline_default_directory
     from saekit.models.sites import resolve_hookpoints
     from saekit.sparse import fused_encode_topk
+    from saekit.training.host_memory import keep_freed_blocks
+
+    # saekit.train sets this on a CPU; set it from the start so the forward alone and the ceiling run under
+    # the same allocator settings as training (it speeds up the forward too).
+    keep_freed_blocks()
 
     if args.model == "offline-default" and args.device == "cpu" and args.dtype == "float32":
         model, tokenizer = offline_model()

@@ -182,12 +182,15 @@ class Dictionary(nn.Module):
     # ----------------------------------------------------------------------------- decoder-norm upkeep
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
-        """Project out the gradient component along each (unit) decoder row before the optimiser step."""
-        if self.W_dec.grad is None:
+        """Project out the gradient component along each decoder row before the optimiser step:
+        g ← g − (⟨g, d⟩/||d||²)·d, in place and without an [M, d] temporary (the step of a live run is
+        a small fraction of the forward's; each pass over the decoder counts)."""
+        W, grad = self.W_dec, self.W_dec.grad
+        if grad is None:
             return
-        rows = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        parallel = (self.W_dec.grad * rows).sum(-1, keepdim=True)
-        self.W_dec.grad.sub_(parallel * rows)
+        squared_norms = W.norm(dim=-1).square_().clamp_min_(1e-24)
+        along = torch.linalg.vecdot(grad, W).div_(squared_norms)
+        grad.addcmul_(W, along.unsqueeze(-1), value=-1)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

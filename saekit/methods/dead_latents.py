@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saekit.activations import largest_per_row
 from saekit.sparse import sparse_decode, sparse_topk_of_columns
 
 MAX_DEAD_TOKENS = 10_000_000  # Gao et al.'s dead window
@@ -103,7 +104,7 @@ def auxk_loss(d: Dictionary, x: Tensor, residual: Tensor, dead_mask: Tensor, aux
         bias = bias - b_dec @ W_dead
     dead_pre = torch.addmm(bias, x, W_dead).relu()
     if k_aux < columns.numel():
-        values, indices = torch.topk(dead_pre, k_aux, dim=-1, sorted=False)
+        values, indices = largest_per_row(dead_pre, k_aux)
         codes = torch.zeros_like(dead_pre).scatter_(-1, indices, values)
     else:
         codes = dead_pre  # every dead latent is among the k_aux largest

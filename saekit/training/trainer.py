@@ -37,6 +37,7 @@ from saekit.training.checkpoint import load_latest_checkpoint, write_checkpoint
 from saekit.training.config import RunConfig
 from saekit.training.distributed import Distributed, local_device
 from saekit.training.guard import FiniteGuard, check_finite_weights
+from saekit.training.host_memory import keep_freed_blocks
 from saekit.training.logs import RunLog
 from saekit.training.member import MASK, SweepMember, member_inputs  # noqa: F401 (member_inputs: public here)
 from saekit.training.prefetch import batches_on_device
@@ -142,6 +143,8 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
                           "put every run option in the RunConfig")
     tc = run
     device = local_device(tc.device)
+    if torch.device(device).type == "cpu":
+        keep_freed_blocks()  # each step's large temporaries reuse pages (host_memory.py)
     dist = Distributed.from_environment(tc.parallel, tc.collective_timeout_s, device)
     is_main = dist is None or dist.rank == 0
     local_batch = tc.batch_size if dist is None else dist.local_batch_size(tc.batch_size)

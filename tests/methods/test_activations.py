@@ -64,3 +64,24 @@ def test_fused_jumprelu_with_l0_equals_the_separate_estimators(generator):
     assert torch.allclose(z1.grad, z2.grad)
     assert torch.allclose(t1.grad, t2.grad, rtol=1e-5, atol=1e-6)
     assert torch.count_nonzero(t1.grad) > 5
+
+
+def test_largest_per_row_equals_torch_topk(generator):
+    from saekit.activations import column_groups, largest_per_row
+
+    assert column_groups(4608, 32) == 384 and column_groups(100, 40) is None  # grouped, and where it cannot pay
+    for shape, k in [((64, 4608), 32), ((3, 5, 96), 5), ((17, 6144), 64), ((9, 100), 40)]:
+        z = torch.randn(*shape, generator=generator)
+        values, indices = largest_per_row(z, k)
+        reference = torch.topk(z, k, dim=-1)
+        assert torch.equal(indices.sort(-1).values, reference.indices.sort(-1).values)
+        assert torch.equal(values, z.gather(-1, indices))
+    # ties (integer values): the same multiset of values as torch.topk's
+    z = torch.randint(0, 4, (32, 960), generator=generator).float()
+    values, _ = largest_per_row(z, 16)
+    assert torch.equal(values.sort(-1).values, torch.topk(z, 16, dim=-1).values.sort(-1).values)
+    # a column view (non-contiguous rows) and the gradient through the values
+    z = torch.randn(960, 48, generator=generator).T.requires_grad_()
+    values, indices = largest_per_row(z, 8)
+    values.sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z).scatter_(-1, indices, 1.0))
