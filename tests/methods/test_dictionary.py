@@ -99,3 +99,18 @@ def test_geometric_median_minimises_sum_of_distances(generator):
         assert cost(median) <= cost(probe) + 1e-4
     # robust to the outliers, unlike the mean
     assert median.norm() < points.mean(0).norm()
+
+
+def test_b_dec_median_is_estimated_on_evenly_spaced_rows(generator, monkeypatch):
+    import saekit.dictionary as dictionary
+
+    monkeypatch.setattr(dictionary, "GEOMETRIC_MEDIAN_ROWS", 64)
+    x = torch.randn(1000, 12, generator=generator) + 5
+    assert torch.equal(dictionary.evenly_spaced_rows(x, 64)[[0, -1]], x[[0, -1]])  # first and last rows kept
+    assert dictionary.evenly_spaced_rows(x[:50], 64).shape[0] == 50  # fewer rows: all of them
+    cfg = DictionaryConfig(method="topk", d_in=12, d_sae=32, k=4)
+    d = Dictionary(cfg)
+    d.initialize(x, TrainingConfig().resolved(cfg), generator)
+    assert torch.allclose(d.b_dec, geometric_median(dictionary.evenly_spaced_rows(x, 64)))
+    cost = lambda m: (x - m).norm(dim=-1).sum()
+    assert cost(d.b_dec) <= cost(geometric_median(x)) * 1.01  # close to the full sample's optimum
