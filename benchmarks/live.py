@@ -148,7 +148,8 @@ def main() -> None:
     print(f"saekit / forward alone: {medians['saekit'] / medians['forward']:.3f} (prefetch 2), "
           f"{medians['saekit-p0'] / medians['forward']:.3f} (prefetch 0)")
     if "sparsify" in medians:
-        print(f"saekit / sparsify: x{medians['saekit'] / medians['sparsify']:.2f}")
+        print(f"saekit / sparsify: x{medians['saekit'] / medians['sparsify']:.2f} (prefetch 2), "
+              f"x{medians['saekit-p0'] / medians['sparsify']:.2f} (prefetch 0)")
     print(f"{machine(args.threads)} (at the end)")
 
 
