@@ -6,10 +6,10 @@ threshold (128 KiB at start, adapting upward only slowly) with a fresh `mmap` an
 the model's MLP activations: tens of MB at a live run's shape) is zeroed page by page by the kernel again on
 first touch. On the 2-core machine of docs/benchmarks.md that is ~5,000 page faults and ~7% of a TopK step
 at 2 threads (2,048 × 576 → 4,608); live training (`saekit.train` on a model stream) ran ×1.18 faster in
-benchmarks/host_memory.py (docs/benchmarks.md). Raising the mmap threshold to 32 MiB (the ceiling of glibc's own adaptive
-threshold on 64-bit systems) and the trim threshold well above it keeps freed blocks in the heap for the next
-step; the process's peak memory is unchanged (the same tensors are alive at the peak), it just is not returned
-to the system between steps. Blocks above 32 MiB are still mapped afresh.
+benchmarks/host_memory.py (docs/benchmarks.md). Raising the mmap threshold to 32 MiB (the ceiling of glibc's
+own adaptive threshold on 64-bit systems) and the trim threshold well above it keeps freed blocks in the heap
+for the next step; the process's peak memory is unchanged (the same tensors are alive at the peak), it just
+is not returned to the system between steps. Blocks above 32 MiB are still mapped afresh.
 """
 
 from __future__ import annotations
