@@ -36,6 +36,7 @@ from saekit.evaluation.probing.probes import fit_probe, mean_activation_normalis
 from saekit.formats import detect
 from saekit.models.loading import OFFLINE_NAME, cache_root
 from tests.helpers import randomize
+from tests.side_venv import side_python
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -65,16 +66,7 @@ def ranking_case() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def probes_python() -> Path:
-    if os.environ.get("SAEKIT_PEER_TESTS", "1") == "0":
-        pytest.skip("SAEKIT_PEER_TESTS=0")
-    result = subprocess.run(["bash", str(HERE / "probes_env.sh")], cwd=ROOT, capture_output=True, text=True,
-                            timeout=1200)
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
-        pytest.fail("building the sae-probes environment failed (tests/evaluation/probes_env.sh):\n"
-                    + "\n".join(tail))
-    venv = Path(os.environ.get("SAEKIT_PROBES_VENV", ROOT / ".cache" / "probes-venv"))
-    return (venv if venv.is_absolute() else ROOT / venv) / "bin" / "python"
+    return side_python(HERE / "probes_env.sh", "SAEKIT_PROBES_VENV", ".cache/probes-venv", "sae-probes")
 
 
 @pytest.fixture(scope="module")

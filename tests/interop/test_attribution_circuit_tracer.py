@@ -30,6 +30,7 @@ from saekit.circuits.interventions import intervene
 from saekit.formats.detect import save_as
 from tests.circuits.test_attribution import _transcoders
 from tests.helpers import save_tiny, tiny_llama, tiny_tokenizer
+from tests.side_venv import side_python
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -42,16 +43,8 @@ PROMPTS = 2
 
 @pytest.fixture(scope="session")
 def ct_tl_python() -> Path:
-    if os.environ.get("SAEKIT_PEER_TESTS", "1") == "0":
-        pytest.skip("SAEKIT_PEER_TESTS=0")
-    result = subprocess.run(["bash", str(HERE / "circuit_tracer_tl_env.sh")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=1200)
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
-        pytest.fail("building the circuit-tracer attribution environment failed "
-                    "(tests/interop/circuit_tracer_tl_env.sh):\n" + "\n".join(tail))
-    venv = Path(os.environ.get("SAEKIT_CT_TL_VENV", ROOT / ".cache" / "ct-tl-venv"))
-    return (venv if venv.is_absolute() else ROOT / venv) / "bin" / "python"
+    return side_python(HERE / "circuit_tracer_tl_env.sh", "SAEKIT_CT_TL_VENV", ".cache/ct-tl-venv",
+                       "circuit-tracer attribution")
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from saekit.circuits import CLTSpec, CrossLayerTranscoder
 from saekit.circuits.transcoder_set import TranscoderSet, transcoder_set_specs
 from saekit.formats.detect import save_as
 from tests.helpers import layer_stream, random_clt, random_transcoder_set
+from tests.side_venv import side_python
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -67,16 +68,7 @@ def saekit_cases() -> dict:
 
 @pytest.fixture(scope="session")
 def ct_python() -> Path:
-    if os.environ.get("SAEKIT_PEER_TESTS", "1") == "0":
-        pytest.skip("SAEKIT_PEER_TESTS=0")
-    result = subprocess.run(["bash", str(HERE / "circuit_tracer_env.sh")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=1200)
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip().splitlines()[-15:]
-        pytest.fail("building the circuit-tracer environment failed (tests/interop/circuit_tracer_env.sh):\n"
-                    + "\n".join(tail))
-    venv = Path(os.environ.get("SAEKIT_CT_VENV", ROOT / ".cache" / "ct-venv"))
-    return (venv if venv.is_absolute() else ROOT / venv) / "bin" / "python"
+    return side_python(HERE / "circuit_tracer_env.sh", "SAEKIT_CT_VENV", ".cache/ct-venv", "circuit-tracer")
 
 
 @pytest.fixture(scope="session")
