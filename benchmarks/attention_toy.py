@@ -30,9 +30,9 @@ from saekit.experiments.attention_toy import (
 )
 from saekit.inspect.tables import format_table
 
-COLUMNS = ["toy", "toy_model", "block_seed", "model_learnt", "model_distributed", "one_head", "block_distributed",
-           "block_passes", "final_mse", "published", "model_epochs", "model_lr", "block_epochs", "block_lr",
-           "alpha", "model_seconds", "block_seconds"]
+COLUMNS = ["toy", "toy_model", "data", "block_seed", "model_learnt", "model_distributed", "one_head",
+           "block_distributed", "block_passes", "final_mse", "published", "model_epochs", "model_lr",
+           "block_epochs", "block_lr", "alpha", "model_seconds", "block_seconds"]
 
 
 def main() -> None:
@@ -48,6 +48,9 @@ def main() -> None:
                              "with saekit's check, and train saekit's block on its originals.")
     parser.add_argument("--block-epochs", type=int, default=None, help="Override the preset's block epochs.")
     parser.add_argument("--block-lr", type=float, default=None, help="Override the preset's block lr.")
+    parser.add_argument("--reference-data", action="store_true",
+                        help="Train on the reference's own batches, draw for draw (with --reference and block "
+                             "seed 0, the published run's exact start).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     presets = CPU if args.settings == "cpu" else PUBLISHED
@@ -58,7 +61,7 @@ def main() -> None:
         print(format_table(shipped, REFERENCE_COLUMNS), flush=True)
     for toy in args.toys:
         for seed in args.block_seeds:
-            settings = dataclasses.replace(presets[toy], block_seed=seed)
+            settings = dataclasses.replace(presets[toy], block_seed=seed, reference_data=args.reference_data)
             if args.block_epochs is not None:
                 settings = dataclasses.replace(settings, block_epochs=args.block_epochs)
             if args.block_lr is not None:

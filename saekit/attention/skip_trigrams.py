@@ -67,6 +67,37 @@ class SkipTrigrams:
         generator = torch.Generator().manual_seed(seed)
         return [self.sample(per_batch, generator) for _ in range(n_batches)]
 
+    def reference_batches(self, n_batches: int, per_batch: int, seed: int) -> list[tuple[Tensor, Tensor]]:
+        """The reference's own batches (cmathw/gated-attn `OVIncoherentTask` at dataset seed `seed`), draw for
+        draw: it samples one token at a time with `torch.randint(low, vocab, (1,))` from the generator
+        seeded with `seed`, so making the same calls in the same order gives the same tokens. A gated
+        block trained on these and initialised from the same seed starts from exactly the published run.
+        Slow (a Python loop, ~10 s per 100k sequences); `batches` draws the same distribution at once."""
+        generator = torch.Generator().manual_seed(seed)
+
+        def draw(low: int) -> int:
+            return int(torch.randint(low, self.vocab, (1,), generator=generator))
+
+        result = []
+        for _ in range(n_batches):
+            rows, marks = [], []
+            for _ in range(per_batch):
+                row, closes = [self.bos], [False]
+                following, opened, forced = draw(0), False, False
+                while len(row) < self.n_positions:
+                    token = following
+                    row.append(token)
+                    is_b = opened and not forced and 1 <= token <= self.n
+                    closes.append(is_b)
+                    opened = (opened and not is_b) or (not opened and not forced and token == 0)
+                    # the reference draws the next token even after the last position (the draw is unused)
+                    forced = is_b
+                    following = token + self.n if is_b else draw(1 if opened else 0)
+                rows.append(row)
+                marks.append(closes)
+            result.append((torch.tensor(rows, dtype=torch.long), torch.tensor(marks, dtype=torch.bool)))
+        return result
+
 
 def softmax(scores: Tensor, dim: int = -1) -> Tensor:
     """softmax written out: over the toy's ≤ 11 keys it runs ~2.5x faster than `Tensor.softmax` on a

@@ -43,6 +43,7 @@ class ToySettings:
     data_seed: int = 0
     model_seed: int = 0
     block_seed: int = 0
+    reference_data: bool = False  # the reference's own batches, draw for draw (SkipTrigrams.reference_batches)
 
     @property
     def name(self) -> str:
@@ -180,7 +181,8 @@ def run_toy(settings: ToySettings, progress: bool = False, model: ToyAttentionMo
         raise SaekitError("a toy needs at least one head and one trigram")
     started = time.perf_counter()
     task = SkipTrigrams(settings.n_trigrams)
-    batches = task.batches(settings.n_batches, settings.per_batch, settings.data_seed)
+    sample = task.reference_batches if settings.reference_data else task.batches
+    batches = sample(settings.n_batches, settings.per_batch, settings.data_seed)
     toy_model = "saekit" if model is None else "given"
     if model is None:
         model = train_toy_model(task, settings.n_heads, batches, settings.model_epochs, settings.model_lr,
@@ -193,6 +195,7 @@ def run_toy(settings: ToySettings, progress: bool = False, model: ToyAttentionMo
     return {
         "toy": settings.name,
         "toy_model": toy_model,
+        "data": "reference" if settings.reference_data else "saekit",
         "model_learnt": f"{sum(original.learnt.values())}/{n}",
         "model_distributed": len(original.distributed),
         "block_heads": 2 * settings.n_heads,

@@ -16,12 +16,19 @@ from saekit.config import DictionaryConfig
 from saekit.experiments.attention_toy import CPU, train_gated_block
 
 
-def reference_sample(n: int, rng: random.Random, length: int = 11) -> list[int]:
-    """The reference's `generate_sample`, one token at a time (Python's RNG in place of torch's)."""
+def reference_sample(n: int, rng: random.Random | torch.Generator, length: int = 11) -> list[int]:
+    """The reference's `generate_sample`, one token at a time (from Python's RNG, or from a torch generator
+    with the reference's own calls)."""
     vocab = 2 * n + 2
     sample = [2 * n + 1]
     zeros = closed = 0
-    token = rng.randrange(0, vocab)
+
+    def randrange(low: int, high: int) -> int:
+        if isinstance(rng, random.Random):
+            return rng.randrange(low, high)
+        return int(torch.randint(low, high, (1,), generator=rng))
+
+    token = randrange(0, vocab)
     while len(sample) < length:
         sample.append(token)
         if token == 0:
@@ -31,9 +38,9 @@ def reference_sample(n: int, rng: random.Random, length: int = 11) -> list[int]:
                 token = sample[-1] + n
                 closed += 1
             else:
-                token = rng.randrange(1, vocab)
+                token = randrange(1, vocab)
         else:
-            token = rng.randrange(0, vocab)
+            token = randrange(0, vocab)
     return sample
 
 
@@ -63,6 +70,26 @@ def test_vectorised_sampler_draws_the_reference_distribution(n):
                 assert 0 in before and all(not (1 <= t <= n) for t in before[len(before) - before[::-1].index(0):])
     ours, theirs = statistics(tokens, n), statistics(reference, n)
     assert (ours - theirs).abs().max() < 0.012, (ours - theirs).abs().max()
+
+
+def test_reference_batches_are_the_references_own_tokens():
+    """Draw for draw: against the line-by-line port above on torch's generator, and against the first
+    rows and a checksum printed by the reference's own code (cmathw/gated-attn `OVIncoherentTask`, 5 skip
+    trigrams, dataset seed 0, 2 batches of 50: `data[0, :4]`, Σ data·(position + 1), and the B positions
+    it records in `tok_data`)."""
+    batches = SkipTrigrams(5).reference_batches(2, 50, seed=0)
+    tokens = torch.cat([t for t, _ in batches])
+    generator = torch.Generator().manual_seed(0)
+    assert tokens.tolist() == [reference_sample(5, generator) for _ in range(100)]
+    assert tokens[:4].tolist() == [[11, 8, 3, 5, 0, 9, 4, 9, 7, 7, 1], [11, 5, 2, 0, 6, 9, 7, 6, 11, 11, 11],
+                                   [11, 11, 11, 2, 8, 5, 1, 5, 9, 0, 1], [11, 0, 9, 4, 9, 7, 9, 10, 11, 11, 4]]
+    assert int((tokens * torch.arange(1, 12)).sum()) == 38259
+    closes = torch.cat([c for _, c in batches])
+    assert [row.nonzero().flatten().tolist() for row in closes[:4]] == [[6], [], [10], [3]]
+    assert int(closes.sum()) == 52
+    generator = torch.Generator().manual_seed(1)
+    assert SkipTrigrams(3).reference_batches(1, 30, seed=1)[0][0].tolist() == \
+        [reference_sample(3, generator) for _ in range(30)]
 
 
 def outputs_for(task: SkipTrigrams, per_head):
