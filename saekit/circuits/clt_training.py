@@ -20,14 +20,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
 
 from saekit.circuits.clt import CLTConfig, CLTProvenance, CrossLayerTranscoder
 from saekit.circuits.clt_activations import get_activation
-from saekit.config import check_fields, help_field
+from saekit.config import help_field
 from saekit.errors import SaekitError
 from saekit.training import normalization
 from saekit.training.config import MAX_DEAD_TOKENS, OPTIONAL_FIELDS, TrainingConfig, _check
@@ -46,23 +46,14 @@ class CLTTrainingConfig(TrainingConfig):
         "Cross-layer transcoders, jumprelu: weight of the pre-activation loss Σ ReLU(θ − h)·‖d‖ over every "
         "latent (3e-6).", default=None)
 
+    KIND: ClassVar[str] = "cross-layer transcoder training config"
+
     def resolved(self, dictionary: Any) -> Any:
         """A copy with the CLT activation's defaults filled in and every value checked."""
-        activation = get_activation(dictionary.method)
-        values = dataclasses.asdict(self)
-        for key, value in activation.training_defaults(dictionary).items():
-            if values.get(key) is None:
-                values[key] = value
-        if values.get("dead_tokens") is None:  # Gao's window (dictionaries scale theirs with the run)
-            values["dead_tokens"] = MAX_DEAD_TOKENS
-        if values["adam_betas"] is not None:
-            values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
-        out = CLTTrainingConfig(**values)
-        unresolved = [f.name for f in dataclasses.fields(out)
-                      if getattr(out, f.name) is None and f.name not in OPTIONAL_FIELDS]
-        if unresolved:
-            raise SaekitError(f"no default for {', '.join(unresolved)} (cross-layer transcoder method "
-                              f"{dictionary.method!r})")
+        # dead_tokens: Gao's window (dictionaries scale theirs with the run)
+        defaults = {"dead_tokens": MAX_DEAD_TOKENS,
+                    **get_activation(dictionary.method).training_defaults(dictionary)}
+        out = self.filled(defaults, OPTIONAL_FIELDS, f"cross-layer transcoder method {dictionary.method!r}")
         _check(cast(Any, out), cast(Any, dictionary))
         checks = [
             (not out.unit_norm_decoder, "unit_norm_decoder does not apply to cross-layer transcoders (their "
@@ -80,14 +71,6 @@ class CLTTrainingConfig(TrainingConfig):
             if not ok:
                 raise SaekitError(message)
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CLTTrainingConfig:
-        check_fields(cls, data, "cross-layer transcoder training config")
-        data = dict(data)
-        if data.get("adam_betas") is not None:
-            data["adam_betas"] = tuple(data["adam_betas"])
-        return cls(**data)
 
 
 CLT_TRAINING_ONLY = ("tanh_scale", "preactivation_coefficient")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 from saekit.config import DictionaryConfig, check_fields, help_field
 from saekit.errors import SaekitError
@@ -69,6 +69,7 @@ class ResolvedTraining(Protocol):
 class TrainingConfig:
     """How one dictionary of a sweep is trained: optimiser, schedules, init, normalisation, dead latents."""
 
+    KIND: ClassVar[str] = "training config"  # how errors about a file's fields name it
     lr: float | None = help_field(
         "Adam learning rate. Default per method; TopK: 2e-4/sqrt(d_sae/2^14) (sparsify's rule for long runs), "
         "times (2700/steps)^0.75 for runs of fewer than 2,700 steps, at most x16 (docs/defaults.md).", default=None)
@@ -132,21 +133,28 @@ class TrainingConfig:
         from saekit.methods import get_method
 
         method = get_method(dictionary.method)
+        resolved = cast(ResolvedTraining, self.filled(method.training_defaults(dictionary),
+                                                      OPTIONAL_FIELDS | set(RUN_DEFAULTS),
+                                                      f"method {dictionary.method!r}"))
+        _check(resolved, dictionary)
+        method.check_training(dictionary, resolved)
+        return resolved
+
+    def filled(self, defaults: dict[str, Any], may_stay_none: frozenset[str] | set[str], owner: str) -> Any:
+        """A copy (of this class) with each field still None set from `defaults`; every field but those in
+        `may_stay_none` must then have a value: a default missing there is a bug of `owner`'s defaults."""
         values = dataclasses.asdict(self)
-        for key, value in method.training_defaults(dictionary).items():
+        for key, value in defaults.items():
             if values.get(key) is None:
                 values[key] = value
         if values["adam_betas"] is not None:
             values["adam_betas"] = tuple(float(b) for b in values["adam_betas"])
-        out = TrainingConfig(**values)
+        out = type(self)(**values)
         unresolved = [f.name for f in dataclasses.fields(out)
-                      if getattr(out, f.name) is None and f.name not in OPTIONAL_FIELDS | set(RUN_DEFAULTS)]
-        if unresolved:  # a method's defaults must cover every None field
-            raise SaekitError(f"no default for {', '.join(unresolved)} (method {dictionary.method!r})")
-        resolved = cast(ResolvedTraining, out)
-        _check(resolved, dictionary)
-        method.check_training(dictionary, resolved)
-        return resolved
+                      if getattr(out, f.name) is None and f.name not in may_stay_none]
+        if unresolved:
+            raise SaekitError(f"no default for {', '.join(unresolved)} ({owner})")
+        return out
 
     def for_run(self, dictionary: DictionaryConfig, total_steps: int, total_tokens: int) -> ResolvedTraining:
         """A copy with the defaults that depend on the run's length filled in (the values a run used)."""
@@ -165,8 +173,8 @@ class TrainingConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
-        check_fields(cls, data, "training config")
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        check_fields(cls, data, cls.KIND)
         data = dict(data)
         if data.get("adam_betas") is not None:
             data["adam_betas"] = tuple(data["adam_betas"])

@@ -253,3 +253,23 @@ def test_bfloat16_autocast_trains_a_clt_with_float32_weights(method):
     assert all(p.dtype == torch.float32 for p in clt.parameters())
     x = torch.stack([next(iter(layer_stream(batches=1)))[f"mlp_in.{i}"] for i in range(3)], 1)
     assert bool(torch.isfinite(clt(x)).all())
+
+
+def test_clt_training_config_fills_its_activations_defaults_and_names_itself_in_errors():
+    from saekit.circuits.clt_training import CLTTrainingConfig
+    from saekit.errors import SaekitError
+    from saekit.training.config import MAX_DEAD_TOKENS, TrainingConfig
+
+    cfg = CLTConfig(method="jumprelu", n_layers=2, d_in=8, d_sae=16)
+    resolved = CLTTrainingConfig(lr=1e-3, dead_tokens=None).resolved(cfg)
+    assert isinstance(resolved, CLTTrainingConfig)
+    assert resolved.dead_tokens == MAX_DEAD_TOKENS and resolved.lr == 1e-3
+    assert resolved.tanh_scale is not None and resolved.preactivation_coefficient is not None
+    assert CLTTrainingConfig(dead_tokens=500).resolved(cfg).dead_tokens == 500
+    with pytest.raises(SaekitError, match="unknown cross-layer transcoder training config field"):
+        CLTTrainingConfig.from_dict({"lr": 1e-3, "nope": 1})
+    with pytest.raises(SaekitError, match="unknown training config field"):
+        TrainingConfig.from_dict({"nope": 1})
+    with pytest.raises(SaekitError, match=r"no default for tanh_scale \(someone\)"):
+        CLTTrainingConfig().filled({}, {f for f in TrainingConfig.__dataclass_fields__} | {"preactivation_coefficient"},
+                                   "someone")
