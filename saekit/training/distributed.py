@@ -71,6 +71,8 @@ class Distributed:
     mode: str = "data"
     # where collectives' own tensors live: NCCL reduces only CUDA tensors, gloo only CPU ones
     device: torch.device = torch.device("cpu")
+    # whether `from_environment` made the process group (then `close` ends it; a group the caller made is theirs)
+    created_group: bool = False
 
     @classmethod
     def from_environment(cls, mode: str = "data", timeout_s: float = 120.0,
@@ -85,11 +87,19 @@ class Distributed:
         device = local_device(device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        if not dist.is_initialized():
+        created = not dist.is_initialized()
+        if created:
             backend = "nccl" if device.type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
         backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        return cls(dist.get_rank(), dist.get_world_size(), mode, backend_device)
+        return cls(dist.get_rank(), dist.get_world_size(), mode, backend_device, created)
+
+    def close(self) -> None:
+        """End the process group this run made. Left to interpreter exit, gloo's worker threads can be
+        torn down in the wrong order and abort a finished rank ("terminate called without an active
+        exception", exit -6: torchrun then reports a successful run as failed)."""
+        if self.created_group and dist.is_initialized():
+            dist.destroy_process_group()
 
     # ------------------------------------------------------------------------------------ layout
     def owner(self, member_index: int) -> int:

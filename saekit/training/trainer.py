@@ -334,3 +334,5 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
         bar.close()
         if run_log is not None:
             run_log.close()
+        if dist is not None:
+            dist.close()

@@ -1,7 +1,9 @@
 """One rank of a distributed training run (launched by tests/training/test_distributed.py, or by torchrun).
 
-Usage: python tests/training/dist_child.py <mode> <out_dir> [delay_per_batch]
-Every rank builds the same global toy stream and keeps its own slice of each global batch.
+Usage: python tests/training/dist_child.py <mode> <out_dir> [delay_per_batch] [own-group]
+Every rank builds the same global toy stream and keeps its own slice of each global batch. With
+`own-group` the rank makes the process group itself before training (as a caller of saekit.train may).
+Each rank writes `group_open_<rank>`: whether a process group is still open after training.
 """
 
 import os
@@ -47,7 +49,10 @@ def rank_stream(rank: int, world: int, delay: float = 0.0):
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    own_group = len(sys.argv) > 4 and sys.argv[4] == "own-group"
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if own_group:
+        torch.distributed.init_process_group("gloo")
     (out / f"pid_{rank}").write_text(str(os.getpid()))
     try:
         dicts = saekit.train(rank_stream(rank, world, delay), configs(), total_tokens=STEPS * BATCH,
@@ -56,9 +61,12 @@ def main() -> None:
     except saekit.SaekitError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    (out / f"group_open_{rank}").write_text(str(torch.distributed.is_initialized()))
     if rank == 0:
         for i, d in enumerate(dicts):
             saekit.save(d, out / f"dict_{i}")
+    if own_group:  # the caller's group is the caller's to end
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
