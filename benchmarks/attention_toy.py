@@ -48,6 +48,8 @@ def main() -> None:
                              "with saekit's check, and train saekit's block on its originals.")
     parser.add_argument("--block-epochs", type=int, default=None, help="Override the preset's block epochs.")
     parser.add_argument("--block-lr", type=float, default=None, help="Override the preset's block lr.")
+    parser.add_argument("--compile", action="store_true",
+                        help="Train the block through torch.compile (~2.3x faster on a CPU; needs a C++ compiler).")
     parser.add_argument("--reference-data", action="store_true",
                         help="Train on the reference's own batches, draw for draw (with --reference and block "
                              "seed 0, the published run's exact start).")
@@ -61,7 +63,8 @@ def main() -> None:
         print(format_table(shipped, REFERENCE_COLUMNS), flush=True)
     for toy in args.toys:
         for seed in args.block_seeds:
-            settings = dataclasses.replace(presets[toy], block_seed=seed, reference_data=args.reference_data)
+            settings = dataclasses.replace(presets[toy], block_seed=seed, reference_data=args.reference_data,
+                                           compile=args.compile)
             if args.block_epochs is not None:
                 settings = dataclasses.replace(settings, block_epochs=args.block_epochs)
             if args.block_lr is not None:

@@ -95,14 +95,26 @@ class GatedAttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.details(x)[0].sum(2)
 
-    def replacement_loss(self, x: Tensor, y: Tensor, mask: Tensor, sparsity_coefficient: float) -> LossResult:
+    def loss_terms(self, x: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(out [B, T, d], z [B, T, H], MSE over the counted tokens, gate penalty): the step's whole
+        computation, a pure function of the parameters and inputs, so `compile_loss` can fuse it."""
         heads, gates, z = self.details(x)
         out = heads.sum(2)
-        error = (out - y).pow(2)[mask]  # [N, d]
-        mse = error.mean()
+        counted = mask[..., None].to(out.dtype)
+        mse = ((out - y).pow(2) * counted).sum() / (counted.sum() * out.shape[-1])
         # (Σ_h g^p)^(1/p); a shut gate (clamped to 0) enters as 1e-12, so g^p has a finite derivative
         # there (which the clamp then zeroes) instead of 0·∞, at a cost below 1e-10 in the value
         penalty = gates.clamp_min(1e-12).pow(GATE_NORM_P).sum(-1).pow(1 / GATE_NORM_P).mean()
+        return out, z, mse, penalty
+
+    def compile_loss(self) -> None:
+        """Train through `torch.compile(loss_terms)`: on a CPU the toy's step (elementwise work on
+        [B, T, T, H] tensors) runs ~2.3x faster fused (24 vs 55 ms for 1000 sequences, 8 heads, one
+        thread), after ~12 s of compiling; needs a C++ compiler. Same function, float-level differences."""
+        self._compiled_loss_terms = torch.compile(self.loss_terms)
+
+    def replacement_loss(self, x: Tensor, y: Tensor, mask: Tensor, sparsity_coefficient: float) -> LossResult:
+        out, z, mse, penalty = getattr(self, "_compiled_loss_terms", self.loss_terms)(x, y, mask)
         total = mse + sparsity_coefficient * penalty
         encoding = Encoding(z[mask].abs().detach(), None)
         return LossResult(total, encoding, out[mask],

@@ -44,6 +44,7 @@ class ToySettings:
     model_seed: int = 0
     block_seed: int = 0
     reference_data: bool = False  # the reference's own batches, draw for draw (SkipTrigrams.reference_batches)
+    compile: bool = False  # train the block through torch.compile (GatedAttentionBlock.compile_loss)
 
     @property
     def name(self) -> str:
@@ -103,8 +104,14 @@ def train_gated_block(model: ToyAttentionModel, batches: list[tuple[Tensor, Tens
                       progress: bool = False) -> tuple[GatedAttentionBlock, float]:
     """(trained block, its final training MSE averaged over the last epoch's batches)."""
     spec = block_spec(settings, model.d_model)
-    objective = ReplacementObjective(lambda spec, device: GatedAttentionBlock(spec.dictionary, spec.training,
-                                                                              device))
+
+    def build(spec: DictionarySpec, device: torch.device) -> GatedAttentionBlock:
+        block = GatedAttentionBlock(spec.dictionary, spec.training, device)
+        if settings.compile:
+            block.compile_loss()
+        return block
+
+    objective = ReplacementObjective(build)
     run = RunConfig(total_tokens=settings.block_epochs * len(batches) * settings.per_batch,
                     batch_size=settings.per_batch, progress=progress, log_every=len(batches))
     from saekit.training.trainer import train

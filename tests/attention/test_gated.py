@@ -178,6 +178,30 @@ def test_the_toy_pipeline_trains_a_block_through_the_one_trainer():
     assert isinstance(block, GatedAttentionBlock) and mse < 0.25 * mean_square, (mse, mean_square)
 
 
+def test_the_compiled_block_trains_as_the_eager_one():
+    """`compile_loss` (torch.compile of the step's computation) changes speed, not the function: ten steps
+    from the same start on the same batches end at the same weights, to float rounding; a mask that
+    leaves tokens out is honoured the same way."""
+    settings = dataclasses.replace(CPU["2H/3ST"], n_batches=5, per_batch=100, block_epochs=2)
+    task = SkipTrigrams(3)
+    batches = task.reference_batches(settings.n_batches, settings.per_batch, 0)
+    model = ToyAttentionModel(task.vocab, 2, generator=torch.Generator().manual_seed(0))
+    eager, eager_mse = train_gated_block(model, batches, settings)
+    compiled, compiled_mse = train_gated_block(model, batches, dataclasses.replace(settings, compile=True))
+    assert hasattr(compiled, "_compiled_loss_terms") and not hasattr(eager, "_compiled_loss_terms")
+    weights = dict(compiled.named_parameters())
+    for name, value in eager.named_parameters():
+        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert abs(eager_mse - compiled_mse) < 1e-5
+    x = model.embed(batches[0][0])
+    y = model.attention(x).detach()
+    mask = torch.rand(x.shape[:2], generator=torch.Generator().manual_seed(3)) < 0.5
+    for block in (eager, compiled):
+        result = block.replacement_loss(x, y, mask, 0.5)
+        by_hand = (block(x) - y).pow(2)[mask].mean()
+        torch.testing.assert_close(result.parts["mse"], by_hand.detach(), rtol=1e-5, atol=1e-7)
+
+
 def test_a_gated_block_also_trains_on_a_real_layer_from_a_stream_of_sequences(tmp_path):
     """Mechanically the block is not tied to the toy: on a tiny Llama's layer 1 (attn_in.1 -> attn_out.1)
     it trains through the same objective and stream as a sparse attention replacement (docs/attention.md
