@@ -38,6 +38,13 @@ def test_attention_toy_checks_and_uses_the_references_weights(capsys, tmp_path):
     assert "shipped toy models and gated blocks, checked by saekit" in out
     (row,) = json.loads((tmp_path / "out" / "results.json").read_text())
     assert row["toy_model"] == "given"  # the reference's toy model was used, not trained
+    assert row["data"] == "saekit" and not row["settings"]["reference_data"]
+    code = main(["attention-toy", "--toys", "2H/3ST", "--reference", str(tmp_path), "--block-epochs", "1",
+                 "--n-batches", "2", "--per-batch", "50", "--no-progress", "--reference-data", "--compile",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0
+    (row,) = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert row["data"] == "reference" and row["settings"]["compile"]
     assert main(["attention-toy", "--toys", "2H/3ST", "--reference", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "toy_model_2H_3ST.st" in err
