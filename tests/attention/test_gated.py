@@ -202,6 +202,18 @@ def test_the_compiled_block_trains_as_the_eager_one():
         torch.testing.assert_close(result.parts["mse"], by_hand.detach(), rtol=1e-5, atol=1e-7)
 
 
+def test_compiling_without_a_cpp_compiler_is_a_one_line_error(monkeypatch):
+    import shutil
+
+    from saekit.errors import SaekitError
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    block = GatedAttentionBlock(DictionaryConfig(method="relu", d_in=8, d_sae=4, transcoder=True))
+    with pytest.raises(SaekitError, match="needs a C[+][+] compiler") as caught:
+        block.compile_loss()
+    assert "\n" not in str(caught.value)
+
+
 def test_a_gated_block_also_trains_on_a_real_layer_from_a_stream_of_sequences(tmp_path):
     """Mechanically the block is not tied to the toy: on a tiny Llama's layer 1 (attn_in.1 -> attn_out.1)
     it trains through the same objective and stream as a sparse attention replacement (docs/attention.md
