@@ -40,7 +40,6 @@ from tests.side_venv import side_python
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SPLIT_DATASETS = ["5_hist_fig_ismale", "95_toxic_is", "117_us_state_FL"]
 PIPELINE_DATASET, KS = "95_toxic_is", [1, 2, 5, 16]

@@ -6,7 +6,6 @@ import pytest
 
 from tests.side_venv import side_python
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 

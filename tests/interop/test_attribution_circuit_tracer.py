@@ -34,7 +34,6 @@ from tests.side_venv import side_python
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CASES = {"plt_jumprelu": ("plt", None), "plt_relu_skip": ("plt_skip", None), "clt_jumprelu": ("clt", None),
          "plt_budget": ("plt", 25), "clt_budget": ("clt", 25)}

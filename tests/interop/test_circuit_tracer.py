@@ -32,7 +32,6 @@ from tests.side_venv import side_python
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-4
 L, D, N = 3, 16, 64
