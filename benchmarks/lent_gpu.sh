@@ -38,7 +38,7 @@ prepare() {  # here: wheels, the model's shape, a slice of the offline text
     .venv/bin/python - <<'EOF'
 import glob, shutil
 from pathlib import Path
-from saekit.data.tokens import PYTHON_DOCS
+from saekit.data.offline_texts import PYTHON_DOCS
 out, total = Path(".gpu/text"), 0
 out.mkdir(parents=True, exist_ok=True)
 for i, name in enumerate(sorted(glob.glob(f"{PYTHON_DOCS}/**/*.rst.txt", recursive=True))):
@@ -51,8 +51,9 @@ EOF
 }
 
 cuda_tests() {  # the CUDA test group: every device-parametrised test, on the GPU
-    timeout 150 $PY -m pytest -q -p no:cacheprovider tests -k "cuda or on_device or devices" 2>&1 | tail -15 \
-        | tee "$OUT/cuda-tests.txt"
+    timeout 130 $PY -m pytest -q -p no:cacheprovider --timeout 60 --tb=short -rfE tests \
+        -k "cuda or on_device or devices" >"$OUT/cuda-tests.txt" 2>&1
+    tail -15 "$OUT/cuda-tests.txt"
 }
 
 model_dir() {
@@ -63,35 +64,39 @@ model_dir() {
 train() {  # `saekit train --device cuda` from a model, end to end, then `saekit eval` on the same device
     local model; model=$(model_dir | tail -1)
     rm -rf /tmp/train-gpu
-    timeout 100 $PY -m saekit.cli train --model "$model" --dataset .gpu/text --hookpoints resid_post.6 \
-        --method topk --k 32 --d-sae 4608 --total-tokens "$(size 2000000 20000)" --batch-size 4096 \
+    timeout 80 $PY -m saekit.cli train --model "$model" --dataset .gpu/text --hookpoints resid_post.6 \
+        --method topk --k 32 --d-sae 4608 --total-tokens "$(size 900000 20000)" --batch-size 4096 \
         --device "$DEVICE" --model-dtype bfloat16 --no-progress --out /tmp/train-gpu 2>&1 | tee "$OUT/train.txt"
-    timeout 60 $PY -m saekit.cli eval /tmp/train-gpu/topk-k32-4608 --model "$model" --model-dtype bfloat16 --dataset .gpu/text \
+    timeout 45 $PY -m saekit.cli eval /tmp/train-gpu/topk-k32-4608 --model "$model" --model-dtype bfloat16 --dataset .gpu/text \
         --tokens "$(size 65536 2048)" --device "$DEVICE" 2>&1 | tail -8 | tee -a "$OUT/train.txt"
 }
 
 live() {  # forward alone vs saekit (prefetch 2 / 0) vs sparsify's Trainer, live from the model
-    timeout 120 $PY benchmarks/live.py --model "$(model_dir | tail -1)" --text .gpu/text --device "$DEVICE" \
+    timeout 90 $PY benchmarks/live.py --model "$(model_dir | tail -1)" --text .gpu/text --device "$DEVICE" \
         --dtype bfloat16 --windows 64 --tokens "$(size 500000 20000)" --rounds 2 --threads 8 \
         --peer-python "$PEER_PY" 2>&1 | tee "$OUT/live.txt"
 }
 
 peers_large() {  # the realistic shape: d_in 2304, d_sae 65,536, k 64, batch 4096, bf16, synthetic rows
-    timeout 200 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic "$(size 2304 64)" \
-        --d-sae "$(size 65536 512)" --k 64 --data /tmp/synthetic-rows --tokens "$(size 3000000 16384)" \
+    timeout 180 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic "$(size 2304 64)" \
+        --d-sae "$(size 65536 512)" --k 64 --data /tmp/synthetic-rows --tokens "$(size 2000000 16384)" \
         --heldout "$(size 50000 2000)" --repeats 2 --threads 8 --peer-python "$PEER_PY" \
         --json "$OUT/peers-large.json" 2>&1 | grep -v Warning | tee "$OUT/peers-large.txt"
 }
 
 peers_small() {  # the last measurement's shape (d_in 384, d_sae 6144, k 32, bf16), on synthetic rows
-    timeout 100 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic 384 --data /tmp/synthetic-small \
+    timeout 75 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic 384 --data /tmp/synthetic-small \
         --tokens "$(size 2000000 16384)" --heldout "$(size 50000 2000)" --repeats 2 --threads 8 \
         --peer-python "$PEER_PY" --json "$OUT/peers-small.json" 2>&1 | grep -v Warning | tee "$OUT/peers-small.txt"
 }
 
 case "${1:-}" in
 prepare) prepare ;;
-all) setup_there; cuda_tests; train; peers_large; live; peers_small ;;  # most needed first
+all)  # most needed first; each part's start time in $OUT/times.txt
+    for part in setup_there cuda_tests train peers_large live peers_small; do
+        echo "$(date +%T) $part" | tee -a "$OUT/times.txt"; $part
+    done
+    echo "$(date +%T) done" | tee -a "$OUT/times.txt" ;;
 cuda-tests) setup_there; cuda_tests ;;
 train) setup_there; train ;;
 live) setup_there; live ;;
