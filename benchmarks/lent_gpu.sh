@@ -61,6 +61,11 @@ model_dir() {
     echo /tmp/smollm2-random
 }
 
+probe_tests() {
+    timeout 60 $PY -m pytest -q -p no:cacheprovider --timeout 30 --tb=short tests/training/test_on_device.py \
+        -k "steering_and_e2e" 2>&1 | tail -3 | tee "$OUT/probe-tests.txt"
+}
+
 train() {  # `saekit train --device cuda` from a model, end to end, then `saekit eval` on the same device
     local model; model=$(model_dir | tail -1)
     rm -rf /tmp/train-gpu
@@ -90,6 +95,24 @@ peers_small() {  # the last measurement's shape (d_in 384, d_sae 6144, k 32, bf1
         --peer-python "$PEER_PY" --json "$OUT/peers-small.json" 2>&1 | grep -v Warning | tee "$OUT/peers-small.txt"
 }
 
+step_profile() {  # where a step's time goes at the realistic shape: variants, then a profiler table
+    timeout 90 $PY benchmarks/step_time.py --device "$DEVICE" --d-in "$(size 2304 64)" --d-sae "$(size 65536 512)" \
+        --k 64 --steps "$(size 20 3)" --precisions bf16 --profile \
+        --variants "topk (sparse kernels);topk (dense path);topk, no AuxK;topk, dense, no AuxK" 2>&1 \
+        | tee "$OUT/step-profile.txt"
+}
+
+lr_probe() {  # saekit's FVU and dead latents at the realistic shape for each learning rate in $LRS
+    timeout 20 $PY -c "import sys; sys.path.insert(0, 'benchmarks'); from peers import synthetic; \
+synthetic(__import__('pathlib').Path('/tmp/synthetic-rows'), $(size 2304 64), $(size 500000 16384), \
+$(size 50000 2000), '$DEVICE')"
+    for lr in ${LRS:-1.2e-3 3e-3}; do
+        timeout 60 $PY benchmarks/peer_train.py --library saekit --data /tmp/synthetic-rows --device "$DEVICE" \
+            --precision bf16 --d-sae "$(size 65536 512)" --k 64 --tokens "$(size 2000000 16384)" --threads 8 \
+            --saekit-options "{\"lr\": $lr}" 2>&1 | grep -v Warning | tail -1 | tee -a "$OUT/lr-probe.txt"
+    done
+}
+
 case "${1:-}" in
 prepare) prepare ;;
 all)  # most needed first; each part's start time in $OUT/times.txt
@@ -97,6 +120,10 @@ all)  # most needed first; each part's start time in $OUT/times.txt
         echo "$(date +%T) $part" | tee -a "$OUT/times.txt"; $part
     done
     echo "$(date +%T) done" | tee -a "$OUT/times.txt" ;;
+probe)  # the second look: the device test fixed since the first, the step's profile, learning rates
+    for part in setup_there probe_tests step_profile lr_probe; do
+        echo "$(date +%T) $part" | tee -a "$OUT/times.txt"; $part
+    done ;;
 cuda-tests) setup_there; cuda_tests ;;
 train) setup_there; train ;;
 live) setup_there; live ;;

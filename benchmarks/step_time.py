@@ -33,30 +33,41 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--d-in", type=int, default=384)
     parser.add_argument("--expansion", type=int, default=16)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--d-sae", type=int, default=0, help="latents (default: expansion x d_in)")
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--variants", default="", help="semicolon-separated subset of the variants (default: all)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="fp32, bf16 or both")
+    parser.add_argument("--profile", action="store_true", help="a profiler table of the default TopK step")
     args = parser.parse_args()
-    d_sae = args.d_in * args.expansion
+    d_sae = args.d_sae or args.d_in * args.expansion
+    variants = {name: VARIANTS[name] for name in args.variants.split(";")} if args.variants else VARIANTS
+    autocasts = {"fp32": "none", "bf16": "bfloat16"}
+    precisions = args.precisions.split(",")
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
-    print(f"{name}: batch {args.batch}, d_in {args.d_in}, d_sae {d_sae}, {args.steps} steps per figure")
-    for dtype in (torch.float32, torch.bfloat16):
+    print(f"{name}: batch {args.batch}, d_in {args.d_in}, d_sae {d_sae}, k {args.k}, "
+          f"{args.steps} steps per figure")
+    for precision in precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         peak = matmul_peak(args.batch, args.d_in, d_sae, device=args.device, dtype=dtype)
         print(f"matmul peak {dtype}: {peak / 1e12:.1f} TFLOP/s")
-    print(f"{'variant':24s} {'fp32 tok/s':>12s} {'bf16 tok/s':>12s}")
-    for label, (method, options) in VARIANTS.items():
-        k = {"k": 32} if method in ("topk", "batchtopk") else {}
+    print(f"{'variant':24s}" + "".join(f" {p + ' tok/s':>12s}" for p in precisions))
+    for label, (method, options) in variants.items():
+        k = {"k": args.k} if method in ("topk", "batchtopk") else {}
         speeds = [args.batch / step_time(method, args.batch, args.d_in, d_sae, args.steps, args.device,
-                                         autocast, **k, **options)
-                  for autocast in ("none", "bfloat16")]
-        print(f"{label:24s} {speeds[0]:12,.0f} {speeds[1]:12,.0f}", flush=True)
+                                         autocasts[p], **k, **options)
+                  for p in precisions]
+        print(f"{label:24s}" + "".join(f" {v:12,.0f}" for v in speeds), flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if name != "cpu" else [])
         with profile(activities=activities) as prof:
-            step_time("topk", args.batch, args.d_in, d_sae, 20, args.device, k=32)
+            step_time("topk", args.batch, args.d_in, d_sae, 10, args.device, autocasts[precisions[-1]], k=args.k)
         sort = "cuda_time_total" if name != "cpu" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=25))
-
+        table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=48)
+        print(table)
+        if name != "cpu":
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48))
 
 if __name__ == "__main__":
     main()

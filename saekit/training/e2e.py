@@ -135,9 +135,11 @@ def e2e_spec(cfg: E2EConfig, d_in: int, init: Dictionary | None = None) -> Dicti
 
 
 def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E2EConfig,
-              total_steps: int, progress: bool = True, init: Dictionary | None = None) -> Dictionary:
+              total_steps: int, progress: bool = True, init: Dictionary | None = None,
+              device: str | torch.device | None = None) -> Dictionary:
     """Train an e2e (or e2e+ds) SAE with the one trainer. `batches` yields (input_ids [B, T], mask
-    [B, T]) where the mask selects the tokens that count in the KL (special tokens excluded)."""
+    [B, T]) where the mask selects the tokens that count in the KL (special tokens excluded). The
+    dictionary trains on `device` (default: the model's)."""
     if total_steps < 1:
         raise SaekitError(f"total_steps must be at least 1, got {total_steps}")
     model.eval()
@@ -157,7 +159,8 @@ def train_e2e(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], cfg: E
     from saekit.training.trainer import train
 
     n = first_ids.shape[0]
-    run = RunConfig(total_tokens=total_steps * n, batch_size=n, progress=progress)
+    run = RunConfig(total_tokens=total_steps * n, batch_size=n, progress=progress,
+                    device=str(objective.device if device is None else device))
     (d,) = train(sequences(), [spec], run=run, objective=objective)
     d.meta.update(e2e=True, downstream_hookpoints=list(cfg.downstream_hookpoints))
     d.meta.pop("normalization", None)  # nothing was normalised

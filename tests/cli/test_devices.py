@@ -134,3 +134,18 @@ def test_decompose_trains_on_the_device(monkeypatch, tmp_path, capsys):
                  "--no-progress", "--device", "cpu:0"])
     assert code == 0, capsys.readouterr().err
     assert seen == [ASKED]
+
+
+def test_e2e_training_places_the_dictionary_on_the_device(workspace, recorded):
+    """The e2e path trains through the one trainer, on the device asked for (it once fell back to "cpu":
+    a model on a GPU then spliced a CPU dictionary)."""
+    from saekit.data.tokens import TokenStream
+    from saekit.training.e2e import E2EConfig, train_e2e
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(len(tokenizer))
+    tokens = TokenStream(tokenizer, workspace["text"][1], context=32, batch_size=4)
+    d = train_e2e(model, tokens, E2EConfig(hookpoint="resid_post.0", d_sae=16, method="topk", k=2),
+                  total_steps=2, progress=False, device=ASKED)
+    assert recorded == [("trainer", ASKED)]
+    assert d.W_dec.device.type == "cpu"
