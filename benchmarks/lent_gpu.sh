@@ -51,7 +51,7 @@ EOF
 }
 
 cuda_tests() {  # the CUDA test group: every device-parametrised test, on the GPU
-    timeout 130 $PY -m pytest -q -p no:cacheprovider --timeout 60 --tb=short -rfE tests \
+    timeout ${CUDA_TESTS_TIMEOUT:-130} $PY -m pytest -q -p no:cacheprovider --timeout 60 --tb=short -rfE tests \
         -k "cuda or on_device or devices" >"$OUT/cuda-tests.txt" 2>&1
     tail -15 "$OUT/cuda-tests.txt"
 }
@@ -83,7 +83,7 @@ live() {  # forward alone vs saekit (prefetch 2 / 0) vs sparsify's Trainer, live
 }
 
 peers_large() {  # the realistic shape: d_in 2304, d_sae 65,536, k 64, batch 4096, bf16, synthetic rows
-    timeout 180 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic "$(size 2304 64)" \
+    timeout 200 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic "$(size 2304 64)" \
         --d-sae "$(size 65536 512)" --k 64 --data /tmp/synthetic-rows --tokens "$(size 2000000 16384)" \
         --heldout "$(size 50000 2000)" --repeats 2 --threads 8 --peer-python "$PEER_PY" \
         --json "$OUT/peers-large.json" 2>&1 | grep -v Warning | tee "$OUT/peers-large.txt"
@@ -115,8 +115,8 @@ $(size 50000 2000), '$DEVICE')"
 
 case "${1:-}" in
 prepare) prepare ;;
-all)  # most needed first; each part's start time in $OUT/times.txt
-    for part in setup_there cuda_tests train peers_large live peers_small; do
+all)  # most needed first (or the functions in $PARTS); each part's start time in $OUT/times.txt
+    for part in setup_there ${PARTS:-cuda_tests train peers_large live peers_small}; do
         echo "$(date +%T) $part" | tee -a "$OUT/times.txt"; $part
     done
     echo "$(date +%T) done" | tee -a "$OUT/times.txt" ;;
