@@ -146,6 +146,16 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
     if torch.device(device).type == "cpu":
         keep_freed_blocks()  # each step's large temporaries reuse pages (host_memory.py)
     dist = Distributed.from_environment(tc.parallel, tc.collective_timeout_s, device)
+    try:
+        return _train_members(stream, specs, tc, device, dist, objective)
+    finally:
+        if dist is not None:
+            dist.close()  # whatever ended the run, start-up failures included: no group left to exit time
+
+
+def _train_members(stream: Iterable[Any], specs: list[DictionarySpec], tc: RunConfig, device: torch.device,
+                   dist: Distributed | None, objective: Any) -> list[Dictionary]:
+    """`train` once its process group (if any) exists; the caller ends the group."""
     is_main = dist is None or dist.rank == 0
     local_batch = tc.batch_size if dist is None else dist.local_batch_size(tc.batch_size)
     total_steps = tc.total_steps
@@ -334,5 +344,3 @@ def train(stream: Iterable[Any], specs: Sequence[DictionarySpec | DictionaryConf
         bar.close()
         if run_log is not None:
             run_log.close()
-        if dist is not None:
-            dist.close()

@@ -3,7 +3,8 @@
 Usage: python tests/training/dist_child.py <mode> <out_dir> [delay_per_batch] [own-group]
 Every rank builds the same global toy stream and keeps its own slice of each global batch. With
 `own-group` the rank makes the process group itself before training (as a caller of saekit.train may).
-Each rank writes `group_open_<rank>`: whether a process group is still open after training.
+Each rank writes `group_open_<rank>`: whether a process group is still open after training (or after
+`saekit.train` failed).
 """
 
 import os
@@ -60,6 +61,7 @@ def main() -> None:
                              checkpoint_dir=str(out / "ckpt"), checkpoint_every=5)
     except saekit.SaekitError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
+        (out / f"group_open_{rank}").write_text(str(torch.distributed.is_initialized()))
         sys.exit(2)
     (out / f"group_open_{rank}").write_text(str(torch.distributed.is_initialized()))
     if rank == 0:

@@ -88,6 +88,17 @@ def test_a_process_group_the_caller_made_stays_open(tmp_path, single_process):
     assert torch.allclose(d.W_dec, single_process[0].W_dec, rtol=1e-4, atol=1e-5)
 
 
+
+def test_a_run_that_fails_in_start_up_ends_its_process_group(tmp_path):
+    """A checkpoint of another token budget stops both ranks before the first step (resume checks run
+    before training): saekit.train still ends the group it made, so no rank leaves it to exit time."""
+    saekit.train(dist_child.global_batches(), dist_child.configs(), total_tokens=10 * dist_child.BATCH,
+                 batch_size=dist_child.BATCH, progress=False, checkpoint_dir=str(tmp_path / "ckpt"))
+    codes, errors = wait_all(launch("data", tmp_path))
+    assert codes == [2, 2], errors
+    assert all("different configs or token budget" in e for e in errors), errors
+    assert [(tmp_path / f"group_open_{r}").read_text() for r in range(2)] == ["False", "False"]
+
 def test_resume_on_a_different_world_size(tmp_path, single_process):
     # Two processes run until their first checkpoints exist, then are killed; one process resumes.
     procs = launch("data", tmp_path, delay=0.2)
