@@ -5,8 +5,9 @@
 # peers benchmark are synthetic rows made there (speed does not depend on the data).
 #
 # Here, once:    bash benchmarks/lent_gpu.sh prepare     # ~52 MiB to carry (.whl 40, .gpu 12)
-# There:         bash benchmarks/lent_gpu.sh all        # carry .whl and .gpu; at most ~9.5 min; logs to $OUT
-#   Parts:       cuda-tests | train | live | peers-large | peers-small | steps | decompose TOY...
+# There:         bash benchmarks/lent_gpu.sh all        # carry .whl and .gpu; ~7.5 min (timeout_s 600); logs to $OUT
+#   Parts:       cuda-tests | train | live | peers-large | peers-small | steps | probe | decompose TOY...
+#   or any functions below: PARTS="parity peers_large" bash benchmarks/lent_gpu.sh all
 # Smoke test of the commands on a CPU (tiny sizes, seconds): DEVICE=cpu SMOKE=1 bash benchmarks/lent_gpu.sh all
 set -uo pipefail
 OUT=${OUT:-/tmp/lent-gpu-out}
@@ -95,6 +96,12 @@ peers_small() {  # the last measurement's shape (d_in 384, d_sae 6144, k 32, bf1
         --peer-python "$PEER_PY" --json "$OUT/peers-small.json" 2>&1 | grep -v Warning | tee "$OUT/peers-small.txt"
 }
 
+parity() {  # does saekit learn as well here as on the CPU? one variant per part of the step (device_parity.py)
+    timeout 120 $PY benchmarks/device_parity.py --device "$DEVICE" --d-in "$(size 384 32)" --d-sae "$(size 6144 256)" \
+        --k "$(size 32 8)" --tokens "$(size 2000000 51200)" --heldout "$(size 50000 2000)" 2>&1 | grep -v Warning \
+        | tee "$OUT/parity.txt"
+}
+
 step_profile() {  # where a step's time goes at the realistic shape: variants, then a profiler table
     timeout 90 $PY benchmarks/step_time.py --device "$DEVICE" --d-in "$(size 2304 64)" --d-sae "$(size 65536 512)" \
         --k 64 --steps "$(size 20 3)" --precisions bf16 --profile \
@@ -116,7 +123,7 @@ $(size 50000 2000), '$DEVICE')"
 case "${1:-}" in
 prepare) prepare ;;
 all)  # most needed first (or the functions in $PARTS); each part's start time in $OUT/times.txt
-    for part in setup_there ${PARTS:-cuda_tests train peers_large live peers_small}; do
+    for part in setup_there ${PARTS:-cuda_tests parity train peers_large live peers_small}; do
         echo "$(date +%T) $part" | tee -a "$OUT/times.txt"; $part
     done
     echo "$(date +%T) done" | tee -a "$OUT/times.txt" ;;

@@ -1,0 +1,76 @@
+"""Does a TopK SAE learn as well on this device as on the CPU? One shape, several step variants, held-out FVU.
+
+Found on an H200 (docs/benchmarks.md "On a lent GPU"): at d_in 384 / d_sae 6144 / k 32, 488 steps of 4096
+synthetic rows, saekit's defaults reached held-out FVU 0.461 on the GPU and 0.219 on the CPU, while
+sparsify reached 0.274 on both, so the rows were alike and the difference is saekit's GPU step. This trains
+the same dictionary once per variant, each turning one part of the GPU step off (bf16 autocast, the
+prefetch thread, the sparse kernels, AuxK, rows already on the device), and prints the FVU of each: the
+variant that closes the gap names the part at fault. `--device cpu` gives the reference (slow at full size).
+
+    python benchmarks/device_parity.py --device cuda [--tokens 2000000] [--variants default,fp32,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from peer_train import DeviceRows, RowReader, evaluate  # benchmarks/ is on sys.path when run as a script
+from peers import synthetic
+
+# name: (DictionaryConfig/TrainingConfig options, run options, rows already on the device)
+VARIANTS: dict[str, tuple[dict, dict, bool]] = {
+    "default": ({}, {"autocast": "bfloat16"}, True),
+    "fp32": ({}, {"autocast": "none"}, True),
+    "no prefetch": ({}, {"autocast": "bfloat16", "prefetch": 0}, True),
+    "dense path": ({"sparse_kernels": False}, {"autocast": "bfloat16"}, True),
+    "no AuxK": ({"aux_k": 0}, {"autocast": "bfloat16"}, True),
+    "rows from host": ({}, {"autocast": "bfloat16"}, False),
+    "all off": ({"sparse_kernels": False, "aux_k": 0}, {"autocast": "none", "prefetch": 0}, False),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--data", type=Path, default=Path("/tmp/parity-rows"))
+    parser.add_argument("--d-in", type=int, default=384)
+    parser.add_argument("--d-sae", type=int, default=6144)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--tokens", type=int, default=2_000_000)
+    parser.add_argument("--heldout", type=int, default=50_000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import saekit
+
+    data = synthetic(args.data, args.d_in, min(args.tokens, 500_000), args.heldout, args.device)
+    reader, heldout = RowReader(data / "train.npy"), RowReader(data / "heldout.npy")
+    tokens = args.tokens // args.batch * args.batch
+    on_device = DeviceRows(reader, tokens, args.device)
+    print(f"{args.device}: d_in {args.d_in}, d_sae {args.d_sae}, k {args.k}, batch {args.batch}, "
+          f"{tokens // args.batch} steps, held-out FVU on {args.heldout:,} rows", flush=True)
+    for name in args.variants.split(","):
+        options, run, rows_on_device = VARIANTS[name]
+        spec = saekit.DictionarySpec.from_options(method="topk", d_in=args.d_in, d_sae=args.d_sae, k=args.k,
+                                                  **options)
+        source = on_device if rows_on_device else reader
+        started = time.perf_counter()
+        d = saekit.train(source.batches(args.batch, tokens), spec, total_tokens=tokens, batch_size=args.batch,
+                         progress=False, device=args.device, **run)[0]
+        seconds = time.perf_counter() - started
+
+        def reconstruct(x, d=d):
+            f = d.encode(x)
+            return d.decode(f), f.nonzero()[:, 1]
+        figures = evaluate(reconstruct, heldout, args.d_sae, args.device)
+        print(json.dumps({"variant": name, "seconds": round(seconds, 2)} | figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
