@@ -58,6 +58,34 @@ def test_a_gpu_run_equals_the_cpu_run(device):
         torch.testing.assert_close(on_device.weights()[name].cpu(), t, rtol=2e-3, atol=2e-4)
 
 
+
+def held_out_fvu(d, rows: torch.Tensor) -> float:
+    with torch.no_grad():
+        x_hat = d.decode(d.encode(rows.to(d.W_dec.device))).cpu()
+    return float((rows - x_hat).pow(2).sum() / (rows - rows.mean(0)).pow(2).sum())
+
+
+def test_a_gpu_run_learns_as_well_as_the_cpu_run(device):
+    """Defaults (sparse kernels, AuxK acting), bf16 autocast, rows handed over as views of one tensor
+    already on the device, the device's prefetch: held-out FVU within 10% of a plain fp32 CPU run. (On an
+    H200 a GPU run of the peers benchmark's small shape reached FVU 0.461 where the CPU reached 0.219.)"""
+    from saekit.data.toy import ToyConfig, ToyData
+
+    rows = ToyData(ToyConfig(d_in=32, n_features=192, mean_active=6, seed=4), chunk_size=512 * 80).chunk(0)[0]
+    train_rows, held_out = rows[:512 * 70], rows[512 * 70:]
+    spec = saekit.DictionarySpec.from_options(method="topk", d_in=32, d_sae=256, k=8, seed=1)
+
+    def run(where: str, autocast: str) -> float:
+        on = train_rows.to(where)
+        d = saekit.train((on[i:i + 512] for i in range(0, on.shape[0], 512)), spec, total_tokens=on.shape[0],
+                         batch_size=512, device=where, autocast=autocast, progress=False)[0]
+        assert d.training_config.aux_k > 0 and d.training_config.sparse_kernels
+        return held_out_fvu(d, held_out)
+
+    reference, here = run("cpu", "none"), run(device, "bfloat16")
+    assert reference < 0.5, reference  # it learnt something, so the comparison means something
+    assert here <= 1.1 * reference, (here, reference)
+
 def test_batches_reach_the_device_through_pinned_memory(device):
     batch = {"x": torch.randn(4, 3)}
     moved = to_device(batch, torch.device(device))
