@@ -11,6 +11,7 @@
 # Smoke test of the commands on a CPU (tiny sizes, seconds): DEVICE=cpu SMOKE=1 bash benchmarks/lent_gpu.sh all
 set -uo pipefail
 OUT=${OUT:-/tmp/lent-gpu-out}
+WORK=${WORK:-/tmp}  # models, rows and runs made here
 DEVICE=${DEVICE:-cuda}
 SMOKE=${SMOKE:-}
 PY=${PY:-python3}
@@ -58,8 +59,8 @@ cuda_tests() {  # the CUDA test group: every device-parametrised test, on the GP
 }
 
 model_dir() {
-    [ -d /tmp/smollm2-random ] || $PY benchmarks/shape_model.py build .gpu/smollm2-shape --out /tmp/smollm2-random
-    echo /tmp/smollm2-random
+    [ -d $WORK/smollm2-random ] || $PY benchmarks/shape_model.py build .gpu/smollm2-shape --out $WORK/smollm2-random
+    echo $WORK/smollm2-random
 }
 
 probe_tests() {
@@ -69,11 +70,11 @@ probe_tests() {
 
 train() {  # `saekit train --device cuda` from a model, end to end, then `saekit eval` on the same device
     local model; model=$(model_dir | tail -1)
-    rm -rf /tmp/train-gpu
+    rm -rf $WORK/train-gpu
     timeout 80 $PY -m saekit.cli train --model "$model" --dataset .gpu/text --hookpoints resid_post.6 \
         --method topk --k 32 --d-sae 4608 --total-tokens "$(size 900000 20000)" --batch-size 4096 \
-        --device "$DEVICE" --model-dtype bfloat16 --no-progress --out /tmp/train-gpu 2>&1 | tee "$OUT/train.txt"
-    timeout 45 $PY -m saekit.cli eval /tmp/train-gpu/topk-k32-4608 --model "$model" --model-dtype bfloat16 --dataset .gpu/text \
+        --device "$DEVICE" --model-dtype bfloat16 --no-progress --out $WORK/train-gpu 2>&1 | tee "$OUT/train.txt"
+    timeout 45 $PY -m saekit.cli eval $WORK/train-gpu/topk-k32-4608 --model "$model" --model-dtype bfloat16 --dataset .gpu/text \
         --tokens "$(size 65536 2048)" --device "$DEVICE" 2>&1 | tail -8 | tee -a "$OUT/train.txt"
 }
 
@@ -85,19 +86,19 @@ live() {  # forward alone vs saekit (prefetch 2 / 0) vs sparsify's Trainer, live
 
 peers_large() {  # the realistic shape: d_in 2304, d_sae 65,536, k 64, batch 4096, bf16, synthetic rows
     timeout 200 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic "$(size 2304 64)" \
-        --d-sae "$(size 65536 512)" --k 64 --data /tmp/synthetic-rows --tokens "$(size 2000000 16384)" \
+        --d-sae "$(size 65536 512)" --k 64 --data $WORK/synthetic-rows --tokens "$(size 2000000 16384)" \
         --heldout "$(size 50000 2000)" --repeats 2 --threads 8 --peer-python "$PEER_PY" \
         --json "$OUT/peers-large.json" 2>&1 | grep -v Warning | tee "$OUT/peers-large.txt"
 }
 
 peers_small() {  # the last measurement's shape (d_in 384, d_sae 6144, k 32, bf16), on synthetic rows
-    timeout 75 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic 384 --data /tmp/synthetic-small \
+    timeout 75 $PY benchmarks/peers.py --device "$DEVICE" --precision bf16 --synthetic 384 --data $WORK/synthetic-small \
         --tokens "$(size 2000000 16384)" --heldout "$(size 50000 2000)" --repeats 2 --threads 8 \
         --peer-python "$PEER_PY" --json "$OUT/peers-small.json" 2>&1 | grep -v Warning | tee "$OUT/peers-small.txt"
 }
 
 parity() {  # does saekit learn as well here as on the CPU? one variant per part of the step (device_parity.py)
-    timeout 120 $PY benchmarks/device_parity.py --device "$DEVICE" --d-in "$(size 384 32)" --d-sae "$(size 6144 256)" \
+    timeout 120 $PY benchmarks/device_parity.py --device "$DEVICE" --data "$WORK/parity-rows" --d-in "$(size 384 32)" --d-sae "$(size 6144 256)" \
         --k "$(size 32 8)" --tokens "$(size 2000000 51200)" --heldout "$(size 50000 2000)" 2>&1 | grep -v Warning \
         | tee "$OUT/parity.txt"
 }
@@ -111,10 +112,10 @@ step_profile() {  # where a step's time goes at the realistic shape: variants, t
 
 lr_probe() {  # saekit's FVU and dead latents at the realistic shape for each learning rate in $LRS
     timeout 20 $PY -c "import sys; sys.path.insert(0, 'benchmarks'); from peers import synthetic; \
-synthetic(__import__('pathlib').Path('/tmp/synthetic-rows'), $(size 2304 64), $(size 500000 16384), \
+synthetic(__import__('pathlib').Path('$WORK/synthetic-rows'), $(size 2304 64), $(size 500000 16384), \
 $(size 50000 2000), '$DEVICE')"
     for lr in ${LRS:-1.2e-3 3e-3}; do
-        timeout 60 $PY benchmarks/peer_train.py --library saekit --data /tmp/synthetic-rows --device "$DEVICE" \
+        timeout 60 $PY benchmarks/peer_train.py --library saekit --data $WORK/synthetic-rows --device "$DEVICE" \
             --precision bf16 --d-sae "$(size 65536 512)" --k 64 --tokens "$(size 2000000 16384)" --threads 8 \
             --saekit-options "{\"lr\": $lr}" 2>&1 | grep -v Warning | tail -1 | tee -a "$OUT/lr-probe.txt"
     done
