@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from peer_train import DeviceRows, RowReader, evaluate  # benchmarks/ is on sys.path when run as a script
+from peer_train import DeviceRows, RowReader, evaluate, saekit_reconstruct  # benchmarks/ is on sys.path
 from peers import synthetic
 
 # name: (DictionaryConfig/TrainingConfig options, run options, rows already on the device)
@@ -64,11 +64,7 @@ def main() -> None:
         d = saekit.train(source.batches(args.batch, tokens), spec, total_tokens=tokens, batch_size=args.batch,
                          progress=False, device=args.device, **run)[0]
         seconds = time.perf_counter() - started
-
-        def reconstruct(x, d=d):
-            f = d.encode(x)
-            return d.decode(f), f.nonzero()[:, 1]
-        figures = evaluate(reconstruct, heldout, args.d_sae, args.device)
+        figures = evaluate(saekit_reconstruct(d), heldout, args.d_sae, args.device)
         print(json.dumps({"variant": name, "seconds": round(seconds, 2)} | figures), flush=True)
 
 

@@ -115,12 +115,15 @@ def train_saekit(reader: RowReader | DeviceRows, args: argparse.Namespace, d_sae
                      batch_size=args.batch, progress=False, device=args.device,
                      autocast="bfloat16" if args.precision == "bf16" else "none")[0]
     synchronize(args.device)
-    elapsed = time.perf_counter() - started
+    return time.perf_counter() - started, saekit_reconstruct(d)
 
+
+def saekit_reconstruct(d) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """`evaluate`'s reconstruct for a trained saekit dictionary."""
     def reconstruct(x):
         f = d.encode(x)
         return d.decode(f), f.nonzero()[:, 1]
-    return elapsed, reconstruct
+    return reconstruct
 
 
 def train_sparsify(reader: RowReader | DeviceRows, args: argparse.Namespace, d_sae: int):

@@ -69,5 +69,6 @@ def main() -> None:
         if name != "cpu":
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48))
 
+
 if __name__ == "__main__":
     main()

@@ -88,7 +88,6 @@ def test_a_process_group_the_caller_made_stays_open(tmp_path, single_process):
     assert torch.allclose(d.W_dec, single_process[0].W_dec, rtol=1e-4, atol=1e-5)
 
 
-
 def test_a_run_that_fails_in_start_up_ends_its_process_group(tmp_path):
     """A checkpoint of another token budget stops both ranks before the first step (resume checks run
     before training): saekit.train still ends the group it made, so no rank leaves it to exit time."""
@@ -98,6 +97,7 @@ def test_a_run_that_fails_in_start_up_ends_its_process_group(tmp_path):
     assert codes == [2, 2], errors
     assert all("different configs or token budget" in e for e in errors), errors
     assert [(tmp_path / f"group_open_{r}").read_text() for r in range(2)] == ["False", "False"]
+
 
 def test_resume_on_a_different_world_size(tmp_path, single_process):
     # Two processes run until their first checkpoints exist, then are killed; one process resumes.

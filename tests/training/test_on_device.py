@@ -58,11 +58,11 @@ def test_a_gpu_run_equals_the_cpu_run(device):
         torch.testing.assert_close(on_device.weights()[name].cpu(), t, rtol=2e-3, atol=2e-4)
 
 
-
 def held_out_fvu(d, rows: torch.Tensor) -> float:
+    from saekit.evaluation.metrics import fvu
+
     with torch.no_grad():
-        x_hat = d.decode(d.encode(rows.to(d.W_dec.device))).cpu()
-    return float((rows - x_hat).pow(2).sum() / (rows - rows.mean(0)).pow(2).sum())
+        return fvu(rows, d.decode(d.encode(rows.to(d.W_dec.device))).cpu())
 
 
 def test_a_gpu_run_learns_as_well_as_the_cpu_run(device):
@@ -85,6 +85,7 @@ def test_a_gpu_run_learns_as_well_as_the_cpu_run(device):
     reference, here = run("cpu", "none"), run(device, "bfloat16")
     assert reference < 0.5, reference  # it learnt something, so the comparison means something
     assert here <= 1.1 * reference, (here, reference)
+
 
 def test_batches_reach_the_device_through_pinned_memory(device):
     batch = {"x": torch.randn(4, 3)}

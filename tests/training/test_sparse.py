@@ -88,7 +88,6 @@ def test_fused_encode_topk_equals_one_product_and_topk(chunk_rows, generator):
     assert torch.allclose(values.sort(-1).values, reference.values.sort(-1).values, atol=1e-5)
 
 
-
 def test_fused_encode_topk_runs_its_product_in_the_autocast_dtype(generator):
     """Under autocast the fused product is the dense path's: in bf16 (an `out=` product escapes autocast,
     and once ran in fp32, ~15x slower on an H200); the values come back in fp32."""
@@ -101,6 +100,7 @@ def test_fused_encode_topk_runs_its_product_in_the_autocast_dtype(generator):
     torch.testing.assert_close(values, dense.gather(1, cols).float(), rtol=0, atol=0)
     exact = torch.addmm(b_enc, x, W_enc).gather(1, cols)
     assert not torch.equal(values, exact)  # bf16 rounding shows: the product was not fp32
+
 
 def test_per_row_topk_never_returns_dense_preactivations(generator):
     _, sparse = pair("topk")
