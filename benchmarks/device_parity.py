@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     args = parser.parse_args()
+    names = args.variants.split(",")
+    if unknown := [n for n in names if n not in VARIANTS]:
+        raise SystemExit(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
     import saekit
 
@@ -55,7 +58,7 @@ def main() -> None:
     on_device = DeviceRows(reader, tokens, args.device)
     print(f"{args.device}: d_in {args.d_in}, d_sae {args.d_sae}, k {args.k}, batch {args.batch}, "
           f"{tokens // args.batch} steps, held-out FVU on {args.heldout:,} rows", flush=True)
-    for name in args.variants.split(","):
+    for name in names:
         options, run, rows_on_device = VARIANTS[name]
         spec = saekit.DictionarySpec.from_options(method="topk", d_in=args.d_in, d_sae=args.d_sae, k=args.k,
                                                   **options)

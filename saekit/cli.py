@@ -32,21 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_device(name: str) -> None:
-    """Every command's --device, checked once here so a missing GPU is one clear line, not a CUDA
-    traceback from deep inside a model load."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SaekitError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SaekitError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise SaekitError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-
-
 def one_line(text: str) -> str:
     """Errors print as one line, whatever a message from a library holds."""
     return " ".join(text.split())
@@ -59,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if getattr(args, "device", None) is not None:
-            check_device(args.device)
+        if getattr(args, "device", None) is not None:  # one line here, not a CUDA traceback later
+            from saekit.training.distributed import check_device
+
+            check_device(args.device, "--device")
         result = args.func(args)
     except SaekitError as error:
         print(f"saekit {args.command}: error: {one_line(str(error))}", file=sys.stderr)

@@ -277,6 +277,9 @@ class RunConfig:
                               f"({self.batch_size}): raise total_tokens or lower batch_size")
         if self.autocast not in ("none", "bfloat16"):
             raise SaekitError(f"autocast must be 'none' or 'bfloat16', got {self.autocast!r}")
+        from saekit.training.distributed import check_device
+
+        check_device(self.device)
         if self.parallel not in ("data", "shard"):
             raise SaekitError(f"parallel must be 'data' or 'shard', got {self.parallel!r}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1 or (self.log_every is not None and

@@ -48,6 +48,19 @@ def _collective(fn):
     return wrapped
 
 
+def check_device(name: str | torch.device, label: str = "device") -> None:
+    """A device that exists here, or one clear line (not a CUDA traceback from deep inside a model load or
+    a training step): checked by every command's --device and by every run's RunConfig."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SaekitError(f"unknown device {str(name)!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SaekitError(f"{label} {name}: no CUDA GPU is visible to torch here; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SaekitError(f"{label} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
 def local_device(device: str | torch.device) -> torch.device:
     """The device this process should use for `device`: under torchrun a bare "cuda" means this rank's
     GPU (cuda:LOCAL_RANK), so that N ranks on one machine do not all land on GPU 0."""
