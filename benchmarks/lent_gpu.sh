@@ -98,7 +98,7 @@ peers_small() {  # the last measurement's shape (d_in 384, d_sae 6144, k 32, bf1
 }
 
 parity() {  # does saekit learn as well here as on the CPU? one variant per part of the step (device_parity.py)
-    timeout 120 $PY benchmarks/device_parity.py --device "$DEVICE" --data "$WORK/parity-rows" --d-in "$(size 384 32)" --d-sae "$(size 6144 256)" \
+    timeout 200 $PY benchmarks/device_parity.py --device "$DEVICE" --data "$WORK/parity-rows" --d-in "$(size 384 32)" --d-sae "$(size 6144 256)" \
         --k "$(size 32 8)" --tokens "$(size 2000000 51200)" --heldout "$(size 50000 2000)" 2>&1 | grep -v Warning \
         | tee "$OUT/parity.txt"
 }

@@ -33,7 +33,7 @@ def test_its_parts_run_on_the_cpu_at_smoke_sizes(tmp_path):
     parts = [line.split()[1] for line in (out / "times.txt").read_text().splitlines()]
     assert parts == ["setup_there", "parity", "lr_probe", "done"]
     rows = [json.loads(line) for line in (out / "parity.txt").read_text().splitlines() if line.startswith("{")]
-    assert [r["variant"] for r in rows] == ["default", "fp32", "no prefetch", "dense path", "no AuxK",
+    assert [r["variant"] for r in rows] == ["default", "cpu here", "fp32", "no prefetch", "dense path", "no AuxK",
                                              "rows from host", "all off"]
     assert all(0 < r["fvu"] < 1 for r in rows)  # each variant trained and was evaluated
     probe = [json.loads(line) for line in (out / "lr-probe.txt").read_text().splitlines()]

@@ -165,3 +165,55 @@ def test_short_training_run_matches_dense_path(device):
                                     device=device)[0])
     for (name, dense), sparse in zip(trained[0].weights().items(), trained[1].weights().values()):
         assert torch.allclose(dense, sparse, rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_step_at_the_benchmark_shape_has_the_float64_gradients(device, autocast):
+    """One training loss at the peers benchmark's small shape (d_in 384, d_sae 6144, k 32; 1,024 rows), sparse
+    kernels and the sparse AuxK form (3,072 dead latents, k_aux 192), against a dense float64 computation on
+    the CPU written here from the formulas. The shape matters on a GPU: CUDA picks its top-k and sort
+    algorithms by size, and the small tests above never reach the large-size ones. Under bf16 autocast too,
+    as GPU runs train."""
+    d_in, d_sae, k, rows = 384, 6144, 32, 1024
+    g = torch.Generator().manual_seed(7)
+    cfg = DictionaryConfig(method="topk", d_in=d_in, d_sae=d_sae, k=k)
+    training = TrainingConfig(sparse_kernels=True).resolved(cfg)
+    d = Dictionary(cfg, training=training)
+    x = torch.randn(rows, 16, generator=g) @ torch.randn(16, d_in, generator=g) + 0.3 * torch.randn(rows, d_in,
+                                                                                                   generator=g)
+    with torch.no_grad():
+        d.W_dec.copy_(torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=g), dim=1))
+        d.W_enc.copy_(d.W_dec.T + 0.05 * torch.randn(d_in, d_sae, generator=g))
+        d.b_enc.copy_(0.1 * torch.randn(d_sae, generator=g))
+        d.b_dec.copy_(0.2 * torch.randn(d_in, generator=g))
+    reference = {name: p.detach().double().clone().requires_grad_() for name, p in d.named_parameters()}
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[::2] = True
+    assert training.aux_k == 192 and training.aux_k * losses.AUX_DENSE_RATIO < int(dead.sum())
+
+    d = d.to(device)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+        result = training_loss(d, x.to(device), 0.0, dead.to(device), training)
+    result.total.backward()
+
+    W_enc, b_enc, W_dec, b_dec = (reference[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    x64 = x.double()
+    pre = (x64 - b_dec) @ W_enc + b_enc
+    top = pre.detach().topk(k, dim=1).indices
+    latents = torch.zeros_like(pre).scatter(1, top, pre.gather(1, top).relu())
+    x_hat = latents @ W_dec + b_dec
+    error = x64 - x_hat
+    dead_pre = pre[:, dead]
+    aux_top = dead_pre.detach().topk(training.aux_k, dim=1).indices
+    aux_latents = torch.zeros_like(dead_pre).scatter(1, aux_top, dead_pre.gather(1, aux_top).relu())
+    aux_error = error.detach() - aux_latents @ W_dec[dead]
+    total = error.pow(2).sum(1).mean() + training.aux_coefficient * training.aux_every * aux_error.pow(2).sum(1).mean()
+    total.backward()
+
+    assert float(result.total) == pytest.approx(float(total), rel=1e-4)
+    for name, p in d.named_parameters():
+        expected = reference[name].grad
+        relative = float((p.grad.cpu().double() - expected).norm() / expected.norm())
+        # bf16 pre-activations (3 significant digits) reorder near-ties and round every product: 2-7% here;
+        # a wrong kernel is off by the whole gradient
+        assert relative < (0.15 if autocast else 1e-3), (name, relative)
