@@ -18,6 +18,13 @@ from torch import Tensor
 from saekit.errors import SaekitError
 
 
+def all_finite(values: Tensor) -> bool:
+    """Whether every entry is finite, in one pass where it can: a sum is finite only if every term is (NaN
+    and inf propagate), and only a sum that overflows (finite entries near the dtype's limit) needs the
+    entry-by-entry test. `isfinite(x).all()` alone is five passes on a CPU (~3 ms a live step's batch)."""
+    return bool(torch.isfinite(values.sum())) or bool(torch.isfinite(values).all())
+
+
 class FiniteGuard:
     def __init__(self, deferred: bool = False) -> None:
         self.deferred = deferred
@@ -25,10 +32,9 @@ class FiniteGuard:
 
     def check(self, values: Tensor, what: str) -> None:
         """`values` must be all finite; `what` says where they came from (for the error)."""
-        ok = torch.isfinite(values).all()
         if self.deferred:
-            self._pending.append((ok, what))
-        elif not bool(ok):
+            self._pending.append((torch.isfinite(values).all(), what))
+        elif not all_finite(values):
             raise self._error(values, what)
 
     def flush(self) -> None:

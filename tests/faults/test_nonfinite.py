@@ -79,3 +79,21 @@ def test_complex_activations_are_refused(tmp_path, cli):
     code, _, errors = cli("train", "--activations", tmp_path / "c.npy", "--method", "topk", "--k", "4",
                           "--d-sae", "32", "--out", tmp_path / "r")
     one_line_error(code, errors, "real numbers")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_one_pass_finite_check_agrees_with_the_entrywise_one(dtype):
+    from saekit.training.guard import all_finite
+
+    big = torch.finfo(dtype).max / 2
+    cases = {
+        "finite": torch.randn(64, 8),
+        "nan": torch.randn(64, 8).index_put_((torch.tensor([5]), torch.tensor([3])), torch.tensor(float("nan"))),
+        "inf": torch.randn(64, 8).index_put_((torch.tensor([7]), torch.tensor([1])), torch.tensor(-float("inf"))),
+        "inf and -inf": torch.tensor([float("inf"), -float("inf")]),
+        "finite whose sum overflows": torch.full((16,), big),
+        "empty": torch.empty(0, 8),
+    }
+    for name, values in cases.items():
+        values = values.to(dtype)
+        assert all_finite(values) == bool(torch.isfinite(values).all()), name

@@ -217,3 +217,12 @@ def test_a_step_at_the_benchmark_shape_has_the_float64_gradients(device, autocas
         # bf16 pre-activations (3 significant digits) reorder near-ties and round every product: 2-7% here;
         # a wrong kernel is off by the whole gradient
         assert relative < (0.15 if autocast else 1e-3), (name, relative)
+
+
+@pytest.mark.parametrize("shape", [(4608, 576), (7, 3), (1, 5), (3, 1), (0, 4)])
+def test_the_transposed_copy_equals_the_transpose(shape, generator):
+    from saekit.sparse import transposed
+
+    t = torch.randn(shape, generator=generator)
+    out = transposed(t)
+    assert out.is_contiguous() and torch.equal(out, t.T)
