@@ -211,6 +211,9 @@ def test_a_step_at_the_benchmark_shape_has_the_float64_gradients(device, autocas
     total.backward()
 
     assert float(result.total) == pytest.approx(float(total), rel=1e-4)
+    codes = result.encoding.codes
+    pairs = codes.rows.cpu() * d_sae + codes.cols.cpu()
+    assert codes.cols.numel() == rows * k and pairs.unique().numel() == rows * k  # k distinct latents a row
     for name, p in d.named_parameters():
         expected = reference[name].grad
         relative = float((p.grad.cpu().double() - expected).norm() / expected.norm())
