@@ -5,7 +5,7 @@
 # peers benchmark are synthetic rows made there (speed does not depend on the data).
 #
 # Here, once:    bash benchmarks/lent_gpu.sh prepare     # ~52 MiB to carry (.whl 40, .gpu 12)
-# There:         bash benchmarks/lent_gpu.sh all        # carry .whl and .gpu; ~7.5 min (timeout_s 600); logs to $OUT
+# There:         bash benchmarks/lent_gpu.sh all        # carry .whl and .gpu; ~8 min (timeout_s 600); logs to $OUT
 #   Parts:       cuda-tests | train | live | peers-large | peers-small | steps | probe | decompose TOY...
 #   or any functions below: PARTS="parity peers_large" bash benchmarks/lent_gpu.sh all
 # Smoke test of the commands on a CPU (tiny sizes, seconds): DEVICE=cpu SMOKE=1 bash benchmarks/lent_gpu.sh all

@@ -34,7 +34,7 @@ def test_its_parts_run_on_the_cpu_at_smoke_sizes(tmp_path):
     assert parts == ["setup_there", "parity", "lr_probe", "done"]
     rows = [json.loads(line) for line in (out / "parity.txt").read_text().splitlines() if line.startswith("{")]
     assert [r["variant"] for r in rows] == ["default", "cpu here", "fp32", "no prefetch", "dense path", "no AuxK",
-                                             "rows from host", "all off"]
+                                             "unfused Adam", "deterministic", "rows from host", "all off"]
     assert all(0 < r["fvu"] < 1 for r in rows)  # each variant trained and was evaluated
     probe = [json.loads(line) for line in (out / "lr-probe.txt").read_text().splitlines()]
     # 4 steps at smoke size: a figure, not yet a fit
