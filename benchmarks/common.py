@@ -13,7 +13,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +124,11 @@ def activations(model, tokenizer, hookpoints: list[str], n_tokens: int, split: s
         if total >= n_tokens:
             break
     return {name: torch.cat(values)[:n_tokens] for name, values in parts.items()}
+
+
+def chosen_variants(asked: str, known: Mapping[str, Any], separator: str) -> list[str]:
+    """The variants named in `asked` (every one when it is empty), or exit naming those not in `known`."""
+    names = asked.split(separator) if asked else list(known)
+    if unknown := [n for n in names if n not in known]:
+        raise SystemExit(f"unknown variants {unknown}: choose from {(separator + ' ').join(known)}")
+    return names

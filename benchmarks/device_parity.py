@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peer_train import DeviceRows, RowReader, evaluate, saekit_reconstruct  # benchmarks/ is on sys.path
+from common import chosen_variants  # benchmarks/ is on sys.path
+from peer_train import DeviceRows, RowReader, evaluate, saekit_reconstruct
 from peers import synthetic
 
 
@@ -94,9 +95,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     args = parser.parse_args()
-    names = args.variants.split(",")
-    if unknown := [n for n in names if n not in VARIANTS]:
-        raise SystemExit(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
+    names = chosen_variants(args.variants, VARIANTS, ",")
     torch.set_num_threads(args.threads)
     import saekit
 

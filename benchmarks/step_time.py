@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import matmul_peak, step_time  # benchmarks/ is on sys.path when run as a script
+from common import chosen_variants, matmul_peak, step_time  # benchmarks/ is on sys.path when run as a script
 
 VARIANTS = {
     "topk (sparse kernels)": ("topk", {}),
@@ -40,10 +40,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="a profiler table of the default TopK step")
     args = parser.parse_args()
     d_sae = args.d_sae or args.d_in * args.expansion
-    names = args.variants.split(";") if args.variants else list(VARIANTS)
-    if unknown := [n for n in names if n not in VARIANTS]:
-        raise SystemExit(f"unknown variants {unknown}: choose from {'; '.join(VARIANTS)}")
-    variants = {name: VARIANTS[name] for name in names}
+    variants = {name: VARIANTS[name] for name in chosen_variants(args.variants, VARIANTS, ";")}
     autocasts = {"fp32": "none", "bf16": "bfloat16"}
     precisions = args.precisions.split(",")
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"

@@ -249,7 +249,6 @@ def test_train_refuses_a_run_config_together_with_loose_run_options():
     assert d.meta["training_tokens"] == 512
 
 
-
 @pytest.mark.parametrize("asked, message", [("gpu0", "unknown device 'gpu0'"),
                                              ("cuda:99", "cuda:99: (no CUDA GPU|only)")])
 def test_a_device_that_does_not_exist_here_is_one_line_from_the_python_api(asked, message):
@@ -258,6 +257,7 @@ def test_a_device_that_does_not_exist_here_is_one_line_from_the_python_api(asked
         saekit.train([torch.randn(64, 8)], saekit.DictionaryConfig(method="topk", d_in=8, d_sae=16, k=2),
                      total_tokens=64, batch_size=64, device=asked, progress=False)
     assert "\n" not in str(caught.value)
+
 
 def test_the_activation_scale_is_estimated_on_the_first_batches_which_are_then_trained_on():
     from saekit.training.normalization import activation_scale
