@@ -26,6 +26,7 @@ five such products) is printed too, for comparison with dense SAEs (benchmarks/d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -66,12 +67,21 @@ def export(cache_dir: Path, out: Path, heldout: int, seed: int = 0) -> Path:
     return save_split(rows, out, heldout, seed)
 
 
+def _stored_shapes(out: Path) -> dict[str, tuple[int, ...]]:
+    """Shapes of the train.npy / heldout.npy already in `out` (those that exist and read)."""
+    shapes = {}
+    for name in ("train", "heldout"):
+        with contextlib.suppress(OSError, ValueError):
+            shapes[name] = np.load(out / f"{name}.npy", mmap_mode="r").shape
+    return shapes
+
+
 def synthetic(out: Path, d_in: int, rows: int, heldout: int, device: str, seed: int = 0) -> Path:
     """train.npy / heldout.npy (float16) of sparse sums of 8·d_in random unit directions, ~64 active per row
     with exponential magnitudes, plus 1% noise: rows of a realistic width when no model of it is at hand (a
     lent GPU). Speed does not depend on the data; FVU and dead fractions compare libraries on equal terms."""
-    if (out / "train.npy").exists() and (out / "heldout.npy").exists():
-        return out
+    if _stored_shapes(out) == {"train": (rows, d_in), "heldout": (heldout, d_in)}:
+        return out  # made before with these sizes (rows of another width or count are made again)
     generator = torch.Generator(device=device).manual_seed(seed)
     n_features = 8 * d_in
     features = torch.randn(n_features, d_in, device=device, generator=generator)
