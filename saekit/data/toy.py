@@ -18,12 +18,12 @@ token without regenerating what came before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from saekit.data.chunked import SeededChunks
 from saekit.data.seeds import derived_seed
 from saekit.errors import SaekitError
 
@@ -50,14 +50,12 @@ class ToyConfig:
             raise SaekitError("toy correlation must be in [0, 1)")
 
 
-class ToyData:
+class ToyData(SeededChunks):
     """A deterministic, seekable stream of toy activations with known features."""
 
     def __init__(self, cfg: ToyConfig, chunk_size: int = 1024, split: str = "train") -> None:
+        super().__init__(cfg.seed, split, chunk_size)
         self.cfg = cfg
-        self.chunk_size = chunk_size
-        # Held-out data uses a disjoint seed space so evaluation never sees training rows.
-        self.split_offset = {"train": 0, "test": 1_000_003}[split]
         # Not manual_seed(cfg.seed): a dictionary trained with the same seed would start on the features.
         g = torch.Generator().manual_seed(derived_seed("toy features", cfg.seed))
         features = torch.randn(cfg.n_features, cfg.d_in, generator=g)
@@ -72,7 +70,7 @@ class ToyData:
     def chunk(self, index: int) -> tuple[Tensor, Tensor]:
         """Rows of chunk `index`: (activations [n, d_in], codes [n, G])."""
         cfg = self.cfg
-        g = torch.Generator().manual_seed(cfg.seed * 7_919 + self.split_offset + index + 1)
+        g = torch.Generator().manual_seed(self.chunk_seed(index))
         n = self.chunk_size
         factors = torch.randn(n, cfg.correlation_rank, generator=g)
         noise = torch.randn(n, cfg.n_features, generator=g)
@@ -83,17 +81,6 @@ class ToyData:
 
     def fingerprint(self) -> str:
         return f"toy {self.cfg} split_offset={self.split_offset} chunk={self.chunk_size}"
-
-    def __iter__(self) -> Iterator[Tensor]:
-        return self.resume_from(0)
-
-    def resume_from(self, tokens: int) -> Iterator[Tensor]:
-        index, offset = divmod(tokens, self.chunk_size)
-        while True:
-            x, _ = self.chunk(index)
-            yield x[offset:]
-            offset = 0
-            index += 1
 
     def sample(self, n_tokens: int) -> Tensor:
         chunks = []

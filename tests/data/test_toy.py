@@ -34,3 +34,14 @@ def test_derived_seed_is_deterministic_and_labelled():
     assert derived_seed("toy features", 0) != derived_seed("toy features", 1)
     assert derived_seed("toy features", 0) != derived_seed("synthetic directions", 0)
     assert 0 <= derived_seed("x", 3) < 2**63
+
+
+def test_toy_stream_resumes_mid_chunk_and_splits_are_disjoint():
+    data = ToyData(ToyConfig(d_in=16, n_features=32), chunk_size=10)
+    first = torch.cat([next(iter(data)), next(iter(data.resume_from(10)))])
+    assert torch.equal(next(data.resume_from(7)), first[7:10])  # the rest of chunk 0
+    assert torch.equal(next(data.resume_from(13)), first[13:20])
+    test = ToyData(ToyConfig(d_in=16, n_features=32), chunk_size=10, split="test")
+    assert not torch.equal(next(iter(test)), first[:10])
+    with pytest.raises(saekit.SaekitError, match="split must be one of train, test"):
+        ToyData(ToyConfig(d_in=16, n_features=32), split="validation")

@@ -18,12 +18,12 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from saekit.data.chunked import SeededChunks
 from saekit.data.seeds import derived_seed
 from saekit.data.synthetic.config import SyntheticConfig
 from saekit.data.synthetic.hierarchy import (
@@ -168,37 +168,17 @@ class SyntheticModel:
         return cls(cfg, device, load_file(str(weights)))
 
 
-class SyntheticData:
-    """A deterministic, seekable stream of a synthetic model's activations (the trainer's `stream`).
-
-    Chunk i is drawn from its own generator, seeded by (model seed, split, i), so `resume_from(tokens)`
-    regenerates nothing before the resume point and the held-out split never repeats a training row."""
-
-    SPLITS: ClassVar[dict[str, int]] = {"train": 0, "test": 1_000_003}
+class SyntheticData(SeededChunks):
+    """A deterministic, seekable stream of a synthetic model's activations (the trainer's `stream`)."""
 
     def __init__(self, model: SyntheticModel, split: str = "train", chunk_size: int = 4096) -> None:
-        if split not in self.SPLITS:
-            raise SaekitError(f"split must be one of {', '.join(self.SPLITS)}")
+        super().__init__(model.cfg.seed, split, chunk_size)
         self.model = model
-        self.split = split
-        self.chunk_size = chunk_size
 
     def chunk(self, index: int) -> tuple[Tensor, Tensor]:
         """(activations, codes) of chunk `index`."""
-        seed = self.model.cfg.seed * 7_919 + self.SPLITS[self.split] + index + 1
-        generator = torch.Generator(device=self.model.device).manual_seed(seed)
+        generator = torch.Generator(device=self.model.device).manual_seed(self.chunk_seed(index))
         return self.model.sample(self.chunk_size, generator)
-
-    def __iter__(self) -> Iterator[Tensor]:
-        return self.resume_from(0)
-
-    def resume_from(self, tokens: int) -> Iterator[Tensor]:
-        index, offset = divmod(tokens, self.chunk_size)
-        while True:
-            x, _ = self.chunk(index)
-            yield x[offset:]
-            offset = 0
-            index += 1
 
     def batches(self, n_samples: int, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The first n_samples rows as (x, codes) batches, for evaluation."""
