@@ -12,6 +12,9 @@ tokens a step) in each of, alternating, per round:
     saekit-bf16  the device's default prefetch (0 on a CPU), the SAE step under bf16 autocast
                  (`autocast="bfloat16"`; the model keeps --dtype): on a CPU with AMX the encoder product
                  runs ~3x faster
+    saekit-no-screen  the device's default prefetch, fp32, without the bf16 screen of the encoder's selection
+                 (SAEKIT_BF16_SCREEN=0; saekit.screen: on a CPU with AMX the default screens the fp32 top-k
+                 with a bf16 product, the same selection)
     sparsify     EleutherAI sparsify's `Trainer.fit()` in the peer venv (it trains inside forward hooks and
                  runs the whole model: `.cache/peer-venv`, built by tests/interop/peer_env.sh)
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -66,6 +70,7 @@ def main() -> None:
     from saekit.models.hooks import capture
     from saekit.models.loading import load_model, offline_default_directory
     from saekit.models.sites import resolve_hookpoints
+    from saekit.screen import SCREEN_VARIABLE
     from saekit.sparse import fused_encode_topk
     from saekit.training.host_memory import keep_freed_blocks
 
@@ -119,15 +124,17 @@ def main() -> None:
             fused_encode_topk(acts.reshape(-1, d_in).float(), W_enc, b_enc, args.k)
         return counted / (synchronized() - started)
 
-    def train(prefetch: int | None, autocast: str = "none") -> float:
+    def train(prefetch: int | None, autocast: str = "none", screen: str = "auto") -> float:
+        os.environ[SCREEN_VARIABLE] = screen  # "0": the fp32 encoder product without the bf16 screen
         started = synchronized()
         saekit.train(ActivationStream(model, windows(), [site]), [spec], total_tokens=budget,
                      batch_size=batch_size, progress=False, prefetch=prefetch, device=args.device,
                      autocast=autocast)
+        os.environ[SCREEN_VARIABLE] = "auto"
         return budget / (synchronized() - started)
 
     rates: dict[str, list[float]] = {"forward": [], "ceiling": [], "saekit": [], "saekit-p0": [], "saekit-bf16": [],
-                                     "sparsify": []}
+                                     "saekit-no-screen": [], "sparsify": []}
     with tempfile.TemporaryDirectory() as folder:
         np.save(Path(folder) / "ids.npy", ids.astype(np.int64))
         peer = [str(args.peer_python), str(ROOT / "benchmarks" / "peer_live.py"), "--model",
@@ -141,6 +148,7 @@ def main() -> None:
             rates["saekit"].append(train(prefetch=2))
             rates["saekit-p0"].append(train(prefetch=0))
             rates["saekit-bf16"].append(train(prefetch=None, autocast="bfloat16"))
+            rates["saekit-no-screen"].append(train(prefetch=None, screen="0"))
             if not args.no_peer and args.peer_python.exists():
                 done = subprocess.run(peer, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
@@ -153,7 +161,8 @@ def main() -> None:
     print(f"forward + encoder product and top-k only / forward alone: {medians['ceiling'] / medians['forward']:.3f}")
     print(f"saekit / forward alone: {medians['saekit'] / medians['forward']:.3f} (prefetch 2), "
           f"{medians['saekit-p0'] / medians['forward']:.3f} (prefetch 0), "
-          f"{medians['saekit-bf16'] / medians['forward']:.3f} (bf16 step)")
+          f"{medians['saekit-bf16'] / medians['forward']:.3f} (bf16 step), "
+          f"{medians['saekit-no-screen'] / medians['forward']:.3f} (no bf16 screen)")
     if "sparsify" in medians:
         print(f"saekit / sparsify: x{medians['saekit'] / medians['sparsify']:.2f} (prefetch 2), "
               f"x{medians['saekit-p0'] / medians['sparsify']:.2f} (prefetch 0), "

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from saekit.activations import largest_per_row
+from saekit.screen import screen_applies, screened_topk
 
 # Pre-activation elements per chunk of the fused encoder + top-k (~32 MB): large enough that each
 # product and selection still runs at full speed on every thread (small chunks pay a thread
@@ -152,13 +153,14 @@ def select_batch_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
 
 @torch.no_grad()
 def fused_encode_topk(x_centered: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
-                      chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
+                      chunk_rows: int | None = None, screen: bool = True) -> tuple[Tensor, Tensor]:
     """(values [B, k], cols [B, k]) of the k largest entries of each row of x_centered·W_enc + b_enc,
     computed chunk by chunk into one reused buffer, so no [B, M] tensor is ever allocated.
 
     Under autocast the product runs in autocast's dtype, as the dense path's does (an `out=` product
     is outside autocast's reach: left to itself it ran in fp32, on an H200 ~15x slower than in bf16);
-    the values come back in x_centered's dtype."""
+    the values come back in x_centered's dtype. On CPUs with bf16 matrix units an fp32 selection is
+    screened by a bf16 product (`saekit.screen`: the same selection, certified, in about half the time)."""
     batch, width = x_centered.shape[0], W_enc.shape[1]
     device = x_centered.device
     if chunk_rows is None:
@@ -166,6 +168,10 @@ def fused_encode_topk(x_centered: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
         chunk_rows = max(MIN_CHUNK_ROWS, elements // width)
     n_chunks = -(-batch // max(1, chunk_rows))
     chunk_rows = -(-batch // n_chunks)  # equal chunks: no small last product
+    if screen and batch and screen_applies(x_centered, W_enc, k):
+        def exact(rows: Tensor) -> tuple[Tensor, Tensor]:
+            return fused_encode_topk(rows, W_enc, b_enc, k, chunk_rows, screen=False)
+        return screened_topk(x_centered, W_enc, transposed(W_enc), b_enc, k, exact, chunk_rows)
     dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x_centered.dtype
     product_input, W, b = (t.to(dtype) for t in (x_centered, W_enc, b_enc))
     values = torch.empty(batch, k, dtype=x_centered.dtype, device=device)
