@@ -125,9 +125,7 @@ def _rounding_bound(x: Tensor, x_low: Tensor, W_T: Tensor, b: Tensor, b_low: Ten
     u/(1 − u)·|ṽ|, which for ṽ ≤ floor is largest at ṽ = floor (counted twice, with max|b̃|, in case the
     bias is added after a first rounding). Each column's norm is bounded by the largest."""
     u, d = BF16_UNIT_ROUNDOFF, x.shape[1]
-    W_T_low = W_T.to(torch.bfloat16).float()
-    W_norm = W_T_low.norm(dim=1).max()
-    dW_norm = (W_T_low - W_T).norm(dim=1).max()
+    W_norm, dW_norm = _column_norms(W_T)
     x_norm = x_low.float().norm(dim=1)
     dx_norm = (x_low.float() - x).norm(dim=1)
     product = dx_norm * W_norm + x.norm(dim=1) * dW_norm
@@ -135,3 +133,16 @@ def _rounding_bound(x: Tensor, x_low: Tensor, W_T: Tensor, b: Tensor, b_low: Ten
     bias = (b_low.float() - b).abs().max()
     output = 2 * u / (1 - u) * (floor.abs() + b_low.float().abs().max())
     return product + accumulation + bias + output
+
+
+def _column_norms(W_T: Tensor, block_elements: int = 1 << 22) -> tuple[Tensor, Tensor]:
+    """(max_j ‖W̃_j‖, max_j ‖W̃_j − W_j‖) over the rows of W_T, a block of rows at a time (a whole rounded copy
+    of a wide encoder would be as large as the encoder)."""
+    rows = max(1, block_elements // max(1, W_T.shape[1]))
+    norms, errors = [], []
+    for start in range(0, W_T.shape[0], rows):
+        block = W_T[start:start + rows]
+        low = block.to(torch.bfloat16).float()
+        norms.append(low.norm(dim=1).max())
+        errors.append((low - block).norm(dim=1).max())
+    return torch.stack(norms).max(), torch.stack(errors).max()

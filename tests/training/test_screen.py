@@ -104,3 +104,29 @@ def test_training_with_the_screen_selects_as_fp32_at_every_step(monkeypatch):
     for name, weight in trained["0"].weights().items():
         other = trained["1"].weights()[name]
         assert float((other - weight).norm() / weight.norm()) < 1e-3, name
+
+
+@pytest.mark.parametrize("outliers", [False, True])
+def test_the_rounding_bound_covers_every_entry_of_the_bf16_product(outliers):
+    """|fp32 entry − bf16 entry| is within the bound of its row for every entry (the bound's `floor` taken as
+    the row's largest |ṽ|, so the output-rounding term covers all of them), with and without a few huge
+    input dimensions (as residual streams have)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 320, generator=g)
+    if outliers:
+        x[:, :3] *= 300
+    W = torch.randn(320, 3000, generator=g) / 18
+    b = torch.randn(3000, generator=g)
+    x_low, b_low = x.bfloat16(), b.bfloat16()
+    low = torch.addmm(b_low, x_low, W.bfloat16()).float()
+    error = (torch.addmm(b.double(), x.double(), W.double()) - low.double()).abs().amax(1)
+    bound = screen._rounding_bound(x, x_low, transposed(W), b, b_low, low.abs().amax(1))
+    assert bool((error <= bound.double()).all())
+    assert float((error / bound).max()) > 0.01  # a margin, not a wall that certifies nothing
+
+
+def test_column_norms_by_blocks_match_the_whole():
+    W_T = torch.randn(1000, 64)
+    whole = screen._column_norms(W_T, block_elements=W_T.numel())
+    for got, expected in zip(screen._column_norms(W_T, block_elements=64 * 7), whole, strict=True):
+        assert float(got) == float(expected)
