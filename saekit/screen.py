@@ -59,7 +59,11 @@ def bf16_matrix_units() -> bool:
 
 
 def screen_applies(x: Tensor, W: Tensor, k: int) -> bool:
-    """Whether `screened_topk` should replace the fp32 product for these operands."""
+    """Whether `screened_topk` should replace the fp32 product for these operands. A bad setting of
+    SAEKIT_BF16_SCREEN is refused whatever the operands, not only where the screen would run."""
+    setting = os.environ.get(SCREEN_VARIABLE, "auto")
+    if setting not in SCREEN_SETTINGS:
+        raise SaekitError(f"{SCREEN_VARIABLE}={setting!r} is not a setting: use auto, 1 (always) or 0 (never)")
     if x.device.type != "cpu" or x.dtype != torch.float32 or W.dtype != torch.float32:
         return False
     if torch.is_autocast_enabled("cpu"):
@@ -67,9 +71,6 @@ def screen_applies(x: Tensor, W: Tensor, k: int) -> bool:
     candidates = k + _extra(k)
     if x.shape[1] < MIN_SCREEN_D_IN or W.shape[1] < MIN_SCREEN_WIDTH_PER_CANDIDATE * candidates:
         return False
-    setting = os.environ.get(SCREEN_VARIABLE, "auto")
-    if setting not in SCREEN_SETTINGS:
-        raise SaekitError(f"{SCREEN_VARIABLE}={setting!r} is not a setting: use auto, 1 (always) or 0 (never)")
     forced = SCREEN_SETTINGS[setting]
     return forced if forced is not None else bf16_matrix_units()
 
@@ -126,12 +127,11 @@ def _rounding_bound(x: Tensor, x_low: Tensor, W_T: Tensor, b: Tensor, b_low: Ten
     bias is added after a first rounding). Each column's norm is bounded by the largest."""
     u, d = BF16_UNIT_ROUNDOFF, x.shape[1]
     W_norm, dW_norm = _column_norms(W_T)
-    x_norm = x_low.float().norm(dim=1)
-    dx_norm = (x_low.float() - x).norm(dim=1)
-    product = dx_norm * W_norm + x.norm(dim=1) * dW_norm
-    accumulation = 2 * d * FP32_UNIT_ROUNDOFF / (1 - d * FP32_UNIT_ROUNDOFF) * x_norm * W_norm
-    bias = (b_low.float() - b).abs().max()
-    output = 2 * u / (1 - u) * (floor.abs() + b_low.float().abs().max())
+    x_rounded, b_rounded = x_low.float(), b_low.float()
+    product = (x_rounded - x).norm(dim=1) * W_norm + x.norm(dim=1) * dW_norm
+    accumulation = 2 * d * FP32_UNIT_ROUNDOFF / (1 - d * FP32_UNIT_ROUNDOFF) * x_rounded.norm(dim=1) * W_norm
+    bias = (b_rounded - b).abs().max()
+    output = 2 * u / (1 - u) * (floor.abs() + b_rounded.abs().max())
     return product + accumulation + bias + output
 
 

@@ -77,8 +77,9 @@ def test_the_screen_runs_only_where_it_pays(monkeypatch):
     monkeypatch.setenv(screen.SCREEN_VARIABLE, "auto")
     assert screen.screen_applies(x, W, 32) == screen.bf16_matrix_units()
     monkeypatch.setenv(screen.SCREEN_VARIABLE, "yes")
-    with pytest.raises(saekit.SaekitError, match="SAEKIT_BF16_SCREEN='yes' is not a setting"):
-        screen.screen_applies(x, W, 32)
+    for operands in ((x, W), (x[:, :64], W[:64])):  # refused also where the screen would not run
+        with pytest.raises(saekit.SaekitError, match="SAEKIT_BF16_SCREEN='yes' is not a setting"):
+            screen.screen_applies(*operands, 32)
 
 
 def test_training_with_the_screen_selects_as_fp32_at_every_step(monkeypatch):
